@@ -1,0 +1,344 @@
+//! Recipe diagnostics: every problem kiln finds in a recipe, with where it is and
+//! what to write instead.
+//!
+//! One [`Diagnostics`] value carries all problems of one compile over one shared
+//! named source, so a user fixes every mistake in one round. It renders through
+//! miette (the CLI), and as plain `FILE:LINE:COL: error[code]: message` lines
+//! (the frontend's build error, golden tests).
+
+use std::fmt;
+use std::sync::Arc;
+
+use miette::{LabeledSpan, NamedSource, Severity, SourceSpan};
+
+/// One problem in a recipe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Stable code, e.g. `kiln::unknown_node`.
+    pub code: &'static str,
+    pub severity: Severity,
+    pub message: String,
+    pub span: SourceSpan,
+    pub label: String,
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    pub fn error(code: &'static str, span: impl Into<SourceSpan>, message: impl Into<String>) -> Self {
+        Diagnostic {
+            code,
+            severity: Severity::Error,
+            message: message.into(),
+            span: span.into(),
+            label: "here".to_string(),
+            help: None,
+        }
+    }
+
+    pub fn warning(
+        code: &'static str,
+        span: impl Into<SourceSpan>,
+        message: impl Into<String>,
+    ) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, span, message)
+        }
+    }
+
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// A recipe's text under its file name, shared by all its diagnostics.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: Arc<String>,
+}
+
+impl SourceFile {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        SourceFile {
+            name: name.into(),
+            text: Arc::new(text.into()),
+        }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let text = self.text.as_str();
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = &text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col = before[line_start..].chars().count() + 1;
+        (line, col)
+    }
+
+    /// The text of the 1-based line `line`, without its newline.
+    pub fn line_text(&self, line: usize) -> &str {
+        self.text
+            .split('\n')
+            .nth(line.saturating_sub(1))
+            .map(|l| l.trim_end_matches('\r'))
+            .unwrap_or("")
+    }
+}
+
+/// All diagnostics of one compile over one source, errors and warnings.
+#[derive(Debug, Clone)]
+pub struct Diagnostics {
+    pub source: SourceFile,
+    pub items: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    pub fn new(source: SourceFile) -> Self {
+        Diagnostics {
+            source,
+            items: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, d: Diagnostic) {
+        self.items.push(d);
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.items.iter().any(Diagnostic::is_error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.items.iter().filter(|d| d.is_error())
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.items.iter().filter(|d| !d.is_error())
+    }
+
+    /// `FILE:LINE:COL` of a diagnostic.
+    pub fn location(&self, d: &Diagnostic) -> String {
+        let (line, col) = self.source.line_col(d.span.offset());
+        format!("{}:{}:{}", self.source.name, line, col)
+    }
+
+    /// Plain text, one block per diagnostic: the location, the message, the
+    /// recipe line with the span underlined, and the help line.
+    pub fn render_plain(&self) -> String {
+        let mut out = String::new();
+        for d in &self.items {
+            let (line, col) = self.source.line_col(d.span.offset());
+            let kind = if d.is_error() { "error" } else { "warning" };
+            out.push_str(&format!(
+                "{}:{}:{}: {}[{}]: {}\n",
+                self.source.name, line, col, kind, d.code, d.message
+            ));
+            let text = self.source.line_text(line);
+            let width = d.span.len().max(1).min(
+                text.chars()
+                    .count()
+                    .saturating_sub(col - 1)
+                    .max(1),
+            );
+            out.push_str(&format!("  {line:>4} | {text}\n"));
+            out.push_str(&format!(
+                "       | {}{} {}\n",
+                " ".repeat(col - 1),
+                "^".repeat(width),
+                d.label
+            ));
+            if let Some(help) = &d.help {
+                out.push_str(&format!("       = help: {help}\n"));
+            }
+        }
+        out
+    }
+
+    /// A miette report value for fancy rendering.
+    pub fn report(&self) -> Report {
+        Report {
+            source: NamedSource::new(self.source.name.clone(), self.source.text.clone())
+                .with_language("kdl"),
+            items: self
+                .items
+                .iter()
+                .map(|d| Item {
+                    d: d.clone(),
+                    location: self.location(d),
+                })
+                .collect(),
+            errors: self.errors().count(),
+            warnings: self.warnings().count(),
+        }
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.render_plain())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// miette view of [`Diagnostics`]: one top diagnostic whose related items
+/// are the individual problems, all over one named source.
+#[derive(Debug)]
+pub struct Report {
+    source: NamedSource<Arc<String>>,
+    items: Vec<Item>,
+    errors: usize,
+    warnings: usize,
+}
+
+#[derive(Debug)]
+struct Item {
+    d: Diagnostic,
+    location: String,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.errors, self.warnings) {
+            (0, w) => write!(f, "recipe has {w} warning(s)"),
+            (e, 0) => write!(f, "recipe has {e} error(s)"),
+            (e, w) => write!(f, "recipe has {e} error(s) and {w} warning(s)"),
+        }
+    }
+}
+
+impl std::error::Error for Report {}
+
+impl miette::Diagnostic for Report {
+    fn severity(&self) -> Option<Severity> {
+        Some(if self.errors > 0 {
+            Severity::Error
+        } else {
+            Severity::Warning
+        })
+    }
+
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
+        Some(Box::new(
+            self.items.iter().map(|i| i as &dyn miette::Diagnostic),
+        ))
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.source)
+    }
+}
+
+impl fmt::Display for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.d.message)
+    }
+}
+
+impl std::error::Error for Item {}
+
+impl miette::Diagnostic for Item {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.d.code))
+    }
+
+    fn severity(&self) -> Option<Severity> {
+        Some(self.d.severity)
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.d
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            Some(self.d.label.clone()),
+            self.d.span,
+        ))))
+    }
+}
+
+/// Levenshtein distance, for "did you mean" suggestions.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The candidate nearest to `word`, when it is near enough to be a typo.
+pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(2);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, c)| (*d, *c))
+        .map(|(_, c)| c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_characters_not_bytes() {
+        let src = SourceFile::new("r.kdl", "// é\nkiln 1\n  python 3.10\n");
+        assert_eq!(src.line_col(0), (1, 1));
+        assert_eq!(src.line_col(6), (2, 1));
+        // "é" is two bytes but one column.
+        assert_eq!(src.line_col(5), (1, 5));
+        assert_eq!(src.line_col(15), (3, 3));
+        assert_eq!(src.line_text(3), "  python 3.10");
+        // Offsets past the end or inside a character do not panic.
+        assert_eq!(src.line_col(4).0, 1);
+        assert_eq!(src.line_col(999).0, 4);
+    }
+
+    #[test]
+    fn nearest_suggests_typos_only() {
+        let names = ["framework", "python", "pip"];
+        assert_eq!(nearest("frameworkk", names), Some("framework"));
+        assert_eq!(nearest("pyhton", names), Some("python"));
+        assert_eq!(nearest("zzzzzzzz", names), None);
+    }
+
+    #[test]
+    fn plain_rendering_names_file_line_col() {
+        let mut ds = Diagnostics::new(SourceFile::new("env.kdl", "kiln 1\nfrob 2\n"));
+        ds.push(
+            Diagnostic::error("kiln::unknown_node", SourceSpan::new(7.into(), 4), "unknown node `frob`")
+                .with_help("remove it"),
+        );
+        let text = ds.render_plain();
+        assert!(text.starts_with("env.kdl:2:1: error[kiln::unknown_node]: unknown node `frob`\n"));
+        assert!(text.contains("   2 | frob 2\n"));
+        assert!(text.contains("| ^^^^ here\n"));
+        assert!(text.contains("= help: remove it"));
+    }
+}

@@ -1,0 +1,215 @@
+//! kiln's compiler: a KDL recipe for an ML container environment in, a
+//! BuildKit LLB `Definition` and an OCI image config out.
+//!
+//! It is a pipeline of pure passes, one module each: [`recipe`] (text →
+//! spanned KDL), [`model`] (typed, validated recipe), [`plan`] (bases, wheels,
+//! CUDA, stages and caches resolved for one variant and platform), [`lower`]
+//! (the LLB graph, built with [`llb`]) and [`llb::marshal`] (bytes). It does no
+//! IO, reads no environment and starts no task: its caller hands it the recipe
+//! text, the options, and what the engine answered (capabilities, base image
+//! configs). The CLI and the BuildKit frontend are such callers.
+
+pub mod compat;
+pub mod diag;
+pub mod explain;
+pub mod graph;
+pub mod image;
+pub mod image_ref;
+pub mod llb;
+pub mod lower;
+pub mod model;
+pub mod plan;
+pub mod recipe;
+
+use std::collections::BTreeMap;
+
+pub use diag::{Diagnostic, Diagnostics, SourceFile};
+pub use image::{ImageConfig, ResolvedImage};
+pub use llb::Platform;
+pub use model::Recipe;
+
+/// What the engine can do, as far as the lowering cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineCaps {
+    /// MergeOp and DiffOp (BuildKit 0.10+): independent layers joined at the end.
+    pub merge_diff: bool,
+    /// Source maps in the Definition, so engine errors show recipe lines.
+    pub source_maps: bool,
+}
+
+impl EngineCaps {
+    /// A current BuildKit.
+    pub fn modern() -> Self {
+        EngineCaps {
+            merge_diff: true,
+            source_maps: true,
+        }
+    }
+
+    /// BuildKit before 0.10 (docker 20.10): no MergeOp/DiffOp.
+    pub fn legacy() -> Self {
+        EngineCaps {
+            merge_diff: false,
+            source_maps: true,
+        }
+    }
+}
+
+impl Default for EngineCaps {
+    fn default() -> Self {
+        EngineCaps::modern()
+    }
+}
+
+/// Everything a compile depends on besides the recipe text.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The variant to build (`--target`); the recipe's default when `None`.
+    pub target: Option<String>,
+    /// Target platforms; `linux/amd64` when empty.
+    pub platforms: Vec<Platform>,
+    /// `--build-arg NAME=VALUE`.
+    pub build_args: BTreeMap<String, String>,
+    /// `--label NAME=VALUE` from the build client, applied last.
+    pub labels: BTreeMap<String, String>,
+    pub caps: EngineCaps,
+    /// Base image configs the caller resolved, keyed by the reference as the
+    /// plan names it (see [`Compilation::images_to_resolve`]).
+    pub images: BTreeMap<String, ResolvedImage>,
+    /// Name of the local source holding the build context.
+    pub context_name: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            target: None,
+            platforms: Vec::new(),
+            build_args: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            caps: EngineCaps::default(),
+            images: BTreeMap::new(),
+            context_name: "context".to_string(),
+        }
+    }
+}
+
+impl Options {
+    pub fn platforms(&self) -> Vec<Platform> {
+        if self.platforms.is_empty() {
+            vec![Platform::linux_amd64()]
+        } else {
+            self.platforms.clone()
+        }
+    }
+}
+
+/// One platform's build: the Definition the engine solves and the image config.
+#[derive(Debug, Clone)]
+pub struct PlatformBuild {
+    pub platform: Platform,
+    pub definition: kiln_proto::pb::Definition,
+    /// `definition`, encoded.
+    pub bytes: Vec<u8>,
+    pub config: ImageConfig,
+    /// Checks (`verify`) to solve next to the image; their results are
+    /// discarded, a failure fails the build. `None` when the recipe has none.
+    pub checks: Option<kiln_proto::pb::Definition>,
+    pub plan: plan::Plan,
+}
+
+/// The compiled result for one variant on every requested platform.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub variant: String,
+    pub builds: Vec<PlatformBuild>,
+    /// Warnings (errors never reach here).
+    pub warnings: Diagnostics,
+}
+
+/// A loaded recipe, ready to be planned and compiled with options.
+#[derive(Debug, Clone)]
+pub struct Compilation {
+    pub source: SourceFile,
+    pub recipe: Recipe,
+    pub warnings: Diagnostics,
+}
+
+/// Parse and validate a recipe.
+pub fn load(filename: &str, text: &str) -> Result<Compilation, Diagnostics> {
+    let syntax = recipe::parse(filename, text)?;
+    let (recipe, warnings) = model::decode(&syntax)?;
+    Ok(Compilation {
+        source: syntax.source,
+        recipe,
+        warnings,
+    })
+}
+
+impl Compilation {
+    /// Plan the requested variant for every platform.
+    pub fn plan(&self, opts: &Options) -> Result<(Vec<plan::Plan>, Diagnostics), Diagnostics> {
+        let mut diags = self.warnings.clone();
+        let mut plans = Vec::new();
+        for platform in opts.platforms() {
+            match plan::plan(&self.recipe, &self.source, opts, &platform, &mut diags) {
+                Some(p) => plans.push(p),
+                None => continue,
+            }
+        }
+        if diags.has_errors() {
+            Err(diags)
+        } else {
+            Ok((plans, diags))
+        }
+    }
+
+    /// The base images whose configs the caller should resolve before
+    /// [`Compilation::compile`], so the image inherits their environment.
+    pub fn images_to_resolve(&self, opts: &Options) -> Result<Vec<(String, Platform)>, Diagnostics> {
+        let (plans, _) = self.plan(opts)?;
+        let mut out: Vec<(String, Platform)> = Vec::new();
+        for p in &plans {
+            for r in p.base_images() {
+                let item = (r.to_string(), p.platform.clone());
+                if !out.contains(&item) {
+                    out.push(item);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Compile the requested variant for every platform.
+    pub fn compile(&self, opts: &Options) -> Result<Compiled, Diagnostics> {
+        let (plans, warnings) = self.plan(opts)?;
+        let variant = plans
+            .first()
+            .map(|p| p.variant.clone())
+            .unwrap_or_default();
+        let builds = plans
+            .into_iter()
+            .map(|p| {
+                let lowered = lower::lower(&p, &self.source, opts);
+                PlatformBuild {
+                    platform: p.platform.clone(),
+                    definition: lowered.image.definition,
+                    bytes: lowered.image.bytes,
+                    config: lowered.config,
+                    checks: lowered.checks.map(|c| c.definition),
+                    plan: p,
+                }
+            })
+            .collect();
+        Ok(Compiled {
+            variant,
+            builds,
+            warnings,
+        })
+    }
+}
+
+/// Load and compile in one call.
+pub fn compile(filename: &str, text: &str, opts: &Options) -> Result<Compiled, Diagnostics> {
+    load(filename, text)?.compile(opts)
+}

@@ -1,0 +1,150 @@
+//! The one place where the graph becomes bytes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use kiln_proto::pb;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use super::{Node, State};
+
+/// The recipe the source map points into.
+#[derive(Debug, Clone)]
+pub struct SourceInfo {
+    pub filename: String,
+    pub data: Vec<u8>,
+    pub language: String,
+}
+
+/// A marshaled definition and its encoded bytes.
+#[derive(Debug, Clone)]
+pub struct Marshaled {
+    pub definition: pb::Definition,
+    /// `definition` encoded: what `buildctl build` reads on stdin.
+    pub bytes: Vec<u8>,
+}
+
+/// Serialise the graph ending at `root` into a `Definition`: ops in
+/// dependency order, each named by the sha256 of its bytes, a terminal op
+/// last, metadata keyed by digest, and a source map into `source` when given.
+pub fn marshal(root: &State, source: Option<&SourceInfo>) -> Marshaled {
+    let mut cx = Cx::default();
+    let terminal_input = root.out.as_ref().map(|o| pb::Input {
+        digest: cx.visit(&o.node),
+        index: o.index,
+    });
+    // The terminal op has one input (none for an empty result) and no kind.
+    let terminal = pb::Op {
+        inputs: terminal_input.into_iter().collect(),
+        ..Default::default()
+    };
+    let bytes = terminal.encode_to_vec();
+    cx.def.push(bytes);
+
+    let mut source_map = None;
+    if let Some(info) = source {
+        let locations: BTreeMap<String, pb::Locations> = cx
+            .locations
+            .into_iter()
+            .filter(|(_, ranges)| !ranges.is_empty())
+            .map(|(digest, ranges)| {
+                let location = pb::Location {
+                    source_index: 0,
+                    ranges: ranges
+                        .iter()
+                        .map(|r| pb::Range {
+                            start: Some(pb::Position {
+                                line: r.start_line as i32,
+                                character: r.start_col as i32,
+                            }),
+                            end: Some(pb::Position {
+                                line: r.end_line as i32,
+                                character: r.end_col as i32,
+                            }),
+                        })
+                        .collect(),
+                };
+                (digest, pb::Locations { locations: vec![location] })
+            })
+            .collect();
+        if !locations.is_empty() {
+            source_map = Some(pb::Source {
+                locations,
+                infos: vec![pb::SourceInfo {
+                    filename: info.filename.clone(),
+                    data: info.data.clone(),
+                    definition: None,
+                    language: info.language.clone(),
+                }],
+            });
+        }
+    }
+
+    let definition = pb::Definition {
+        def: cx.def,
+        metadata: cx.metadata,
+        source: source_map,
+    };
+    let bytes = definition.encode_to_vec();
+    Marshaled { definition, bytes }
+}
+
+#[derive(Default)]
+struct Cx {
+    /// Digest of each node already emitted, by node address.
+    done: BTreeMap<usize, String>,
+    def: Vec<Vec<u8>>,
+    metadata: BTreeMap<String, pb::OpMetadata>,
+    locations: BTreeMap<String, Vec<super::SourceRange>>,
+}
+
+impl Cx {
+    fn visit(&mut self, node: &Arc<Node>) -> String {
+        let key = Arc::as_ptr(node) as usize;
+        if let Some(d) = self.done.get(&key) {
+            return d.clone();
+        }
+        let inputs: Vec<pb::Input> = node
+            .inputs
+            .iter()
+            .map(|o| pb::Input {
+                digest: self.visit(&o.node),
+                index: o.index,
+            })
+            .collect();
+        let mut op = node.op.clone();
+        op.inputs = inputs;
+        let bytes = op.encode_to_vec();
+        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+        self.done.insert(key, digest.clone());
+        // Two nodes built separately but equal marshal to the same digest:
+        // emit the op once, merging what describes it.
+        if !self.metadata.contains_key(&digest) {
+            self.def.push(bytes);
+        }
+        let md = self.metadata.entry(digest.clone()).or_default();
+        if !node.meta.name.is_empty() && md.description.is_empty() {
+            md.description
+                .insert("llb.customname".to_string(), node.meta.name.clone());
+            md.caps.insert("meta.description".to_string(), true);
+        }
+        for cap in &node.caps {
+            md.caps.insert((*cap).to_string(), true);
+        }
+        if let Some((id, name)) = &node.meta.group {
+            md.progress_group = Some(pb::ProgressGroup {
+                id: id.clone(),
+                name: name.clone(),
+                weak: false,
+            });
+        }
+        let locs = self.locations.entry(digest.clone()).or_default();
+        for r in &node.meta.locations {
+            if !locs.contains(r) {
+                locs.push(*r);
+            }
+        }
+        digest
+    }
+}

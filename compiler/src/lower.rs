@@ -1,0 +1,635 @@
+//! Lowering a [`Plan`] into an LLB graph.
+//!
+//! For one variant, three branches share nothing until the end, so BuildKit
+//! runs them in parallel: the runtime (base + apt packages + user), the
+//! builder (builder base + build packages + venv + installs) and the app
+//! (context files). Where the engine has MergeOp and DiffOp, every install is
+//! its own layer (a DiffOp of its step) and the image is one MergeOp of the
+//! runtime, those layers and the app; otherwise the venv and the app files are
+//! copied onto the runtime one after another.
+
+use miette::SourceSpan;
+
+use crate::diag::SourceFile;
+use crate::image::ImageConfig;
+use crate::llb::{
+    self, Exec, FileAction, FileActions, LocalOpts, Marshaled, Mount, OpMeta, Owner, Sharing,
+    SourceRange, State,
+};
+use crate::model::{Installer, RunAfter};
+use crate::plan::{Layering, PipStep, Plan, VENV};
+use crate::Options;
+
+/// Where the build context is mounted for steps that read files from it.
+const CONTEXT_MOUNT: &str = "/kiln/context";
+/// uv lives in its own venv in the builder, never in the image.
+const UV_TOOL: &str = "/opt/kiln-uv";
+/// The uv release kiln installs for `installer "uv"`.
+const UV_REQUIREMENT: &str = "uv==0.9.7";
+/// The conda builder image for `conda` recipes.
+pub const CONDA_BUILDER: &str = "continuumio/miniconda3:24.7.1-0";
+
+/// A lowered plan: the image graph, its config and the checks graph.
+#[derive(Debug, Clone)]
+pub struct Lowered {
+    pub image: Marshaled,
+    pub config: ImageConfig,
+    pub checks: Option<Marshaled>,
+}
+
+struct Cx<'a> {
+    plan: &'a Plan,
+    source: &'a SourceFile,
+    opts: &'a Options,
+}
+
+impl Cx<'_> {
+    fn meta(&self, what: &str, span: Option<SourceSpan>) -> OpMeta {
+        OpMeta::named(format!("{} {what}", self.plan.tag())).at(span.map(|s| self.range(s)))
+    }
+
+    fn range(&self, span: SourceSpan) -> SourceRange {
+        let (start_line, start_col) = self.source.line_col(span.offset());
+        let end = span.offset() + span.len();
+        let (end_line, end_col) = self.source.line_col(end);
+        SourceRange {
+            start_line: start_line as u32,
+            start_col: start_col.saturating_sub(1) as u32,
+            end_line: end_line as u32,
+            end_col: end_col.saturating_sub(1) as u32,
+        }
+    }
+
+    fn platform_id(&self) -> String {
+        self.plan.platform.to_string().replace('/', "-")
+    }
+
+    /// Secrets and variables every install step gets.
+    fn install_mounts(&self, mut exec: Exec) -> Exec {
+        if let Some(id) = &self.plan.ca_bundle {
+            exec = exec.mount(Mount::Secret {
+                target: secret_path(id),
+                id: id.clone(),
+                uid: 0,
+                gid: 0,
+                mode: 0o444,
+                optional: true,
+            });
+        }
+        for idx in &self.plan.indexes {
+            if let Some(id) = &idx.secret {
+                exec = exec.mount(Mount::Secret {
+                    target: secret_path(id),
+                    id: id.clone(),
+                    uid: 0,
+                    gid: 0,
+                    mode: 0o400,
+                    optional: false,
+                });
+            }
+        }
+        exec
+    }
+
+    /// The shell prelude of install steps: trust the CA bundle when the
+    /// secret is present, read index credentials from their netrc secret.
+    fn install_prelude(&self) -> String {
+        let mut s = String::from("set -eu\n");
+        if let Some(id) = &self.plan.ca_bundle {
+            let p = secret_path(id);
+            s.push_str(&format!(
+                "if [ -s {p} ]; then export SSL_CERT_FILE={p} PIP_CERT={p} REQUESTS_CA_BUNDLE={p} CURL_CA_BUNDLE={p} CONDA_SSL_VERIFY={p}; fi\n"
+            ));
+        }
+        if let Some(id) = self.plan.indexes.iter().find_map(|i| i.secret.as_ref()) {
+            s.push_str(&format!("export NETRC={}\n", secret_path(id)));
+        }
+        s
+    }
+
+    fn pip_cache(&self, exec: Exec) -> Exec {
+        let (target, id) = match self.plan.installer {
+            Installer::Pip => ("/root/.cache/pip", format!("kiln-pip-{}", self.platform_id())),
+            Installer::Uv => ("/root/.cache/uv", format!("kiln-uv-{}", self.platform_id())),
+        };
+        exec.mount(Mount::Cache {
+            target: target.to_string(),
+            id,
+            sharing: Sharing::Shared,
+        })
+    }
+
+    fn install_env(&self, base_env: &[(String, String)]) -> Vec<(String, String)> {
+        let mut env = base_env.to_vec();
+        let pairs: &[(&str, &str)] = match self.plan.installer {
+            Installer::Pip => &[
+                ("PIP_CACHE_DIR", "/root/.cache/pip"),
+                ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+                ("PIP_NO_INPUT", "1"),
+                ("PIP_ROOT_USER_ACTION", "ignore"),
+            ],
+            Installer::Uv => &[
+                ("UV_CACHE_DIR", "/root/.cache/uv"),
+                ("UV_LINK_MODE", "copy"),
+                ("UV_PYTHON_DOWNLOADS", "never"),
+                ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+                ("PIP_ROOT_USER_ACTION", "ignore"),
+            ],
+        };
+        env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    }
+
+    /// The install command line for `args` (already quoted).
+    fn install_command(&self, args: &[String], no_deps: bool, index: Option<&str>, extra: Option<&str>, find_links: Option<&str>) -> String {
+        let mut cmd = match self.plan.installer {
+            Installer::Pip => format!("{VENV}/bin/python -m pip install --no-warn-script-location"),
+            Installer::Uv => format!("{UV_TOOL}/bin/uv pip install --python {VENV}/bin/python"),
+        };
+        if no_deps {
+            cmd.push_str(" --no-deps");
+        }
+        if let Some(i) = index {
+            cmd.push_str(&format!(" --index-url {}", quote(i)));
+        }
+        if let Some(e) = extra {
+            cmd.push_str(&format!(" --extra-index-url {}", quote(e)));
+        }
+        for idx in &self.plan.indexes {
+            cmd.push_str(&format!(" --extra-index-url {}", quote(&idx.url)));
+        }
+        if let Some(f) = find_links {
+            cmd.push_str(&format!(" --find-links {}", quote(f)));
+        }
+        for a in args {
+            cmd.push(' ');
+            cmd.push_str(a);
+        }
+        cmd
+    }
+
+    fn install_exec(&self, script: String, env: &[(String, String)], meta: OpMeta) -> Exec {
+        let exec = Exec::shell(&format!("{}{script}", self.install_prelude()), &self.plan.platform, meta)
+            .env(&self.install_env(env));
+        self.pip_cache(self.install_mounts(exec))
+    }
+
+    /// apt-get install with lists and archives on locked cache mounts and the
+    /// docker-clean hook masked for the step, so nothing of apt's caches is
+    /// left in the layer.
+    fn apt_install(&self, state: &State, packages: &[String], env: &[(String, String)], meta: OpMeta) -> State {
+        let quoted: Vec<String> = packages.iter().map(|p| quote(p)).collect();
+        let script = format!(
+            "{}apt-get update -q\napt-get install -y -q --no-install-recommends -o APT::Keep-Downloaded-Packages=true {}\n",
+            self.install_prelude(),
+            quoted.join(" ")
+        );
+        let mut env = env.to_vec();
+        env.push(("DEBIAN_FRONTEND".into(), "noninteractive".into()));
+        let empty = State::scratch().file(
+            FileActions::new().then(FileAction::Mkfile {
+                path: "/docker-clean".into(),
+                mode: 0o644,
+                data: Vec::new(),
+                owner: None,
+            }),
+            OpMeta::named(format!("{} apt: an empty docker-clean hook", self.plan.tag())),
+        );
+        let pid = self.platform_id();
+        let exec = Exec::shell(&script, &self.plan.platform, meta)
+            .env(&env)
+            .mount(Mount::Cache {
+                target: "/var/cache/apt".into(),
+                id: format!("kiln-apt-archives-{pid}"),
+                sharing: Sharing::Locked,
+            })
+            .mount(Mount::Cache {
+                target: "/var/lib/apt/lists".into(),
+                id: format!("kiln-apt-lists-{pid}"),
+                sharing: Sharing::Locked,
+            })
+            .mount(Mount::Bind {
+                target: "/etc/apt/apt.conf.d/docker-clean".into(),
+                source: empty,
+                selector: Some("docker-clean".into()),
+                readonly: true,
+            });
+        state.run(self.install_mounts(exec)).root()
+    }
+
+    fn context(&self, include: Vec<String>, hint: &str, what: &str) -> State {
+        State::local(
+            &self.opts.context_name,
+            &LocalOpts {
+                include,
+                shared_key_hint: Some(hint.to_string()),
+                ..Default::default()
+            },
+            OpMeta::named(format!("{} context: {what}", self.plan.tag())),
+        )
+    }
+}
+
+/// Lower one plan.
+pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
+    let cx = Cx { plan, source, opts };
+    let platform = &plan.platform;
+    let merge = plan.layering == Layering::PerPackage && opts.caps.merge_diff;
+
+    // ---- runtime branch -------------------------------------------------
+    let rt_env = plan.runtime.env();
+    let mut rt = State::image(
+        &plan.runtime.pinned().to_string(),
+        platform,
+        cx.meta(&format!("base {}", plan.runtime.reference.familiar_name_tag()), plan.runtime.span),
+    );
+    let mut rt_packages: Vec<String> = Vec::new();
+    let mut rt_spans = Vec::new();
+    if plan.runtime.python_from_apt {
+        rt_packages.push("python3".into());
+    }
+    for a in &plan.apt_runtime {
+        rt_packages.extend(a.value.iter().cloned());
+        rt_spans.push(a.span);
+    }
+    if !rt_packages.is_empty() {
+        let meta = cx.meta(&format!("apt-get install {}", rt_packages.join(" ")), rt_spans.first().copied());
+        let meta = rt_spans.iter().skip(1).fold(meta, |m, s| m.at(Some(cx.range(*s))));
+        rt = cx.apt_install(&rt, &rt_packages, &rt_env, meta);
+    }
+    if let Some(u) = &plan.user {
+        let script = user_script(&u.value.name, u.value.uid, u.value.gid);
+        let meta = cx.meta(&format!("user {} ({}:{})", u.value.name, u.value.uid, u.value.gid), Some(u.span));
+        rt = rt.run(Exec::shell(&script, platform, meta).env(&rt_env)).root();
+    }
+
+    // ---- builder branch -------------------------------------------------
+    let b_env = plan.builder.env();
+    let conda = plan.conda.as_ref();
+    let builder_ref = match conda {
+        Some(_) if plan.builder.span.is_none() => crate::image_ref::ImageRef::parse(CONDA_BUILDER)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| plan.builder.pinned().to_string()),
+        _ => plan.builder.pinned().to_string(),
+    };
+    let builder_name = builder_ref.rsplit('/').next().unwrap_or(&builder_ref).to_string();
+    let mut b = State::image(&builder_ref, platform, cx.meta(&format!("builder {builder_name}"), plan.builder.span));
+    let mut b_packages: Vec<String> = Vec::new();
+    let mut b_spans = Vec::new();
+    if plan.builder.python_from_apt && conda.is_none() {
+        b_packages.extend(["python3".to_string(), "python3-venv".to_string()]);
+    }
+    for a in &plan.apt_build {
+        b_packages.extend(a.value.iter().cloned());
+        b_spans.push(a.span);
+    }
+    if !b_packages.is_empty() {
+        let meta = cx.meta(&format!("builder: apt-get install {}", b_packages.join(" ")), b_spans.first().copied());
+        b = cx.apt_install(&b, &b_packages, &b_env, meta);
+    }
+    if plan.installer == Installer::Uv {
+        let script = format!(
+            "python3 -m venv {UV_TOOL}\n{UV_TOOL}/bin/python -m pip install --disable-pip-version-check {}\n",
+            quote(UV_REQUIREMENT)
+        );
+        let exec = Exec::shell(&format!("{}{script}", cx.install_prelude()), platform, cx.meta("install uv (builder only)", None))
+            .env(&b_env)
+            .env(&[("PIP_CACHE_DIR".into(), "/root/.cache/pip".into())])
+            .mount(Mount::Cache {
+                target: "/root/.cache/pip".into(),
+                id: format!("kiln-pip-{}", cx.platform_id()),
+                sharing: Sharing::Shared,
+            });
+        b = b.run(cx.install_mounts(exec)).root();
+    }
+    let b_ready = b.clone();
+
+    // The environment: a venv, or a conda environment at the same path.
+    let env_state = match conda {
+        Some(file) => {
+            let ctx = cx.context(vec![file.value.clone()], "kiln-conda", &file.value);
+            let script = format!(
+                "conda env create --quiet -p {VENV} -f {CONTEXT_MOUNT}/{}\n",
+                file.value
+            );
+            let exec = Exec::shell(&format!("{}{script}", cx.install_prelude()), platform, cx.meta(&format!("conda env create -f {}", file.value), Some(file.span)))
+                .env(&b_env)
+                .mount(Mount::Cache {
+                    target: "/opt/conda/pkgs".into(),
+                    id: format!("kiln-conda-pkgs-{}", cx.platform_id()),
+                    sharing: Sharing::Locked,
+                })
+                .mount(Mount::Bind {
+                    target: CONTEXT_MOUNT.into(),
+                    source: ctx,
+                    selector: None,
+                    readonly: true,
+                });
+            b_ready.run(cx.install_mounts(exec)).root()
+        }
+        None => b_ready
+            .run(
+                Exec::shell(&format!("python3 -m venv {VENV}\n"), platform, cx.meta(&format!("python -m venv {VENV}"), None))
+                    .env(&b_env),
+            )
+            .root(),
+    };
+    let mut layers: Vec<State> = vec![State::diff(&b_ready, &env_state, cx.meta("layer: environment", None))];
+
+    // The framework, alone, before anything else.
+    let mut deps = env_state.clone();
+    if let Some(fw) = &plan.framework {
+        let args: Vec<String> = fw.packages.iter().map(|p| quote(p)).collect();
+        let cmd = cx.install_command(&args, false, fw.index_url.as_deref(), fw.extra_index_url.as_deref(), fw.find_links.as_deref());
+        let what = match (&plan.gpu, &fw.index_url) {
+            (Some(g), _) => format!("pip install {} (CUDA {})", fw.packages.join(" "), g.cuda),
+            (None, _) => format!("pip install {}", fw.packages.join(" ")),
+        };
+        let next = deps.run(cx.install_exec(cmd, &b_env, cx.meta(&what, Some(fw.span)))).root();
+        layers.push(State::diff(&deps, &next, cx.meta(&format!("layer: {}", fw.name), None)));
+        deps = next;
+    }
+
+    let req_ctx = {
+        let files: Vec<String> = plan
+            .pip
+            .iter()
+            .filter_map(|p| match p {
+                PipStep::Requirements { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        (!files.is_empty()).then(|| cx.context(files, "kiln-requirements", "requirements"))
+    };
+    let with_requirements = |exec: Exec| match &req_ctx {
+        Some(ctx) => exec.mount(Mount::Bind {
+            target: CONTEXT_MOUNT.into(),
+            source: ctx.clone(),
+            selector: None,
+            readonly: true,
+        }),
+        None => exec,
+    };
+
+    if merge {
+        // One op per pinned package on the same state, each kept as a diff.
+        let mut package_layers = Vec::new();
+        for step in &plan.pip {
+            if let PipStep::Package { spec, span } = step {
+                let cmd = cx.install_command(&[quote(spec)], true, None, None, None);
+                let next = deps.run(cx.install_exec(cmd, &b_env, cx.meta(&format!("pip install {spec}"), Some(*span)))).root();
+                package_layers.push(State::diff(&deps, &next, cx.meta(&format!("layer: {spec}"), Some(*span))));
+            }
+        }
+        // Then one step with dependencies for everything: it installs what the
+        // pins left out, the loose requirements and the requirements files.
+        let mut args = Vec::new();
+        let mut first_span = None;
+        for step in &plan.pip {
+            match step {
+                PipStep::Package { spec, .. } => args.push(quote(spec)),
+                PipStep::Group { specs, .. } => args.extend(specs.iter().map(|s| quote(s))),
+                PipStep::Requirements { path, .. } => {
+                    args.push("-r".into());
+                    args.push(quote(&format!("{CONTEXT_MOUNT}/{path}")));
+                }
+            }
+            first_span = first_span.or(Some(step.span()));
+        }
+        layers.extend(package_layers.iter().cloned());
+        if !args.is_empty() {
+            let joined = State::merge(
+                &std::iter::once(deps.clone()).chain(package_layers).collect::<Vec<_>>(),
+                cx.meta("pip: the pinned packages together", None),
+            );
+            let cmd = cx.install_command(&args, false, None, None, None);
+            let only_pins = plan.pip.iter().all(|p| matches!(p, PipStep::Package { .. }));
+            let what = if only_pins {
+                "pip install: dependencies the pins did not name".to_string()
+            } else {
+                "pip install: remaining requirements".to_string()
+            };
+            let done = joined.run(with_requirements(cx.install_exec(cmd, &b_env, cx.meta(&what, first_span)))).root();
+            layers.push(State::diff(&joined, &done, cx.meta("layer: remaining requirements", None)));
+        }
+    } else {
+        for step in &plan.pip {
+            let (args, what) = match step {
+                PipStep::Package { spec, .. } => (vec![quote(spec)], format!("pip install {spec}")),
+                PipStep::Group { specs, .. } => (specs.iter().map(|s| quote(s)).collect(), format!("pip install {}", specs.join(" "))),
+                PipStep::Requirements { path, .. } => (
+                    vec!["-r".to_string(), quote(&format!("{CONTEXT_MOUNT}/{path}"))],
+                    format!("pip install -r {path}"),
+                ),
+            };
+            let cmd = cx.install_command(&args, false, None, None, None);
+            deps = deps.run(with_requirements(cx.install_exec(cmd, &b_env, cx.meta(&what, Some(step.span()))))).root();
+        }
+    }
+
+    // ---- app branch -------------------------------------------------------
+    let owner = plan.user.as_ref().map(|u| Owner {
+        uid: u.value.uid,
+        gid: u.value.gid,
+    });
+    let workdir = plan.workdir.clone();
+    let mut app_actions = FileActions::new();
+    if let Some(w) = &workdir {
+        app_actions = app_actions.then(FileAction::Mkdir {
+            path: w.clone(),
+            mode: 0o755,
+            parents: true,
+            owner,
+        });
+    }
+    let sources: Vec<String> = plan.copies.iter().map(|c| c.value.src.clone()).collect();
+    let app_ctx = if sources.is_empty() {
+        None
+    } else {
+        let include = if sources.iter().any(|s| s == ".") { Vec::new() } else { sources.clone() };
+        Some(cx.context(include, "kiln-app", "app files"))
+    };
+    let mut copy_spans = Vec::new();
+    if let Some(ctx) = &app_ctx {
+        for c in &plan.copies {
+            let src = if c.value.src == "." { "/".to_string() } else { format!("/{}", c.value.src) };
+            app_actions = app_actions.then(FileAction::Copy {
+                from: ctx.clone(),
+                src,
+                dest: resolve_dest(&c.value.dest, workdir.as_deref()),
+                owner,
+                contents: true,
+                create_parents: true,
+                include: Vec::new(),
+            });
+            copy_spans.push(c.span);
+        }
+    }
+    let app_meta = {
+        let what = if copy_spans.is_empty() {
+            format!("workdir {}", workdir.clone().unwrap_or_default())
+        } else {
+            format!("copy {}", sources.join(" "))
+        };
+        copy_spans
+            .iter()
+            .skip(1)
+            .fold(cx.meta(&what, copy_spans.first().copied()), |m, s| m.at(Some(cx.range(*s))))
+    };
+
+    // ---- join -------------------------------------------------------------
+    let image_env = plan.config.env_pairs();
+    let run_step = |state: State, r: &crate::model::Spanned<crate::model::Run>| -> State {
+        let mut exec = Exec::shell(&r.value.command, platform, cx.meta(&format!("run {}", first_line(&r.value.command)), Some(r.span))).env(&image_env);
+        exec.cwd = workdir.clone().unwrap_or_else(|| "/".to_string());
+        state.run(exec).root()
+    };
+    let mut image = if merge {
+        let mut parts = vec![rt];
+        parts.extend(layers);
+        State::merge(&parts, cx.meta("join runtime + environment", None))
+    } else {
+        rt.file(
+            FileActions::new().then(FileAction::Copy {
+                from: deps.clone(),
+                src: VENV.into(),
+                dest: VENV.into(),
+                owner: None,
+                contents: true,
+                create_parents: true,
+                include: Vec::new(),
+            }),
+            cx.meta(&format!("copy {VENV} from the builder"), None),
+        )
+    };
+    for r in plan.runs.iter().filter(|r| r.value.after == RunAfter::Deps) {
+        image = run_step(image, r);
+    }
+    if !app_actions.is_empty() {
+        image = if merge {
+            let app = State::scratch().file(app_actions, app_meta);
+            State::merge(&[image, app], cx.meta("join app files", None))
+        } else {
+            image.file(app_actions, app_meta)
+        };
+    }
+    for r in plan.runs.iter().filter(|r| r.value.after == RunAfter::Copy) {
+        image = run_step(image, r);
+    }
+
+    // ---- checks -------------------------------------------------------------
+    let checks = if plan.verify.is_empty() {
+        None
+    } else {
+        let mut state = image.clone();
+        let mut env = image_env.clone();
+        env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+        for v in &plan.verify {
+            let mut exec = Exec {
+                args: vec!["python".into(), "-c".into(), v.value.clone()],
+                env: env.clone(),
+                cwd: workdir.clone().unwrap_or_else(|| "/".to_string()),
+                user: plan.user.as_ref().map(|u| u.value.name.clone()),
+                mounts: Vec::new(),
+                network: llb::Network::None,
+                platform: platform.clone(),
+                meta: cx.meta(&format!("verify: {}", first_line(&v.value)), Some(v.span)),
+            };
+            exec.mounts.push(Mount::Tmpfs { target: "/tmp".into() });
+            state = state.run(exec).root();
+        }
+        Some(llb::marshal(&state, source_info(cx.source, opts).as_ref()))
+    };
+
+    let info = source_info(source, opts);
+    Lowered {
+        image: llb::marshal(&image, info.as_ref()),
+        config: plan.config.clone(),
+        checks,
+    }
+}
+
+fn source_info(source: &SourceFile, opts: &Options) -> Option<llb::SourceInfo> {
+    opts.caps.source_maps.then(|| llb::SourceInfo {
+        filename: source.name.clone(),
+        data: source.text.as_bytes().to_vec(),
+        language: "kdl".to_string(),
+    })
+}
+
+fn secret_path(id: &str) -> String {
+    format!("/run/secrets/{id}")
+}
+
+/// POSIX shell single-quoting, only where needed.
+pub fn quote(s: &str) -> String {
+    let safe = !s.is_empty()
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,:/=+@%^".contains(c));
+    if safe {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.chars().count() > 60 {
+        format!("{}…", line.chars().take(60).collect::<String>())
+    } else if s.lines().count() > 1 {
+        format!("{line} …")
+    } else {
+        line.to_string()
+    }
+}
+
+/// A copy destination: absolute as is, relative to the workdir otherwise.
+fn resolve_dest(dest: &str, workdir: Option<&str>) -> String {
+    if dest.starts_with('/') {
+        dest.to_string()
+    } else {
+        let base = workdir.unwrap_or("/");
+        format!("{}/{}", base.trim_end_matches('/'), dest.trim_start_matches("./"))
+    }
+}
+
+/// Create the user and group, with a home, on any glibc base: with
+/// useradd when the base has it, by editing passwd/group files when not.
+fn user_script(name: &str, uid: u32, gid: u32) -> String {
+    format!(
+        "set -eu
+if command -v useradd >/dev/null 2>&1; then
+  getent group {gid} >/dev/null || groupadd -g {gid} {name}
+  getent passwd {name} >/dev/null || useradd -l -m -u {uid} -g {gid} -s /bin/sh {name}
+else
+  grep -q '^{name}:' /etc/group || echo '{name}:x:{gid}:' >> /etc/group
+  grep -q '^{name}:' /etc/passwd || echo '{name}:x:{uid}:{gid}::/home/{name}:/bin/sh' >> /etc/passwd
+  mkdir -p /home/{name} && chown {uid}:{gid} /home/{name}
+fi
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_is_shell_safe() {
+        assert_eq!(quote("numpy==1.26.4"), "numpy==1.26.4");
+        assert_eq!(quote("numpy>=1.2"), "'numpy>=1.2'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+        assert_eq!(quote("tensorflow[and-cuda]==2.16.1"), "'tensorflow[and-cuda]==2.16.1'");
+        assert_eq!(quote(""), "''");
+    }
+
+    #[test]
+    fn copy_destinations_follow_the_workdir() {
+        assert_eq!(resolve_dest("/x", Some("/app")), "/x");
+        assert_eq!(resolve_dest("src", Some("/app")), "/app/src");
+        assert_eq!(resolve_dest("./src/", Some("/app/")), "/app/src/");
+        assert_eq!(resolve_dest("a", None), "/a");
+    }
+}

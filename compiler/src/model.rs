@@ -1,0 +1,1558 @@
+//! Pass 2: KDL syntax → the typed, validated recipe model.
+//!
+//! Every node and property the language defines is decoded here, with its span,
+//! and every mistake becomes a located diagnostic; decoding goes on after an
+//! error so that one run reports all of them. The model still says only what
+//! the recipe says: choosing images, wheels and layers is the `plan` pass.
+
+use std::collections::BTreeMap;
+
+use kdl::{KdlEntry, KdlNode, KdlValue};
+use miette::SourceSpan;
+
+use crate::diag::{Diagnostic, Diagnostics, nearest};
+use crate::recipe::Syntax;
+
+/// A value with the span of the recipe text it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spanned<T> {
+    pub value: T,
+    pub span: SourceSpan,
+}
+
+impl<T> Spanned<T> {
+    pub fn new(value: T, span: SourceSpan) -> Self {
+        Spanned { value, span }
+    }
+}
+
+impl<T> std::ops::Deref for Spanned<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// The whole recipe: top-level settings and the variants that refine them.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    pub directive: Option<String>,
+    pub format_version: u32,
+    pub top: Settings,
+    pub variants: Vec<Variant>,
+    pub args: Vec<ArgDecl>,
+}
+
+/// A build argument the recipe declares (`arg "NAME" "default"`).
+#[derive(Debug, Clone)]
+pub struct ArgDecl {
+    pub name: Spanned<String>,
+    pub default: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub name: Spanned<String>,
+    pub default: bool,
+    pub description: Option<String>,
+    pub span: SourceSpan,
+    pub settings: Settings,
+}
+
+/// What a recipe level (top, or one variant) says. `Option`s are set once per
+/// level and a variant's value overrides the top's; lists add up.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub name: Option<Spanned<String>>,
+    pub python: Option<Spanned<String>>,
+    pub framework: Option<Spanned<FrameworkReq>>,
+    pub base: Option<Spanned<String>>,
+    pub builder: Option<Spanned<String>>,
+    pub conda: Option<Spanned<String>>,
+    pub installer: Option<Spanned<Installer>>,
+    pub cuda: Option<Spanned<CudaReq>>,
+    pub user: Option<Spanned<User>>,
+    pub workdir: Option<Spanned<String>>,
+    pub cmd: Option<Spanned<Vec<String>>>,
+    pub entrypoint: Option<Spanned<Vec<String>>>,
+    pub ca_bundle: Option<Spanned<String>>,
+    pub apt: Vec<Spanned<Apt>>,
+    pub pip: Vec<Spanned<Pip>>,
+    pub env: Vec<Spanned<(String, String)>>,
+    pub copy: Vec<Spanned<Copy>>,
+    pub run: Vec<Spanned<Run>>,
+    pub verify: Vec<Spanned<String>>,
+    pub label: Vec<Spanned<(String, String)>>,
+    pub expose: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameworkReq {
+    pub name: String,
+    pub version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Installer {
+    Pip,
+    Uv,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CudaFrom {
+    /// The framework's CUDA wheels on the slim python base (the default).
+    Wheels,
+    /// An nvidia/cuda runtime image as the base.
+    Base,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaReq {
+    pub version: String,
+    pub cudnn: Option<String>,
+    pub from: CudaFrom,
+    pub distro: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Runtime,
+    Build,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Apt {
+    pub packages: Vec<String>,
+    pub stage: Stage,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pip {
+    /// Requirement specifiers written in the recipe.
+    Packages(Vec<String>),
+    /// A requirements file from the build context.
+    Requirements(String),
+    /// An extra package index, optionally with credentials from a secret.
+    Index { url: String, secret: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
+    /// Normalised path inside the build context.
+    pub src: String,
+    pub dest: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAfter {
+    Deps,
+    Copy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub command: String,
+    pub after: RunAfter,
+}
+
+/// Node names the language defines, for "did you mean".
+pub const NODE_NAMES: &[&str] = &[
+    "kiln",
+    "name",
+    "python",
+    "framework",
+    "base",
+    "builder",
+    "conda",
+    "installer",
+    "cuda",
+    "apt",
+    "pip",
+    "ca-bundle",
+    "variant",
+    "user",
+    "workdir",
+    "env",
+    "copy",
+    "run",
+    "verify",
+    "cmd",
+    "entrypoint",
+    "label",
+    "expose",
+    "arg",
+];
+
+pub const FRAMEWORKS: &[&str] = &["pytorch", "tensorflow", "jax"];
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Decode and validate a parsed recipe. Warnings come back with the model;
+/// any error fails the whole decode, with every problem found.
+pub fn decode(syntax: &Syntax) -> Result<(Recipe, Diagnostics), Diagnostics> {
+    let mut cx = Decoder {
+        diags: Diagnostics::new(syntax.source.clone()),
+    };
+    let recipe = cx.recipe(syntax);
+    if cx.diags.has_errors() {
+        Err(cx.diags)
+    } else {
+        Ok((recipe, cx.diags))
+    }
+}
+
+struct Decoder {
+    diags: Diagnostics,
+}
+
+/// Where a node sits: at top level, or inside `variant "NAME" { … }`.
+#[derive(Clone, Copy)]
+enum Level<'a> {
+    Top,
+    Variant(&'a str),
+}
+
+impl Decoder {
+    fn err(&mut self, code: &'static str, span: SourceSpan, msg: impl Into<String>) -> &mut Diagnostic {
+        self.diags.push(Diagnostic::error(code, span, msg));
+        let last = self.diags.items.len() - 1;
+        &mut self.diags.items[last]
+    }
+
+    fn recipe(&mut self, syntax: &Syntax) -> Recipe {
+        let nodes = syntax.doc.nodes();
+        let mut format_version = FORMAT_VERSION;
+        match nodes.first() {
+            Some(first) if first.name().value() == "kiln" => {
+                format_version = self.format_version(first);
+            }
+            Some(first) => {
+                let help = if nodes.iter().any(|n| n.name().value() == "kiln") {
+                    "move `kiln 1` to the top of the recipe"
+                } else {
+                    "start the recipe with `kiln 1` (the recipe format version)"
+                };
+                self.err(
+                    "kiln::missing_version",
+                    head_span(first),
+                    "a recipe starts with its format version, `kiln 1`",
+                )
+                .help = Some(help.to_string());
+            }
+            None => {
+                self.err(
+                    "kiln::missing_version",
+                    SourceSpan::new(0.into(), 0),
+                    "the recipe is empty",
+                )
+                .help = Some("a recipe starts with `kiln 1`; see docs/recipe.md".to_string());
+            }
+        }
+
+        let mut top = Settings::default();
+        let mut variants: Vec<Variant> = Vec::new();
+        let mut args = Vec::new();
+        // Nodes with `variant="x"` at top level, applied once all variants are known.
+        let mut tagged: Vec<(Spanned<String>, &KdlNode)> = Vec::new();
+
+        for (i, node) in nodes.iter().enumerate() {
+            let name = node.name().value();
+            match name {
+                "kiln" => {
+                    if i != 0 {
+                        self.err(
+                            "kiln::duplicate_node",
+                            head_span(node),
+                            "`kiln` is given more than once, or not first",
+                        )
+                        .help = Some("keep one `kiln 1`, as the first node".into());
+                    }
+                }
+                "variant" => {
+                    if let Some(v) = self.variant(node) {
+                        if let Some(prev) = variants.iter().find(|p| p.name.value == v.name.value) {
+                            let (line, _) = self.diags.source.line_col(prev.name.span.offset());
+                            self.err(
+                                "kiln::duplicate_variant",
+                                v.name.span,
+                                format!("variant `{}` is defined twice", v.name.value),
+                            )
+                            .help = Some(format!(
+                                "it is first defined on line {line}; merge the two blocks"
+                            ));
+                        } else {
+                            variants.push(v);
+                        }
+                    }
+                }
+                "arg" => {
+                    if let Some(a) = self.arg(node) {
+                        args.push(a);
+                    }
+                }
+                _ => {
+                    if let Some(tag) = self.variant_tag(node) {
+                        tagged.push((tag, node));
+                    } else {
+                        self.setting(&mut top, node, Level::Top);
+                    }
+                }
+            }
+        }
+
+        for (tag, node) in tagged {
+            match variants.iter_mut().find(|v| v.name.value == tag.value) {
+                Some(v) => {
+                    let vname = v.name.value.clone();
+                    let mut settings = std::mem::take(&mut v.settings);
+                    self.setting(&mut settings, node, Level::Variant(&vname));
+                    if let Some(v) = variants.iter_mut().find(|v| v.name.value == tag.value) {
+                        v.settings = settings;
+                    }
+                }
+                None => {
+                    let names: Vec<&str> = variants.iter().map(|v| v.name.value.as_str()).collect();
+                    let help = match nearest(&tag.value, names.iter().copied()) {
+                        Some(n) => format!("did you mean `variant=\"{n}\"`?"),
+                        None if names.is_empty() => {
+                            format!("define it with `variant \"{}\" {{ … }}`", tag.value)
+                        }
+                        None => format!("defined variants: {}", names.join(", ")),
+                    };
+                    self.err(
+                        "kiln::unknown_variant",
+                        tag.span,
+                        format!("no variant named `{}` is defined", tag.value),
+                    )
+                    .help = Some(help);
+                }
+            }
+        }
+
+        let defaults: Vec<&Variant> = variants.iter().filter(|v| v.default).collect();
+        if defaults.len() > 1 {
+            let first = defaults[0].name.value.clone();
+            let span = defaults[1].span;
+            self.err(
+                "kiln::duplicate_default",
+                span,
+                format!("more than one variant is marked default (first: `{first}`)"),
+            )
+            .help = Some("mark exactly one variant `default=#true`".into());
+        }
+
+        // Declared args must be unique.
+        let mut seen: BTreeMap<String, SourceSpan> = BTreeMap::new();
+        for a in &args {
+            if seen.insert(a.name.value.clone(), a.name.span).is_some() {
+                self.err(
+                    "kiln::duplicate_node",
+                    a.name.span,
+                    format!("build argument `{}` is declared twice", a.name.value),
+                );
+            }
+        }
+
+        Recipe {
+            directive: syntax.directive.as_ref().map(|d| d.0.clone()),
+            format_version,
+            top,
+            variants,
+            args,
+        }
+    }
+
+    fn format_version(&mut self, node: &KdlNode) -> u32 {
+        self.no_children(node);
+        self.allow_props(node, &[]);
+        let args = positional(node);
+        match args.as_slice() {
+            [e] => match e.value() {
+                KdlValue::Integer(1) => 1,
+                KdlValue::Integer(n) => {
+                    self.err(
+                        "kiln::unsupported_version",
+                        e.span(),
+                        format!("recipe format {n} is not supported by this kiln"),
+                    )
+                    .help = Some("this kiln reads `kiln 1`".into());
+                    FORMAT_VERSION
+                }
+                _ => {
+                    self.err(
+                        "kiln::wrong_type",
+                        e.span(),
+                        "the format version is a whole number",
+                    )
+                    .help = Some("write `kiln 1`".into());
+                    FORMAT_VERSION
+                }
+            },
+            _ => {
+                self.err(
+                    "kiln::wrong_arity",
+                    head_span(node),
+                    "`kiln` takes one value, the format version",
+                )
+                .help = Some("write `kiln 1`".into());
+                FORMAT_VERSION
+            }
+        }
+    }
+
+    fn variant(&mut self, node: &KdlNode) -> Option<Variant> {
+        self.allow_props(node, &["default", "description"]);
+        let name = self.one_string(node, "variant name")?;
+        if !valid_variant_name(&name.value) {
+            self.err(
+                "kiln::invalid_name",
+                name.span,
+                format!("`{}` is not a valid variant name", name.value),
+            )
+            .help = Some(
+                "use letters, digits, `-`, `_` and `.`, starting with a letter or digit (it is a build target)"
+                    .into(),
+            );
+        }
+        let default = self.bool_prop(node, "default").unwrap_or(false);
+        let description = self.string_prop(node, "description").map(|s| s.value);
+        let mut settings = Settings::default();
+        if let Some(children) = node.children() {
+            for child in children.nodes() {
+                match child.name().value() {
+                    "kiln" | "variant" | "arg" => {
+                        let what = child.name().value();
+                        self.err(
+                            "kiln::misplaced_node",
+                            head_span(child),
+                            format!("`{what}` belongs at the top level, not inside a variant"),
+                        );
+                    }
+                    _ => {
+                        if let Some(tag) = self.variant_tag(child) {
+                            self.err(
+                                "kiln::misplaced_node",
+                                tag.span,
+                                "`variant=` inside a variant block",
+                            )
+                            .help = Some(format!(
+                                "nodes inside `variant \"{}\"` already apply to it only; remove the property",
+                                name.value
+                            ));
+                        }
+                        self.setting(&mut settings, child, Level::Variant(&name.value));
+                    }
+                }
+            }
+        }
+        Some(Variant {
+            name,
+            default,
+            description,
+            span: head_span(node),
+            settings,
+        })
+    }
+
+    fn arg(&mut self, node: &KdlNode) -> Option<ArgDecl> {
+        self.no_children(node);
+        self.allow_props(node, &["default"]);
+        let args = positional(node);
+        let name = match args.first() {
+            Some(e) => self.string(e, "build argument name")?,
+            None => {
+                self.err(
+                    "kiln::wrong_arity",
+                    head_span(node),
+                    "`arg` needs a name: `arg \"NAME\" default=\"value\"`",
+                );
+                return None;
+            }
+        };
+        if args.len() > 1 {
+            self.err(
+                "kiln::wrong_arity",
+                args[1].span(),
+                "`arg` takes one name; give its default as `default=\"…\"`",
+            );
+        }
+        if !valid_arg_name(&name.value) {
+            self.err(
+                "kiln::invalid_name",
+                name.span,
+                format!("`{}` is not a valid build argument name", name.value),
+            )
+            .help = Some("use letters, digits and `_`, not starting with a digit".into());
+        }
+        let default = self.string_prop(node, "default").map(|s| s.value);
+        Some(ArgDecl { name, default })
+    }
+
+    /// `variant="x"` on a node, removed from the node's allowed properties.
+    fn variant_tag(&mut self, node: &KdlNode) -> Option<Spanned<String>> {
+        let entry = node
+            .entries()
+            .iter()
+            .find(|e| e.name().is_some_and(|n| n.value() == "variant"))?;
+        self.string(entry, "variant name")
+    }
+
+    fn setting(&mut self, s: &mut Settings, node: &KdlNode, level: Level<'_>) {
+        let name = node.name().value();
+        if name != "variant" {
+            self.no_children(node);
+        }
+        let span = head_span(node);
+        match name {
+            "name" => {
+                self.allow_props(node, &["variant"]);
+                if let Some(v) = self.one_string(node, "image name") {
+                    self.set_once(&mut s.name, v, node, level);
+                }
+            }
+            "python" => {
+                self.allow_props(node, &["variant"]);
+                if let Some(v) = self.one_string(node, "python version") {
+                    if !is_version(&v.value, 2) {
+                        self.err(
+                            "kiln::invalid_version",
+                            v.span,
+                            format!("`{}` is not a python version", v.value),
+                        )
+                        .help = Some("write major.minor, e.g. `python \"3.11\"`".into());
+                    }
+                    self.set_once(&mut s.python, v, node, level);
+                }
+            }
+            "framework" => {
+                self.allow_props(node, &["variant"]);
+                if let Some(f) = self.framework(node) {
+                    self.set_once(&mut s.framework, Spanned::new(f, span), node, level);
+                }
+            }
+            "base" | "builder" | "conda" | "workdir" | "ca-bundle" => {
+                let value = if name == "ca-bundle" {
+                    self.allow_props(node, &["variant", "secret"]);
+                    if !positional(node).is_empty() {
+                        self.err(
+                            "kiln::wrong_arity",
+                            positional(node)[0].span(),
+                            "`ca-bundle` takes no value; name the build secret that holds the bundle",
+                        )
+                        .help = Some("write `ca-bundle secret=\"ca-bundle\"` and build with `--secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt`".into());
+                        return;
+                    }
+                    match self.string_prop(node, "secret") {
+                        Some(v) => v,
+                        None => {
+                            self.err(
+                                "kiln::missing_property",
+                                span,
+                                "`ca-bundle` needs `secret=\"ID\"`, the build secret holding the CA bundle",
+                            );
+                            return;
+                        }
+                    }
+                } else {
+                    self.allow_props(node, &["variant"]);
+                    match self.one_string(node, name) {
+                        Some(v) => v,
+                        None => return,
+                    }
+                };
+                match name {
+                    "base" => {
+                        self.check_image_ref(&value);
+                        self.set_once(&mut s.base, value, node, level);
+                    }
+                    "builder" => {
+                        self.check_image_ref(&value);
+                        self.set_once(&mut s.builder, value, node, level);
+                    }
+                    "conda" => {
+                        if let Some(norm) = self.check_context_path(&value, "conda environment file") {
+                            self.set_once(&mut s.conda, Spanned::new(norm, value.span), node, level);
+                        }
+                    }
+                    "workdir" => {
+                        if !value.value.starts_with('/') {
+                            self.err(
+                                "kiln::invalid_path",
+                                value.span,
+                                format!("workdir `{}` is not an absolute path", value.value),
+                            )
+                            .help = Some(format!(
+                                "write `workdir \"/{}\"`",
+                                value.value.trim_start_matches("./")
+                            ));
+                        }
+                        self.set_once(&mut s.workdir, value, node, level);
+                    }
+                    _ => self.set_once(&mut s.ca_bundle, value, node, level),
+                }
+            }
+            "installer" => {
+                self.allow_props(node, &["variant"]);
+                if let Some(v) = self.one_string(node, "installer") {
+                    let inst = match v.value.as_str() {
+                        "pip" => Some(Installer::Pip),
+                        "uv" => Some(Installer::Uv),
+                        other => {
+                            self.err(
+                                "kiln::invalid_value",
+                                v.span,
+                                format!("unknown installer `{other}`"),
+                            )
+                            .help = Some("write `installer \"pip\"` or `installer \"uv\"`".into());
+                            None
+                        }
+                    };
+                    if let Some(inst) = inst {
+                        self.set_once(&mut s.installer, Spanned::new(inst, v.span), node, level);
+                    }
+                }
+            }
+            "cuda" => {
+                self.allow_props(node, &["variant", "cudnn", "from", "distro"]);
+                if let Some(c) = self.cuda(node) {
+                    self.set_once(&mut s.cuda, Spanned::new(c, span), node, level);
+                }
+            }
+            "user" => {
+                self.allow_props(node, &["variant", "uid", "gid"]);
+                if let Some(u) = self.user(node) {
+                    self.set_once(&mut s.user, Spanned::new(u, span), node, level);
+                }
+            }
+            "cmd" | "entrypoint" => {
+                self.allow_props(node, &["variant"]);
+                let words = self.strings(node, name);
+                if words.is_empty() {
+                    self.err(
+                        "kiln::wrong_arity",
+                        span,
+                        format!("`{name}` needs the program and its arguments, e.g. `{name} \"python\" \"train.py\"`"),
+                    );
+                    return;
+                }
+                let v = Spanned::new(words, span);
+                if name == "cmd" {
+                    self.set_once(&mut s.cmd, v, node, level);
+                } else {
+                    self.set_once(&mut s.entrypoint, v, node, level);
+                }
+            }
+            "apt" => {
+                self.allow_props(node, &["variant", "stage"]);
+                let packages = self.strings(node, "apt package");
+                if packages.is_empty() {
+                    self.err("kiln::wrong_arity", span, "`apt` needs at least one package name");
+                    return;
+                }
+                for p in &packages {
+                    if !valid_apt_package(p) {
+                        let e = find_arg(node, p).unwrap_or(span);
+                        self.err(
+                            "kiln::invalid_value",
+                            e,
+                            format!("`{p}` is not a Debian package name"),
+                        )
+                        .help = Some("one package per value; versions as `name=1.2-3`".into());
+                    }
+                }
+                let stage = match self.string_prop(node, "stage") {
+                    None => Stage::Runtime,
+                    Some(v) => match v.value.as_str() {
+                        "runtime" => Stage::Runtime,
+                        "build" | "builder" => Stage::Build,
+                        other => {
+                            self.err(
+                                "kiln::invalid_value",
+                                v.span,
+                                format!("unknown stage `{other}`"),
+                            )
+                            .help = Some("write `stage=\"build\"` (builder only) or leave it out (runtime)".into());
+                            Stage::Runtime
+                        }
+                    },
+                };
+                s.apt.push(Spanned::new(Apt { packages, stage }, span));
+            }
+            "pip" => {
+                self.allow_props(node, &["variant", "requirements", "index", "secret"]);
+                self.pip(s, node);
+            }
+            "env" => {
+                self.allow_props_any(node);
+                let args = positional(node);
+                let mut pairs = Vec::new();
+                if !args.is_empty() {
+                    if args.len() != 2 {
+                        self.err(
+                            "kiln::wrong_arity",
+                            span,
+                            "`env` takes NAME=\"value\" properties (or one name and one value)",
+                        )
+                        .help = Some("write `env PYTHONUNBUFFERED=\"1\"`".into());
+                        return;
+                    }
+                    if let (Some(k), Some(v)) = (self.string(args[0], "variable name"), self.string(args[1], "value")) {
+                        pairs.push((k, v.value));
+                    }
+                }
+                for e in node.entries() {
+                    let Some(key) = e.name() else { continue };
+                    if key.value() == "variant" {
+                        continue;
+                    }
+                    if let Some(v) = self.string(e, "environment value") {
+                        pairs.push((Spanned::new(key.value().to_string(), e.span()), v.value));
+                    }
+                }
+                if pairs.is_empty() {
+                    self.err("kiln::wrong_arity", span, "`env` sets nothing")
+                        .help = Some("write `env NAME=\"value\"`".into());
+                }
+                for (k, v) in pairs {
+                    if !valid_env_name(&k.value) {
+                        self.err(
+                            "kiln::invalid_name",
+                            k.span,
+                            format!("`{}` is not an environment variable name", k.value),
+                        );
+                    }
+                    s.env.push(Spanned::new((k.value, v), k.span));
+                }
+            }
+            "label" => {
+                self.allow_props_any(node);
+                let args = positional(node);
+                let mut pairs = Vec::new();
+                if !args.is_empty() {
+                    if args.len() != 2 {
+                        self.err(
+                            "kiln::wrong_arity",
+                            span,
+                            "`label` takes a key and a value: `label \"org.example.team\" \"ml\"`",
+                        );
+                        return;
+                    }
+                    if let (Some(k), Some(v)) = (self.string(args[0], "label key"), self.string(args[1], "label value")) {
+                        pairs.push((k, v.value));
+                    }
+                }
+                for e in node.entries() {
+                    let Some(key) = e.name() else { continue };
+                    if key.value() == "variant" {
+                        continue;
+                    }
+                    if let Some(v) = self.string(e, "label value") {
+                        pairs.push((Spanned::new(key.value().to_string(), e.span()), v.value));
+                    }
+                }
+                if pairs.is_empty() {
+                    self.err("kiln::wrong_arity", span, "`label` sets nothing");
+                }
+                for (k, v) in pairs {
+                    s.label.push(Spanned::new((k.value, v), k.span));
+                }
+            }
+            "expose" => {
+                self.allow_props(node, &["variant"]);
+                let args = positional(node);
+                if args.is_empty() {
+                    self.err("kiln::wrong_arity", span, "`expose` needs a port, e.g. `expose 8080`");
+                }
+                for e in args {
+                    let port = match e.value() {
+                        KdlValue::Integer(n) => Some(n.to_string()),
+                        KdlValue::String(s) => Some(s.clone()),
+                        _ => None,
+                    };
+                    match port.filter(|p| valid_port(p)) {
+                        Some(p) => s.expose.push(Spanned::new(p, e.span())),
+                        None => {
+                            self.err(
+                                "kiln::invalid_value",
+                                e.span(),
+                                "not a port: write a number 1–65535, optionally as \"8080/tcp\" or \"8080/udp\"",
+                            );
+                        }
+                    }
+                }
+            }
+            "copy" => {
+                self.allow_props(node, &["variant"]);
+                let args = positional(node);
+                if args.len() != 2 {
+                    self.err(
+                        "kiln::wrong_arity",
+                        span,
+                        "`copy` takes a source in the build context and a destination",
+                    )
+                    .help = Some("write `copy \"src\" \"/app/src\"`".into());
+                    return;
+                }
+                let (Some(src), Some(dest)) =
+                    (self.string(args[0], "copy source"), self.string(args[1], "copy destination"))
+                else {
+                    return;
+                };
+                if let Some(norm) = self.check_context_path(&src, "copy source") {
+                    s.copy.push(Spanned::new(
+                        Copy {
+                            src: norm,
+                            dest: dest.value,
+                        },
+                        span,
+                    ));
+                }
+            }
+            "run" => {
+                self.allow_props(node, &["variant", "after"]);
+                let Some(cmd) = self.one_string(node, "shell command") else {
+                    return;
+                };
+                let after = match self.string_prop(node, "after") {
+                    None => RunAfter::Deps,
+                    Some(v) => match v.value.as_str() {
+                        "deps" => RunAfter::Deps,
+                        "copy" => RunAfter::Copy,
+                        other => {
+                            self.err(
+                                "kiln::invalid_value",
+                                v.span,
+                                format!("unknown `after=\"{other}\"`"),
+                            )
+                            .help = Some("write `after=\"copy\"` to run after the app files are copied, or leave it out".into());
+                            RunAfter::Deps
+                        }
+                    },
+                };
+                s.run.push(Spanned::new(
+                    Run {
+                        command: cmd.value,
+                        after,
+                    },
+                    span,
+                ));
+            }
+            "verify" => {
+                self.allow_props(node, &["variant"]);
+                if let Some(code) = self.one_string(node, "python snippet") {
+                    s.verify.push(Spanned::new(code.value, span));
+                }
+            }
+            "kiln" | "variant" | "arg" => {}
+            other => {
+                let help = match (nearest(other, NODE_NAMES.iter().copied()), other) {
+                    (_, "from" | "FROM") => Some("the base image is `base \"IMAGE\"`".to_string()),
+                    (_, "torch" | "pytorch" | "tensorflow" | "jax") => Some(format!(
+                        "frameworks are declared as `framework \"{}\" \"VERSION\"`",
+                        if other == "torch" { "pytorch" } else { other }
+                    )),
+                    (Some(n), _) => Some(format!("did you mean `{n}`?")),
+                    (None, _) => None,
+                };
+                let d = self.err(
+                    "kiln::unknown_node",
+                    node.name().span(),
+                    format!("unknown node `{other}`"),
+                );
+                d.label = "not a kiln node".into();
+                d.help = help.or_else(|| Some("see docs/recipe.md for the nodes a recipe may use".into()));
+            }
+        }
+    }
+
+    fn framework(&mut self, node: &KdlNode) -> Option<FrameworkReq> {
+        let args = positional(node);
+        if args.is_empty() || args.len() > 2 {
+            self.err(
+                "kiln::wrong_arity",
+                head_span(node),
+                "`framework` takes a name and a version",
+            )
+            .help = Some("write `framework \"pytorch\" \"2.4.1\"`".into());
+            return None;
+        }
+        let name = self.string(args[0], "framework name")?;
+        let canonical = match name.value.to_ascii_lowercase().as_str() {
+            "pytorch" | "torch" => "pytorch",
+            "tensorflow" | "tf" => "tensorflow",
+            "jax" => "jax",
+            other => {
+                let help = match nearest(other, FRAMEWORKS.iter().copied()) {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None => "kiln knows pytorch, tensorflow and jax; for anything else use `pip`".into(),
+                };
+                self.err(
+                    "kiln::unknown_framework",
+                    name.span,
+                    format!("unknown framework `{}`", name.value),
+                )
+                .help = Some(help);
+                return None;
+            }
+        };
+        let version = match args.get(1) {
+            Some(e) => {
+                let v = self.string(e, "framework version")?;
+                if !is_version(&v.value, 1) {
+                    self.err(
+                        "kiln::invalid_version",
+                        v.span,
+                        format!("`{}` is not a version", v.value),
+                    )
+                    .help = Some("write the release, e.g. \"2.4.1\"".into());
+                }
+                Some(v.value)
+            }
+            None => None,
+        };
+        Some(FrameworkReq {
+            name: canonical.to_string(),
+            version,
+        })
+    }
+
+    fn cuda(&mut self, node: &KdlNode) -> Option<CudaReq> {
+        let version = self.one_string(node, "CUDA version")?;
+        if !is_version(&version.value, 2) {
+            self.err(
+                "kiln::invalid_version",
+                version.span,
+                format!("`{}` is not a CUDA version", version.value),
+            )
+            .help = Some("write major.minor, e.g. `cuda \"12.4\"`".into());
+        }
+        let cudnn = self.version_prop(node, "cudnn");
+        let from = match self.string_prop(node, "from") {
+            None => CudaFrom::Wheels,
+            Some(v) => match v.value.as_str() {
+                "wheels" => CudaFrom::Wheels,
+                "base" => CudaFrom::Base,
+                other => {
+                    self.err(
+                        "kiln::invalid_value",
+                        v.span,
+                        format!("unknown `from=\"{other}\"`"),
+                    )
+                    .help = Some("write `from=\"base\"` for an nvidia/cuda base image, or leave it out to use the framework's CUDA wheels".into());
+                    CudaFrom::Wheels
+                }
+            },
+        };
+        let distro = self.string_prop(node, "distro").map(|s| s.value);
+        Some(CudaReq {
+            version: version.value,
+            cudnn,
+            from,
+            distro,
+        })
+    }
+
+    fn user(&mut self, node: &KdlNode) -> Option<User> {
+        let name = self.one_string(node, "user name")?;
+        if !valid_user_name(&name.value) {
+            self.err(
+                "kiln::invalid_name",
+                name.span,
+                format!("`{}` is not a valid user name", name.value),
+            )
+            .help = Some("use lower-case letters, digits, `-` and `_`, starting with a letter".into());
+        }
+        if name.value == "root" {
+            self.err("kiln::invalid_value", name.span, "`user \"root\"` is the default; leave `user` out to run as root");
+        }
+        let uid = self.u32_prop(node, "uid").unwrap_or(1000);
+        let gid = self.u32_prop(node, "gid").unwrap_or(uid);
+        if uid == 0 {
+            self.err("kiln::invalid_value", head_span(node), "uid 0 is root; pick a non-root uid such as 1000");
+        }
+        Some(User {
+            name: name.value,
+            uid,
+            gid,
+        })
+    }
+
+    fn pip(&mut self, s: &mut Settings, node: &KdlNode) {
+        let span = head_span(node);
+        let packages = self.strings(node, "pip requirement");
+        let requirements = self.string_prop(node, "requirements");
+        let index = self.string_prop(node, "index");
+        let secret = self.string_prop(node, "secret");
+        let kinds = usize::from(!packages.is_empty()) + usize::from(requirements.is_some()) + usize::from(index.is_some());
+        if kinds == 0 {
+            self.err("kiln::wrong_arity", span, "`pip` installs nothing")
+                .help = Some("write `pip \"numpy==1.26.4\"`, `pip requirements=\"requirements.txt\"` or `pip index=\"URL\"`".into());
+            return;
+        }
+        if kinds > 1 {
+            self.err(
+                "kiln::conflicting_properties",
+                span,
+                "one `pip` node is either packages, `requirements=` or `index=`",
+            )
+            .help = Some("split it into separate `pip` nodes".into());
+            return;
+        }
+        if let Some(sec) = &secret
+            && index.is_none()
+        {
+            self.err(
+                "kiln::conflicting_properties",
+                sec.span,
+                "`secret=` on `pip` gives credentials for an `index=`",
+            )
+            .help = Some("write `pip index=\"https://…/simple\" secret=\"pip-index\"`".into());
+        }
+        if !packages.is_empty() {
+            for p in &packages {
+                if let Err(why) = check_requirement(p) {
+                    let at = find_arg(node, p).unwrap_or(span);
+                    self.err(
+                        "kiln::invalid_requirement",
+                        at,
+                        format!("`{p}` is not a pip requirement: {why}"),
+                    )
+                    .help = Some("write one requirement per value, e.g. \"numpy==1.26.4\"; use `requirements=` for files".into());
+                }
+            }
+            s.pip.push(Spanned::new(Pip::Packages(packages), span));
+        } else if let Some(r) = requirements {
+            if let Some(norm) = self.check_context_path(&r, "requirements file") {
+                s.pip.push(Spanned::new(Pip::Requirements(norm), span));
+            }
+        } else if let Some(i) = index {
+            if !(i.value.starts_with("https://") || i.value.starts_with("http://")) {
+                self.err(
+                    "kiln::invalid_value",
+                    i.span,
+                    format!("`{}` is not an index URL", i.value),
+                )
+                .help = Some("write the index's full URL, e.g. `https://pypi.example.org/simple`".into());
+            }
+            if i.value.contains('@') {
+                self.err(
+                    "kiln::secret_in_recipe",
+                    i.span,
+                    "the index URL carries credentials; they would end up in the image's build graph",
+                )
+                .help = Some("put the credentials in a build secret and write `secret=\"ID\"`".into());
+            }
+            s.pip.push(Spanned::new(
+                Pip::Index {
+                    url: i.value,
+                    secret: secret.map(|s| s.value),
+                },
+                span,
+            ));
+        }
+    }
+
+    // ---- helpers -------------------------------------------------------
+
+    fn set_once<T>(&mut self, slot: &mut Option<Spanned<T>>, value: Spanned<T>, node: &KdlNode, level: Level<'_>) {
+        if let Some(prev) = slot {
+            let (line, _) = self.diags.source.line_col(prev.span.offset());
+            let name = node.name().value();
+            let help = match level {
+                Level::Top => format!(
+                    "it is already set on line {line}; keep one, or set it per variant inside `variant \"NAME\" {{ … }}`"
+                ),
+                Level::Variant(v) => format!("variant `{v}` already sets it on line {line}; keep one"),
+            };
+            self.err(
+                "kiln::duplicate_node",
+                head_span(node),
+                format!("`{name}` is given twice"),
+            )
+            .help = Some(help);
+        } else {
+            *slot = Some(value);
+        }
+    }
+
+    fn no_children(&mut self, node: &KdlNode) {
+        if let Some(c) = node.children() {
+            self.err(
+                "kiln::unexpected_block",
+                c.span(),
+                format!("`{}` takes no block", node.name().value()),
+            );
+        }
+    }
+
+    fn allow_props(&mut self, node: &KdlNode, allowed: &[&str]) {
+        let mut seen: Vec<&str> = Vec::new();
+        for e in node.entries() {
+            let Some(key) = e.name() else { continue };
+            let k = key.value();
+            if seen.contains(&k) {
+                self.err(
+                    "kiln::duplicate_property",
+                    e.span(),
+                    format!("property `{k}` is given twice"),
+                );
+            }
+            seen.push(k);
+            if !allowed.contains(&k) {
+                let node_name = node.name().value();
+                let help = match nearest(k, allowed.iter().copied()) {
+                    Some(n) => format!("did you mean `{n}=`?"),
+                    None if allowed.iter().all(|a| *a == "variant") => {
+                        format!("`{node_name}` takes only `variant=`")
+                    }
+                    None => format!(
+                        "`{node_name}` takes {}",
+                        allowed
+                            .iter()
+                            .map(|a| format!("`{a}=`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
+                self.err(
+                    "kiln::unknown_property",
+                    e.span(),
+                    format!("`{node_name}` has no property `{k}`"),
+                )
+                .help = Some(help);
+            }
+        }
+    }
+
+    /// Nodes whose properties are free-form (env, label): only duplicates are checked.
+    fn allow_props_any(&mut self, node: &KdlNode) {
+        let mut seen: Vec<&str> = Vec::new();
+        for e in node.entries() {
+            let Some(key) = e.name() else { continue };
+            if seen.contains(&key.value()) {
+                self.err(
+                    "kiln::duplicate_property",
+                    e.span(),
+                    format!("`{}` is given twice", key.value()),
+                );
+            }
+            seen.push(key.value());
+        }
+    }
+
+    fn one_string(&mut self, node: &KdlNode, what: &str) -> Option<Spanned<String>> {
+        let args = positional(node);
+        match args.as_slice() {
+            [e] => self.string(e, what),
+            [] => {
+                self.err(
+                    "kiln::wrong_arity",
+                    head_span(node),
+                    format!("`{}` needs a value: the {what}", node.name().value()),
+                );
+                None
+            }
+            [_, extra, ..] => {
+                self.err(
+                    "kiln::wrong_arity",
+                    extra.span(),
+                    format!("`{}` takes one value, the {what}", node.name().value()),
+                );
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, node: &KdlNode, what: &str) -> Vec<String> {
+        positional(node)
+            .into_iter()
+            .filter_map(|e| self.string(e, what).map(|s| s.value))
+            .collect()
+    }
+
+    fn string(&mut self, e: &KdlEntry, what: &str) -> Option<Spanned<String>> {
+        match e.value() {
+            KdlValue::String(s) => Some(Spanned::new(s.clone(), value_span(e))),
+            KdlValue::Float(_) | KdlValue::Integer(_) => {
+                let repr = e
+                    .format()
+                    .map(|f| f.value_repr.trim().to_string())
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(|| e.value().to_string());
+                let (msg, help) = if what.contains("version") {
+                    let as_number = e.value().to_string();
+                    let note = if as_number != repr {
+                        format!(" ({repr} as a number is {as_number})")
+                    } else {
+                        String::new()
+                    };
+                    (
+                        format!("the {what} is written as a number{note}"),
+                        format!("write versions as strings: \"{repr}\""),
+                    )
+                } else {
+                    (
+                        format!("expected a string for the {what}, found the number {repr}"),
+                        format!("write \"{repr}\""),
+                    )
+                };
+                self.err("kiln::version_not_string", value_span(e), msg).help = Some(help);
+                None
+            }
+            KdlValue::Bool(b) => {
+                self.err(
+                    "kiln::wrong_type",
+                    value_span(e),
+                    format!("expected a string for the {what}, found #{b}"),
+                );
+                None
+            }
+            KdlValue::Null => {
+                self.err(
+                    "kiln::wrong_type",
+                    value_span(e),
+                    format!("expected a string for the {what}, found #null"),
+                );
+                None
+            }
+        }
+    }
+
+    fn prop<'n>(&self, node: &'n KdlNode, key: &str) -> Option<&'n KdlEntry> {
+        node.entries()
+            .iter()
+            .find(|e| e.name().is_some_and(|n| n.value() == key))
+    }
+
+    fn string_prop(&mut self, node: &KdlNode, key: &str) -> Option<Spanned<String>> {
+        let e = self.prop(node, key)?;
+        self.string(e, key)
+    }
+
+    fn version_prop(&mut self, node: &KdlNode, key: &str) -> Option<String> {
+        let e = self.prop(node, key)?;
+        let what = format!("{key} version");
+        let v = self.string(e, &what)?;
+        if !is_version(&v.value, 1) {
+            self.err(
+                "kiln::invalid_version",
+                v.span,
+                format!("`{}` is not a version", v.value),
+            );
+        }
+        Some(v.value)
+    }
+
+    fn bool_prop(&mut self, node: &KdlNode, key: &str) -> Option<bool> {
+        let e = self.prop(node, key)?;
+        match e.value() {
+            KdlValue::Bool(b) => Some(*b),
+            KdlValue::String(s) if s == "true" || s == "false" => {
+                self.err(
+                    "kiln::wrong_type",
+                    value_span(e),
+                    format!("`{key}` is a boolean, not a string"),
+                )
+                .help = Some(format!("write `{key}=#{s}`"));
+                None
+            }
+            _ => {
+                self.err(
+                    "kiln::wrong_type",
+                    value_span(e),
+                    format!("`{key}` is a boolean"),
+                )
+                .help = Some(format!("write `{key}=#true` or `{key}=#false`"));
+                None
+            }
+        }
+    }
+
+    fn u32_prop(&mut self, node: &KdlNode, key: &str) -> Option<u32> {
+        let e = self.prop(node, key)?;
+        match e.value() {
+            KdlValue::Integer(n) if (0..=i128::from(u32::MAX)).contains(n) => u32::try_from(*n).ok(),
+            KdlValue::String(s) if s.parse::<u32>().is_ok() => {
+                self.err(
+                    "kiln::wrong_type",
+                    value_span(e),
+                    format!("`{key}` is a number, not a string"),
+                )
+                .help = Some(format!("write `{key}={s}`"));
+                None
+            }
+            _ => {
+                self.err(
+                    "kiln::wrong_type",
+                    value_span(e),
+                    format!("`{key}` must be a whole number from 0 to {}", u32::MAX),
+                );
+                None
+            }
+        }
+    }
+
+    fn check_image_ref(&mut self, value: &Spanned<String>) {
+        if let Err(why) = crate::image_ref::ImageRef::parse(&value.value) {
+            self.err(
+                "kiln::invalid_image",
+                value.span,
+                format!("`{}` is not an image reference: {why}", value.value),
+            )
+            .help = Some("write e.g. \"python:3.11-slim\" or \"nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04\"".into());
+        }
+    }
+
+    /// A path inside the build context, normalised; an error when it leaves it.
+    fn check_context_path(&mut self, value: &Spanned<String>, what: &str) -> Option<String> {
+        match normalize_context_path(&value.value) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                self.err(
+                    "kiln::outside_context",
+                    value.span,
+                    format!("the {what} `{}` {why}", value.value),
+                )
+                .help = Some("paths are relative to the build context (the `.` of `docker buildx build .`); move the file into it".into());
+                None
+            }
+        }
+    }
+}
+
+/// Normalise a context-relative path: `./src/../app` → `app`; `.` → `.`.
+pub fn normalize_context_path(p: &str) -> Result<String, &'static str> {
+    if p.is_empty() {
+        return Err("is empty");
+    }
+    if p.starts_with('/') {
+        return Err("is an absolute path, outside the build context");
+    }
+    if p.contains('\0') {
+        return Err("contains a NUL byte");
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err("leaves the build context (`..`)");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    if parts.is_empty() {
+        Ok(".".to_string())
+    } else {
+        Ok(parts.join("/"))
+    }
+}
+
+fn positional(node: &KdlNode) -> Vec<&KdlEntry> {
+    node.entries().iter().filter(|e| e.name().is_none()).collect()
+}
+
+/// The span of a value, without the leading whitespace kdl keeps in entry spans.
+fn value_span(e: &KdlEntry) -> SourceSpan {
+    let span = e.span();
+    let lead = e
+        .format()
+        .map(|f| f.leading.len())
+        .unwrap_or(0)
+        .min(span.len());
+    SourceSpan::new((span.offset() + lead).into(), span.len() - lead)
+}
+
+/// The first line of a node: its name and entries, not its block.
+pub fn head_span(node: &KdlNode) -> SourceSpan {
+    let start = node.name().span().offset();
+    let end = node
+        .entries()
+        .iter()
+        .map(|e| e.span().offset() + e.span().len())
+        .max()
+        .unwrap_or(start + node.name().span().len())
+        .max(start + node.name().span().len());
+    SourceSpan::new(start.into(), end - start)
+}
+
+fn find_arg(node: &KdlNode, value: &str) -> Option<SourceSpan> {
+    positional(node)
+        .into_iter()
+        .find(|e| e.value().as_string() == Some(value))
+        .map(value_span)
+}
+
+/// `3`, `3.11`, `2.4.1`, `12.4`, with at least `min_parts` numeric parts.
+pub fn is_version(v: &str, min_parts: usize) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() >= min_parts
+        && parts.len() <= 4
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn valid_variant_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn valid_arg_name(n: &str) -> bool {
+    !n.is_empty()
+        && !n.starts_with(|c: char| c.is_ascii_digit())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn valid_env_name(n: &str) -> bool {
+    valid_arg_name(n)
+}
+
+fn valid_user_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 32
+        && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn valid_apt_package(p: &str) -> bool {
+    let name = p.split('=').next().unwrap_or("");
+    name.len() >= 2
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.:".contains(c))
+        && !p.contains(char::is_whitespace)
+}
+
+fn valid_port(p: &str) -> bool {
+    let (num, proto) = match p.split_once('/') {
+        Some((n, pr)) => (n, Some(pr)),
+        None => (p, None),
+    };
+    matches!(proto, None | Some("tcp") | Some("udp") | Some("sctp"))
+        && num.parse::<u16>().is_ok_and(|n| n > 0)
+}
+
+/// A light check of a PEP 508 requirement: a project name, then extras,
+/// version specifiers, a URL or markers. pip has the last word at build time;
+/// this catches what is clearly not a requirement (shell syntax, flags, spaces
+/// between two names).
+pub fn check_requirement(r: &str) -> Result<(), &'static str> {
+    let r = r.trim();
+    if r.is_empty() {
+        return Err("it is empty");
+    }
+    if r.starts_with('-') {
+        return Err("pip options are not requirements");
+    }
+    if r.contains(['\n', '`', '$', ';']) && !r.contains("; ") {
+        return Err("it contains shell syntax");
+    }
+    let name_end = r
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        .unwrap_or(r.len());
+    if name_end == 0 {
+        return Err("it does not start with a project name");
+    }
+    let rest = r[name_end..].trim_start();
+    if rest.is_empty() || rest.starts_with(['[', '=', '<', '>', '!', '~', '@', ';', '(']) {
+        Ok(())
+    } else {
+        Err("write one requirement per value")
+    }
+}
+
+/// The project name of a requirement, normalised as pip does (PEP 503).
+pub fn requirement_name(r: &str) -> String {
+    let r = r.trim();
+    let end = r
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        .unwrap_or(r.len());
+    let mut out = String::new();
+    let mut last_sep = false;
+    for c in r[..end].chars() {
+        if "-_.".contains(c) {
+            if !last_sep {
+                out.push('-');
+            }
+            last_sep = true;
+        } else {
+            out.push(c.to_ascii_lowercase());
+            last_sep = false;
+        }
+    }
+    out
+}
+
+/// `name==version` exactly (no wildcard), the form per-package layers need.
+pub fn exact_pin(r: &str) -> Option<(String, String)> {
+    let r = r.trim();
+    if r.contains([';', '@', '[', ',']) {
+        return None;
+    }
+    let (name, version) = r.split_once("==")?;
+    let version = version.trim();
+    if version.is_empty() || version.contains(['*', '=', '<', '>', '!', '~', ' ']) {
+        return None;
+    }
+    let name = requirement_name(name);
+    (!name.is_empty()).then(|| (name, version.to_string()))
+}
+
+impl Settings {
+    /// This level's settings overlaid by a variant's: the variant's single
+    /// values win, lists add up (env and labels by key, later wins).
+    pub fn overlay(&self, v: &Settings) -> Settings {
+        fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
+            b.clone().or_else(|| a.clone())
+        }
+        fn cat<T: Clone>(a: &[T], b: &[T]) -> Vec<T> {
+            a.iter().chain(b).cloned().collect()
+        }
+        Settings {
+            name: pick(&self.name, &v.name),
+            python: pick(&self.python, &v.python),
+            framework: pick(&self.framework, &v.framework),
+            base: pick(&self.base, &v.base),
+            builder: pick(&self.builder, &v.builder),
+            conda: pick(&self.conda, &v.conda),
+            installer: pick(&self.installer, &v.installer),
+            cuda: pick(&self.cuda, &v.cuda),
+            user: pick(&self.user, &v.user),
+            workdir: pick(&self.workdir, &v.workdir),
+            cmd: pick(&self.cmd, &v.cmd),
+            entrypoint: pick(&self.entrypoint, &v.entrypoint),
+            ca_bundle: pick(&self.ca_bundle, &v.ca_bundle),
+            apt: cat(&self.apt, &v.apt),
+            pip: cat(&self.pip, &v.pip),
+            env: cat(&self.env, &v.env),
+            copy: cat(&self.copy, &v.copy),
+            run: cat(&self.run, &v.run),
+            verify: cat(&self.verify, &v.verify),
+            label: cat(&self.label, &v.label),
+            expose: cat(&self.expose, &v.expose),
+        }
+    }
+}
+
+impl Recipe {
+    /// The variant a build without `--target` gets: the one marked default,
+    /// else the first declared; `None` when the recipe declares none.
+    pub fn default_variant(&self) -> Option<&Variant> {
+        self.variants
+            .iter()
+            .find(|v| v.default)
+            .or_else(|| self.variants.first())
+    }
+}

@@ -1,0 +1,250 @@
+//! Choosing the runtime and builder base images.
+
+use miette::SourceSpan;
+
+use super::{Base, Gpu};
+use crate::compat::{self, CudaFlavor};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::image_ref::ImageRef;
+use crate::llb::Platform;
+use crate::model::{CudaFrom, Settings};
+use crate::Options;
+
+/// Distros kiln knows to carry no glibc or no python usable by a venv.
+const NO_GLIBC: &[&str] = &["alpine", "busybox"];
+
+pub(super) fn choose(
+    s: &Settings,
+    python: &str,
+    gpu: Option<&Gpu>,
+    opts: &Options,
+    platform: &Platform,
+    diags: &mut Diagnostics,
+    notes: &mut Vec<String>,
+) -> Option<(Base, Base)> {
+    let data = compat::CompatData::builtin();
+    let runtime = if let Some(b) = &s.base {
+        let reference = ImageRef::parse(&b.value).ok()?;
+        if let Some(g) = gpu
+            && g.from == CudaFrom::Base
+        {
+            notes.push(format!(
+                "base: `{}` as written; `cuda from=\"base\"` does not replace an explicit base",
+                b.value
+            ));
+        } else {
+            notes.push(format!("base: `{}` as written in the recipe", b.value));
+        }
+        let mut base = described(reference, "the recipe's `base`", Some(b.span), opts, platform);
+        check_base(&mut base, python, b.span, s, diags, notes);
+        base
+    } else if let Some(g) = gpu.filter(|g| g.from == CudaFrom::Base) {
+        // nvidia/cuda runtime image whose distro python is the recipe's.
+        let distros = data.cuda_distros(&g.cuda);
+        if distros.is_empty() {
+            let known: Vec<String> = data.cuda_versions();
+            diags.push(
+                Diagnostic::error(
+                    "kiln::unknown_cuda",
+                    g.span,
+                    format!("kiln knows no nvidia/cuda image for CUDA {}", g.cuda),
+                )
+                .with_help(format!("known CUDA versions: {}", known.join(", "))),
+            );
+            return None;
+        }
+        let wanted_distro = s.cuda.as_ref().and_then(|c| c.value.distro.clone());
+        let chosen = match &wanted_distro {
+            Some(d) => {
+                if !distros.iter().any(|x| x == d) {
+                    diags.push(
+                        Diagnostic::error(
+                            "kiln::unknown_cuda",
+                            g.span,
+                            format!("nvidia/cuda publishes no CUDA {} image for `{d}`", g.cuda),
+                        )
+                        .with_help(format!("CUDA {} images exist for: {}", g.cuda, distros.join(", "))),
+                    );
+                    return None;
+                }
+                d.clone()
+            }
+            None => match distros
+                .iter()
+                .find(|d| data.distro_python(d) == Some(python))
+            {
+                Some(d) => d.clone(),
+                None => {
+                    let offered: Vec<String> = distros
+                        .iter()
+                        .map(|d| format!("{d} (python {})", data.distro_python(d).unwrap_or("?")))
+                        .collect();
+                    diags.push(
+                        Diagnostic::error(
+                            "kiln::python_mismatch",
+                            g.span,
+                            format!(
+                                "no nvidia/cuda {} image has python {python} as its distro python",
+                                g.cuda
+                            ),
+                        )
+                        .with_help(format!(
+                            "with `from=\"base\"` python comes from the distro: {}; change `python`, or drop `from=\"base\"` to use CUDA wheels on python:{python}-slim",
+                            offered.join(", ")
+                        )),
+                    );
+                    return None;
+                }
+            },
+        };
+        if let Some(distro_py) = data.distro_python(&chosen)
+            && distro_py != python
+        {
+            diags.push(
+                Diagnostic::error(
+                    "kiln::python_mismatch",
+                    g.span,
+                    format!("{chosen} ships python {distro_py}, but the recipe asks for python {python}"),
+                )
+                .with_help(format!("write `python \"{distro_py}\"`, or pick another `distro=`")),
+            );
+            return None;
+        }
+        let cudnn = true;
+        let Some(tag) = data.cuda_image(&g.cuda, &chosen, CudaFlavor::Runtime, cudnn) else {
+            diags.push(Diagnostic::error(
+                "kiln::unknown_cuda",
+                g.span,
+                format!("no cuDNN runtime image is known for CUDA {} on {chosen}", g.cuda),
+            ));
+            return None;
+        };
+        let reference = ImageRef::parse(&tag).ok()?;
+        notes.push(format!(
+            "base: {tag}, because `cuda \"{}\" from=\"base\"` and {chosen}'s python is {python}; python is installed from the distro",
+            g.cuda
+        ));
+        let mut base = described(reference, "nvidia/cuda runtime for the variant's CUDA", None, opts, platform);
+        base.python_from_apt = true;
+        base
+    } else {
+        let tag = data
+            .slim_image(python)
+            .unwrap_or_else(|| format!("python:{python}-slim"));
+        let reference = ImageRef::parse(&tag).ok()?;
+        let why = if gpu.is_some() {
+            notes.push(format!(
+                "base: {tag}; the GPU variant gets CUDA from the framework's wheels, so CUDA is installed once, by pip"
+            ));
+            "slim python; CUDA comes as wheels"
+        } else {
+            notes.push(format!("base: {tag} (no `base` given)"));
+            "slim python for the recipe's python"
+        };
+        described(reference, why, None, opts, platform)
+    };
+
+    let builder = match &s.builder {
+        Some(b) => {
+            let reference = ImageRef::parse(&b.value).ok()?;
+            notes.push(format!(
+                "builder: `{}` as written; only /opt/venv reaches the image, so its python must be the runtime's ({python})",
+                b.value
+            ));
+            let mut base = described(reference, "the recipe's `builder`", Some(b.span), opts, platform);
+            check_base(&mut base, python, b.span, s, diags, notes);
+            base
+        }
+        None => {
+            let mut b = runtime.clone();
+            b.why = "the runtime base, so the venv's python is the image's".to_string();
+            b
+        }
+    };
+    Some((runtime, builder))
+}
+
+fn described(reference: ImageRef, why: &str, span: Option<SourceSpan>, opts: &Options, platform: &Platform) -> Base {
+    let _ = platform;
+    let resolved = opts.images.get(&reference.to_string()).cloned();
+    Base {
+        reference,
+        why: why.to_string(),
+        span,
+        resolved,
+        python_from_apt: false,
+    }
+}
+
+/// Checks an explicit base: no glibc → error; a distro image without python
+/// → python from the distro, which must match the recipe's.
+fn check_base(
+    base: &mut Base,
+    python: &str,
+    span: SourceSpan,
+    s: &Settings,
+    diags: &mut Diagnostics,
+    notes: &mut Vec<String>,
+) {
+    let data = compat::CompatData::builtin();
+    let name = base.reference.familiar_name();
+    let tag = base.reference.tag.clone().unwrap_or_default();
+    let last = name.rsplit('/').next().unwrap_or(&name).to_string();
+    if NO_GLIBC.contains(&last.as_str()) || tag.contains("alpine") || tag.contains("musl") {
+        let what = if s.conda.is_some() { "a conda environment" } else { "the venv's python and wheels" };
+        diags.push(
+            Diagnostic::error(
+                "kiln::no_glibc",
+                span,
+                format!("`{name}:{tag}` has no glibc, so {what} cannot run on it"),
+            )
+            .with_help("pick a glibc base such as python:3.11-slim or debian:bookworm-slim; manylinux wheels and conda need glibc"),
+        );
+        return;
+    }
+    // Python from the image's tag when it says so (python:3.10-slim-bullseye).
+    if last == "python" {
+        let tag_py: String = tag.split('-').next().unwrap_or("").to_string();
+        let tag_mm: Vec<&str> = tag_py.split('.').take(2).collect();
+        if tag_mm.len() == 2 && tag_mm.iter().all(|p| p.parse::<u32>().is_ok()) {
+            let tag_py = tag_mm.join(".");
+            if tag_py != python {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::python_mismatch",
+                        span,
+                        format!("`{name}:{tag}` carries python {tag_py}, but the recipe asks for python {python}"),
+                    )
+                    .with_help(format!("write `python \"{tag_py}\"`, or a python:{python}-… base")),
+                );
+            }
+        }
+        return;
+    }
+    if base
+        .resolved
+        .as_ref()
+        .is_some_and(|r| r.config.env("PYTHON_VERSION").is_some())
+    {
+        return;
+    }
+    // Distro images (nvidia/cuda, ubuntu, debian) bring no python: install the distro's.
+    let distro = compat::distro_of_image(&name, &tag);
+    if let Some(distro) = distro {
+        base.python_from_apt = true;
+        match data.distro_python(&distro) {
+            Some(py) if py != python => {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::python_mismatch",
+                        span,
+                        format!("`{name}:{tag}` is {distro}, whose python is {py}, but the recipe asks for python {python}"),
+                    )
+                    .with_help(format!("write `python \"{py}\"`, or pick a base whose distro ships python {python}")),
+                );
+            }
+            Some(_) => notes.push(format!("python: {python} from {distro}'s packages (the base has none)")),
+            None => notes.push(format!("python: from {distro}'s packages (kiln does not know its version)")),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! Resolving `framework` + `python` + the variant's `cuda` into what to install.
+
+use miette::SourceSpan;
+
+use super::Gpu;
+use crate::compat::{self, CompatData, Framework, Install};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::llb::Platform;
+use crate::model::{self, FrameworkReq, Settings, Spanned};
+
+/// The framework install step: what pip installs, from where, and how the
+/// build checks it got the right build.
+#[derive(Debug, Clone)]
+pub struct FrameworkPlan {
+    pub name: String,
+    pub version: String,
+    /// Requirement specs for pip, the framework first.
+    pub packages: Vec<String>,
+    /// Replaces PyPI for this step (PyTorch's per-CUDA indexes).
+    pub index_url: Option<String>,
+    pub extra_index_url: Option<String>,
+    pub find_links: Option<String>,
+    /// Python that fails unless the installed build is the one asked for.
+    pub verify: Option<String>,
+    /// Projects that must come from the framework's index (torchvision…).
+    pub companions: Vec<String>,
+    pub span: SourceSpan,
+}
+
+impl FrameworkPlan {
+    /// Take `spec` into the framework step if it names a companion project.
+    pub fn adopt_companion(&mut self, spec: &str) -> bool {
+        let name = model::requirement_name(spec);
+        if self.companions.iter().any(|c| model::requirement_name(c) == name) {
+            self.packages.push(spec.to_string());
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub(super) fn resolve(
+    req: &Spanned<FrameworkReq>,
+    python: &str,
+    gpu: Option<&Gpu>,
+    platform: &Platform,
+    settings: &Settings,
+    diags: &mut Diagnostics,
+    notes: &mut Vec<String>,
+) -> Option<FrameworkPlan> {
+    let data = CompatData::builtin();
+    let fw = Framework::from_name(&req.value.name)?;
+    let span = req.span;
+    let label = fw.name();
+
+    let release = match &req.value.version {
+        Some(v) => match data.release(fw, v) {
+            Some(r) => ReleaseChoice::Known(r),
+            None => {
+                let newest = data.releases(fw).last().map(|r| r.version.clone());
+                let is_newer = newest
+                    .as_deref()
+                    .is_some_and(|n| compat::version_cmp(v, n) == std::cmp::Ordering::Greater);
+                if is_newer {
+                    ReleaseChoice::Newer(v.clone())
+                } else {
+                    let near = nearest_versions(data, fw, v);
+                    diags.push(
+                        Diagnostic::error(
+                            "kiln::unknown_release",
+                            span,
+                            format!("{label} {v} is not a release kiln knows"),
+                        )
+                        .with_help(format!("known {label} releases near it: {}", near.join(", "))),
+                    );
+                    return None;
+                }
+            }
+        },
+        None => {
+            let fitting: Vec<_> = data
+                .releases(fw)
+                .iter()
+                .filter(|r| r.pythons.iter().any(|p| p == python))
+                .collect();
+            match fitting.last() {
+                Some(r) => {
+                    notes.push(format!(
+                        "framework: no version given; {label} {} is the newest release kiln knows for python {python}",
+                        r.version
+                    ));
+                    ReleaseChoice::Known(r)
+                }
+                None => {
+                    diags.push(
+                        Diagnostic::error(
+                            "kiln::incompatible",
+                            span,
+                            format!("no {label} release kiln knows supports python {python}"),
+                        )
+                        .with_help("pick another python version"),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+
+    let (release, version, known) = match release {
+        ReleaseChoice::Known(r) => (r, r.version.clone(), true),
+        ReleaseChoice::Newer(v) => {
+            // Newer than the data: build with the newest known rule of its line.
+            let rule = data.newest_in_line(fw, &v).or_else(|| data.releases(fw).last())?;
+            diags.push(
+                Diagnostic::warning(
+                    "kiln::newer_than_data",
+                    span,
+                    format!(
+                        "{label} {v} is newer than kiln's compatibility data (newest known: {}); using the install rule of {}",
+                        rule.version, rule.version
+                    ),
+                )
+                .with_help("name the wheel index with `pip index=\"…\"` if it moved; add the release to compiler/data/compat.kdl"),
+            );
+            (rule, v, false)
+        }
+    };
+
+    if known && !release.pythons.iter().any(|p| p == python) {
+        let others: Vec<String> = data
+            .releases(fw)
+            .iter()
+            .filter(|r| r.pythons.iter().any(|p| p == python))
+            .map(|r| r.version.clone())
+            .collect();
+        let help = if others.is_empty() {
+            format!("{label} {version} supports python {}", release.pythons.join(", "))
+        } else {
+            format!(
+                "{label} {version} supports python {}; for python {python} use {label} {}",
+                release.pythons.join(", "),
+                compact(&others)
+            )
+        };
+        diags.push(
+            Diagnostic::error(
+                "kiln::incompatible",
+                span,
+                format!("{label} {version} has no wheels for python {python}"),
+            )
+            .with_help(help),
+        );
+        return None;
+    }
+
+    let platform_name = platform.to_string();
+    let (install, verify): (&Install, Option<String>) = match gpu {
+        None => {
+            let Some(cpu) = release.cpu_for(&platform_name) else {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::no_wheels",
+                        span,
+                        format!("{label} {version} ships no wheels for {platform_name}"),
+                    )
+                    .with_help("build this variant for linux/amd64"),
+                );
+                return None;
+            };
+            (cpu, cpu.verify.clone())
+        }
+        Some(g) => {
+            let Some(build) = release.cuda.iter().find(|b| b.cuda == g.cuda) else {
+                let offered: Vec<&str> = release.cuda.iter().map(|b| b.cuda.as_str()).collect();
+                let with_cuda: Vec<String> = data
+                    .releases(fw)
+                    .iter()
+                    .filter(|r| r.cuda.iter().any(|b| b.cuda == g.cuda))
+                    .map(|r| r.version.clone())
+                    .collect();
+                let mut help = if offered.is_empty() {
+                    format!("{label} {version} has no CUDA builds")
+                } else {
+                    format!("{label} {version} is built for CUDA {}", offered.join(", "))
+                };
+                if !with_cuda.is_empty() {
+                    help.push_str(&format!("; CUDA {} builds exist for {label} {}", g.cuda, compact(&with_cuda)));
+                }
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::incompatible",
+                        g.span,
+                        format!("{label} {version} has no build for CUDA {}", g.cuda),
+                    )
+                    .with_help(help),
+                );
+                return None;
+            };
+            if let Some(want) = &g.cudnn
+                && !version_prefix(want, &build.cudnn)
+            {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::incompatible",
+                        g.span,
+                        format!(
+                            "{label} {version} for CUDA {} comes with cuDNN {}, not {want}",
+                            g.cuda, build.cudnn
+                        ),
+                    )
+                    .with_help(format!("write `cudnn=\"{}\"` or leave `cudnn` out", major(&build.cudnn))),
+                );
+                return None;
+            }
+            if build.needs_cuda_base && g.from != model::CudaFrom::Base && settings.base.is_none() {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::needs_cuda_base",
+                        g.span,
+                        format!("{label} {version}'s wheels do not bring CUDA {}: it must come from the base image", g.cuda),
+                    )
+                    .with_help(format!(
+                        "write `cuda \"{}\" from=\"base\"` (an nvidia/cuda runtime base), or use a {label} release whose wheels bring CUDA",
+                        g.cuda
+                    )),
+                );
+                return None;
+            }
+            if !build.platforms.is_empty() && !build.platforms.iter().any(|p| p == &platform_name) {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::no_gpu_wheels",
+                        g.span,
+                        format!(
+                            "{label} {version} ships no CUDA {} wheels for {platform_name}",
+                            g.cuda
+                        ),
+                    )
+                    .with_help(format!(
+                        "CUDA {} wheels exist for: {}; build the GPU variant for those platforms only",
+                        g.cuda,
+                        build.platforms.join(", ")
+                    )),
+                );
+                return None;
+            }
+            (&build.install, build.install.verify.clone())
+        }
+    };
+
+    let mut packages: Vec<String> = install
+        .packages
+        .iter()
+        .map(|p| p.replace(&release.version, &version))
+        .collect();
+    // A recipe-level index for the framework replaces the data's when the
+    // release is newer than the data and the recipe names one.
+    let mut index_url = install.index_url.clone();
+    if !known
+        && let Some(url) = settings.pip.iter().find_map(|p| match &p.value {
+            model::Pip::Index { url, .. } => Some(url.clone()),
+            _ => None,
+        })
+    {
+        index_url = Some(url);
+    }
+    packages.dedup();
+    let why = match (gpu, &index_url) {
+        (Some(g), Some(idx)) => format!("{label} {version} for CUDA {} from {idx}", g.cuda),
+        (Some(g), None) => format!("{label} {version} for CUDA {} as `{}` from PyPI", g.cuda, packages.join(" ")),
+        (None, Some(idx)) => format!("{label} {version} CPU build from {idx}"),
+        (None, None) => format!("{label} {version} as `{}` from PyPI", packages.join(" ")),
+    };
+    notes.push(format!("framework: {why}; installed in its own step before other requirements"));
+    let verify = verify.map(|v| v.replace("{version}", &version));
+    if let Some(v) = &verify {
+        notes.push(format!("verify: `{v}` checks the installed build"));
+    }
+    Some(FrameworkPlan {
+        name: label.to_string(),
+        version: version.to_string(),
+        packages,
+        index_url,
+        extra_index_url: install.extra_index_url.clone(),
+        find_links: install.find_links.clone(),
+        verify,
+        companions: release.companions.iter().map(|c| c.name.clone()).collect(),
+        span,
+    })
+}
+
+enum ReleaseChoice<'a> {
+    Known(&'a compat::Release),
+    Newer(String),
+}
+
+fn nearest_versions(data: &CompatData, fw: Framework, v: &str) -> Vec<String> {
+    let mut all: Vec<&str> = data.releases(fw).iter().map(|r| r.version.as_str()).collect();
+    all.sort_by(|a, b| distance(a, v).cmp(&distance(b, v)).then(compat::version_cmp(a, b)));
+    let mut near: Vec<String> = all.into_iter().take(3).map(str::to_string).collect();
+    near.sort_by(|a, b| compat::version_cmp(a, b));
+    near
+}
+
+fn distance(a: &str, b: &str) -> u64 {
+    let key = |v: &str| -> u64 {
+        v.split('.')
+            .take(3)
+            .chain(std::iter::repeat("0"))
+            .take(3)
+            .fold(0u64, |acc, p| acc * 1000 + p.parse::<u64>().unwrap_or(0).min(999))
+    };
+    key(a).abs_diff(key(b))
+}
+
+/// `["2.1.0","2.1.1","2.2.0"]` → "2.1.0–2.2.0" when long.
+fn compact(versions: &[String]) -> String {
+    match versions {
+        [] => String::new(),
+        [one] => one.clone(),
+        [a, b] => format!("{a}, {b}"),
+        [first, .., last] => format!("{first} … {last}"),
+    }
+}
+
+fn major(v: &str) -> &str {
+    v.split('.').next().unwrap_or(v)
+}
+
+/// "9" matches "9.1.0"; "8.9" matches "8.9.7"; "9.1" does not match "9.3".
+fn version_prefix(want: &str, have: &str) -> bool {
+    let w: Vec<&str> = want.split('.').collect();
+    let h: Vec<&str> = have.split('.').collect();
+    w.len() <= h.len() && w.iter().zip(&h).all(|(a, b)| a == b)
+}

@@ -1,0 +1,622 @@
+//! Pass 3: the resolved plan for one variant on one platform.
+//!
+//! Here the recipe's "what" becomes kiln's "how": which base and builder
+//! images, whether python comes from the base or the distro, which wheel
+//! index and extras serve the framework for the requested CUDA, how pip steps
+//! are split into layers, what goes into the image config. Every choice keeps
+//! a line of "why" for `kiln explain`. Compatibility facts come from
+//! [`crate::compat`]; nothing here hard-codes a version.
+
+mod base;
+mod framework;
+
+use std::collections::BTreeMap;
+
+use miette::SourceSpan;
+
+use crate::diag::{Diagnostic, Diagnostics, SourceFile, nearest};
+use crate::image::{ImageConfig, ResolvedImage};
+use crate::image_ref::ImageRef;
+use crate::llb::Platform;
+use crate::model::{self, CudaFrom, Installer, Recipe, Settings, Spanned, Stage};
+use crate::Options;
+
+pub use framework::FrameworkPlan;
+
+/// Where the venv lives, in the builder and in the image.
+pub const VENV: &str = "/opt/venv";
+/// Default PATH when a base image's config is not known.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A base image choice.
+#[derive(Debug, Clone)]
+pub struct Base {
+    /// As written or chosen (what the caller resolves).
+    pub reference: ImageRef,
+    /// Why this image.
+    pub why: String,
+    pub span: Option<SourceSpan>,
+    /// The engine's answer for it, when the caller resolved it.
+    pub resolved: Option<ResolvedImage>,
+    /// The base has no python of its own: the distro's is installed.
+    pub python_from_apt: bool,
+}
+
+impl Base {
+    /// The reference to put in the LLB: pinned to the resolved digest.
+    pub fn pinned(&self) -> ImageRef {
+        match self.resolved.as_ref().and_then(|r| r.digest.as_deref()) {
+            Some(d) if self.reference.digest.is_none() => self.reference.with_digest(d),
+            _ => self.reference.clone(),
+        }
+    }
+
+    /// The base's environment, or a default PATH when unresolved.
+    pub fn env(&self) -> Vec<(String, String)> {
+        match &self.resolved {
+            Some(r) if !r.config.config.env.is_empty() => r.config.env_pairs(),
+            _ => vec![("PATH".to_string(), DEFAULT_PATH.to_string())],
+        }
+    }
+}
+
+/// A pip (or uv) install step.
+#[derive(Debug, Clone)]
+pub enum PipStep {
+    /// One exactly pinned package, installed alone with `--no-deps`, kept as
+    /// its own layer (needs MergeOp/DiffOp).
+    Package { spec: String, span: SourceSpan },
+    /// Requirements installed together, with their dependencies.
+    Group { specs: Vec<String>, span: SourceSpan },
+    /// A requirements file from the context, bind-mounted.
+    Requirements { path: String, span: SourceSpan },
+}
+
+impl PipStep {
+    pub fn span(&self) -> SourceSpan {
+        match self {
+            PipStep::Package { span, .. } | PipStep::Group { span, .. } | PipStep::Requirements { span, .. } => *span,
+        }
+    }
+}
+
+/// How the venv's packages become layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layering {
+    /// One layer per pinned package, merged (MergeOp + DiffOp).
+    PerPackage,
+    /// One step per group, sequential (engines without MergeOp).
+    Grouped,
+}
+
+/// An extra package index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Index {
+    pub url: String,
+    /// Build secret holding a netrc file with the index's credentials.
+    pub secret: Option<String>,
+}
+
+/// GPU facts of a variant.
+#[derive(Debug, Clone)]
+pub struct Gpu {
+    pub cuda: String,
+    pub cudnn: Option<String>,
+    pub from: CudaFrom,
+    pub span: SourceSpan,
+}
+
+/// Everything lowering needs for one variant on one platform.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub variant: String,
+    pub description: Option<String>,
+    /// Several platforms are built: op names carry the platform.
+    pub multi_platform: bool,
+    pub platform: Platform,
+    pub name: Option<String>,
+    pub python: String,
+    pub runtime: Base,
+    pub builder: Base,
+    pub gpu: Option<Gpu>,
+    pub installer: Installer,
+    pub framework: Option<FrameworkPlan>,
+    pub apt_runtime: Vec<Spanned<Vec<String>>>,
+    pub apt_build: Vec<Spanned<Vec<String>>>,
+    pub pip: Vec<PipStep>,
+    pub layering: Layering,
+    pub indexes: Vec<Index>,
+    pub ca_bundle: Option<String>,
+    pub conda: Option<Spanned<String>>,
+    pub user: Option<Spanned<model::User>>,
+    pub workdir: Option<String>,
+    pub copies: Vec<Spanned<model::Copy>>,
+    pub runs: Vec<Spanned<model::Run>>,
+    pub verify: Vec<Spanned<String>>,
+    pub config: ImageConfig,
+    /// Lines for `kiln explain`: what was chosen and why.
+    pub notes: Vec<String>,
+}
+
+impl Plan {
+    /// Images the caller should resolve (configs, digests).
+    pub fn base_images(&self) -> Vec<&ImageRef> {
+        let mut v = vec![&self.runtime.reference];
+        if self.builder.reference != self.runtime.reference {
+            v.push(&self.builder.reference);
+        }
+        v
+    }
+
+    /// The prefix of op names: `[gpu]`, `[gpu linux/arm64]`.
+    pub fn tag(&self) -> String {
+        if self.multi_platform {
+            format!("[{} {}]", self.variant, self.platform)
+        } else {
+            format!("[{}]", self.variant)
+        }
+    }
+}
+
+/// Plan the requested variant for `platform`. Problems go to `diags`;
+/// `None` when there were errors.
+pub fn plan(
+    recipe: &Recipe,
+    source: &SourceFile,
+    opts: &Options,
+    platform: &Platform,
+    diags: &mut Diagnostics,
+) -> Option<Plan> {
+    let errors_before = diags.errors().count();
+    let (variant_name, description, settings) = select_variant(recipe, opts, diags)?;
+    let settings = substitute_args(recipe, &settings, opts, diags);
+    let mut notes = Vec::new();
+    let whole = SourceSpan::new(0.into(), 0);
+
+    let python = match &settings.python {
+        Some(p) => p.value.clone(),
+        None => {
+            let d = Diagnostic::error(
+                "kiln::missing_python",
+                whole,
+                "the recipe does not say which python to use",
+            )
+            .with_help("add `python \"3.11\"` near the top");
+            diags.push(d);
+            return None;
+        }
+    };
+
+    let gpu = settings.cuda.as_ref().map(|c| Gpu {
+        cuda: c.value.version.clone(),
+        cudnn: c.value.cudnn.clone(),
+        from: c.value.from,
+        span: c.span,
+    });
+
+    let framework = match &settings.framework {
+        Some(f) => framework::resolve(f, &python, gpu.as_ref(), platform, &settings, diags, &mut notes),
+        None => None,
+    };
+
+    let (runtime, builder) = base::choose(&settings, &python, gpu.as_ref(), opts, platform, diags, &mut notes)?;
+
+    let installer = settings.installer.as_ref().map_or(Installer::Pip, |i| i.value);
+
+    // Conda builds the environment in its own builder; pip nodes then go into it.
+    let conda = settings.conda.clone();
+
+    let mut apt_runtime = Vec::new();
+    let mut apt_build = Vec::new();
+    for a in &settings.apt {
+        let item = Spanned::new(a.value.packages.clone(), a.span);
+        match a.value.stage {
+            Stage::Runtime => apt_runtime.push(item),
+            Stage::Build => apt_build.push(item),
+        }
+    }
+
+    let mut indexes = Vec::new();
+    let mut pip_inline: Vec<(String, SourceSpan)> = Vec::new();
+    let mut pip_files = Vec::new();
+    for p in &settings.pip {
+        match &p.value {
+            model::Pip::Packages(specs) => {
+                for s in specs {
+                    pip_inline.push((s.clone(), p.span));
+                }
+            }
+            model::Pip::Requirements(path) => pip_files.push(PipStep::Requirements {
+                path: path.clone(),
+                span: p.span,
+            }),
+            model::Pip::Index { url, secret } => indexes.push(Index {
+                url: url.clone(),
+                secret: secret.clone(),
+            }),
+        }
+    }
+    // Companions of the framework (torchvision next to torch) must come
+    // from the framework's index: they move into its step.
+    let mut framework = framework;
+    if let Some(fw) = framework.as_mut() {
+        pip_inline.retain(|(spec, _)| !fw.adopt_companion(spec));
+    }
+
+    let all_pinned = !pip_inline.is_empty() && pip_inline.iter().all(|(s, _)| model::exact_pin(s).is_some());
+    let layering = if opts.caps.merge_diff && conda.is_none() {
+        Layering::PerPackage
+    } else {
+        Layering::Grouped
+    };
+    let mut pip = Vec::new();
+    match layering {
+        Layering::PerPackage => {
+            let (pinned, loose): (Vec<_>, Vec<_>) =
+                pip_inline.into_iter().partition(|(s, _)| model::exact_pin(s).is_some());
+            for (spec, span) in pinned {
+                pip.push(PipStep::Package { spec, span });
+            }
+            if !loose.is_empty() {
+                let span = loose[0].1;
+                pip.push(PipStep::Group {
+                    specs: loose.into_iter().map(|(s, _)| s).collect(),
+                    span,
+                });
+            }
+            if all_pinned {
+                notes.push("pip: every inline requirement is pinned with ==: one layer per package (MergeOp + DiffOp), so adding one re-installs one".to_string());
+            } else if pip.iter().any(|p| matches!(p, PipStep::Package { .. })) {
+                notes.push("pip: `==` pins get a layer each; the other requirements install together after them".to_string());
+            }
+        }
+        Layering::Grouped => {
+            if !pip_inline.is_empty() {
+                let span = pip_inline[0].1;
+                pip.push(PipStep::Group {
+                    specs: pip_inline.into_iter().map(|(s, _)| s).collect(),
+                    span,
+                });
+            }
+            if !opts.caps.merge_diff {
+                notes.push("engine without MergeOp/DiffOp: pip steps run one after another and the venv is copied into the image".to_string());
+            }
+        }
+    }
+    pip.extend(pip_files);
+
+    let user = settings.user.clone();
+    let workdir = settings.workdir.as_ref().map(|w| w.value.clone());
+
+    let mut verify = settings.verify.clone();
+    if let Some(fw) = &framework
+        && let Some(v) = &fw.verify
+    {
+        verify.insert(0, Spanned::new(v.clone(), fw.span));
+    }
+
+    let multi_platform = opts.platforms().len() > 1;
+    let config = image_config(
+        recipe,
+        &settings,
+        &variant_name,
+        &runtime,
+        gpu.as_ref(),
+        source,
+        opts,
+        platform,
+    );
+    if gpu.is_some() {
+        notes.push("GPU: the image declares NVIDIA_VISIBLE_DEVICES=all and NVIDIA_DRIVER_CAPABILITIES=compute,utility for the NVIDIA container runtime".to_string());
+    }
+
+    if diags.errors().count() > errors_before {
+        return None;
+    }
+    Some(Plan {
+        variant: variant_name,
+        description,
+        multi_platform,
+        platform: platform.clone(),
+        name: settings.name.as_ref().map(|n| n.value.clone()),
+        python,
+        runtime,
+        builder,
+        gpu,
+        installer,
+        framework,
+        apt_runtime,
+        apt_build,
+        pip,
+        layering,
+        indexes,
+        ca_bundle: settings.ca_bundle.as_ref().map(|c| c.value.clone()),
+        conda,
+        user,
+        workdir,
+        copies: settings.copy.clone(),
+        runs: settings.run.clone(),
+        verify,
+        config,
+        notes,
+    })
+}
+
+/// The variant to build and its effective settings.
+fn select_variant(
+    recipe: &Recipe,
+    opts: &Options,
+    diags: &mut Diagnostics,
+) -> Option<(String, Option<String>, Settings)> {
+    match &opts.target {
+        Some(t) => match recipe.variants.iter().find(|v| &v.name.value == t) {
+            Some(v) => Some((v.name.value.clone(), v.description.clone(), recipe.top.overlay(&v.settings))),
+            None if recipe.variants.is_empty() && (t == "default" || t.is_empty()) => {
+                Some(("default".to_string(), None, recipe.top.clone()))
+            }
+            None => {
+                let names: Vec<&str> = recipe.variants.iter().map(|v| v.name.value.as_str()).collect();
+                let help = match nearest(t, names.iter().copied()) {
+                    Some(n) => format!("did you mean `{n}`?"),
+                    None if names.is_empty() => "this recipe declares no variants; build it without --target".to_string(),
+                    None => format!("the recipe's variants: {}", names.join(", ")),
+                };
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::unknown_target",
+                        SourceSpan::new(0.into(), 0),
+                        format!("target `{t}` is not a variant of this recipe"),
+                    )
+                    .with_help(help),
+                );
+                None
+            }
+        },
+        None => match recipe.default_variant() {
+            Some(v) => Some((v.name.value.clone(), v.description.clone(), recipe.top.overlay(&v.settings))),
+            None => Some(("default".to_string(), None, recipe.top.clone())),
+        },
+    }
+}
+
+/// `${NAME}` in string values takes the build argument's value (or the
+/// declared default). Only declared arguments are substituted.
+fn substitute_args(recipe: &Recipe, s: &Settings, opts: &Options, diags: &mut Diagnostics) -> Settings {
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    for a in &recipe.args {
+        if let Some(v) = opts.build_args.get(&a.name.value).or(a.default.as_ref()) {
+            values.insert(a.name.value.clone(), v.clone());
+        }
+    }
+    let declared: Vec<String> = recipe.args.iter().map(|a| a.name.value.clone()).collect();
+    let mut sub = |text: &str, span: SourceSpan| -> String {
+        match expand(text, &values, &declared) {
+            Ok(t) => t,
+            Err(name) => {
+                let help = match nearest(&name, declared.iter().map(String::as_str)) {
+                    Some(n) => format!("did you mean `${{{n}}}`?"),
+                    None => format!("declare it with `arg \"{name}\"` (and pass `--build-arg {name}=…`), or write `$${{{name}}}` for a literal"),
+                };
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::unknown_arg",
+                        span,
+                        format!("`${{{name}}}` names no declared build argument, or it has no value"),
+                    )
+                    .with_help(help),
+                );
+                text.to_string()
+            }
+        }
+    };
+    let mut out = s.clone();
+    let fix = |v: &mut Option<Spanned<String>>, sub: &mut dyn FnMut(&str, SourceSpan) -> String| {
+        if let Some(x) = v {
+            x.value = sub(&x.value, x.span);
+        }
+    };
+    fix(&mut out.base, &mut sub);
+    fix(&mut out.builder, &mut sub);
+    fix(&mut out.workdir, &mut sub);
+    for a in &mut out.apt {
+        let span = a.span;
+        a.value.packages = a.value.packages.iter().map(|p| sub(p, span)).collect();
+    }
+    for p in &mut out.pip {
+        let span = p.span;
+        match &mut p.value {
+            model::Pip::Packages(specs) => *specs = specs.iter().map(|x| sub(x, span)).collect(),
+            model::Pip::Index { url, .. } => *url = sub(url, span),
+            model::Pip::Requirements(_) => {}
+        }
+    }
+    for e in &mut out.env {
+        let span = e.span;
+        e.value.1 = sub(&e.value.1, span);
+    }
+    for l in &mut out.label {
+        let span = l.span;
+        l.value.1 = sub(&l.value.1, span);
+    }
+    out
+}
+
+/// Expand `${NAME}`; `$${` is a literal `${`. Err(name) for an unknown name.
+fn expand(text: &str, values: &BTreeMap<String, String>, declared: &[String]) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            out.push_str(&rest[..i]);
+            out.push_str("{");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[i..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        let is_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !is_name {
+            out.push_str(&rest[i..i + 2 + end + 1]);
+        } else if let Some(v) = values.get(name) {
+            out.push_str(v);
+        } else if declared.iter().any(|d| d == name) {
+            out.push_str("");
+        } else {
+            return Err(name.to_string());
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The image config: the base's, with the venv first on PATH, the GPU
+/// runtime variables, the recipe's env, user, workdir, command and labels.
+#[allow(clippy::too_many_arguments)]
+fn image_config(
+    recipe: &Recipe,
+    s: &Settings,
+    variant: &str,
+    runtime: &Base,
+    gpu: Option<&Gpu>,
+    source: &SourceFile,
+    opts: &Options,
+    platform: &Platform,
+) -> ImageConfig {
+    let mut c = runtime
+        .resolved
+        .as_ref()
+        .map(|r| r.config.clone())
+        .unwrap_or_default();
+    c.architecture = platform.architecture.clone();
+    c.os = platform.os.clone();
+    c.variant = platform.variant.clone();
+    c.rootfs = Default::default();
+    let base_path = c.env("PATH").unwrap_or(DEFAULT_PATH).to_string();
+    let venv_bin = format!("{VENV}/bin");
+    let path = if base_path.split(':').any(|p| p == venv_bin) {
+        base_path
+    } else {
+        format!("{venv_bin}:{base_path}")
+    };
+    c.set_env("PATH", &path);
+    c.set_env("VIRTUAL_ENV", VENV);
+    if gpu.is_some() {
+        if c.env("NVIDIA_VISIBLE_DEVICES").is_none() {
+            c.set_env("NVIDIA_VISIBLE_DEVICES", "all");
+        }
+        if c.env("NVIDIA_DRIVER_CAPABILITIES").is_none() {
+            c.set_env("NVIDIA_DRIVER_CAPABILITIES", "compute,utility");
+        }
+    }
+    for e in &s.env {
+        c.set_env(&e.value.0, &e.value.1);
+    }
+    if let Some(u) = &s.user {
+        c.config.user = u.value.name.clone();
+    }
+    if let Some(w) = &s.workdir {
+        c.config.working_dir = w.value.clone();
+    }
+    match (&s.entrypoint, &s.cmd) {
+        (Some(ep), cmd) => {
+            c.config.entrypoint = Some(ep.value.clone());
+            c.config.cmd = cmd.as_ref().map(|x| x.value.clone());
+        }
+        (None, Some(cmd)) => c.config.cmd = Some(cmd.value.clone()),
+        (None, None) => {}
+    }
+    for p in &s.expose {
+        let port = if p.value.contains('/') {
+            p.value.clone()
+        } else {
+            format!("{}/tcp", p.value)
+        };
+        c.config.exposed_ports.insert(port, serde_json::json!({}));
+    }
+    // Labels: base's, then kiln's, then the recipe's, then the client's.
+    let labels = &mut c.config.labels;
+    if let Some(n) = &s.name {
+        labels.insert("org.opencontainers.image.title".into(), n.value.clone());
+    }
+    if let Some(epoch) = opts.build_args.get("SOURCE_DATE_EPOCH").and_then(|e| e.parse::<i64>().ok()) {
+        let ts = rfc3339(epoch);
+        labels.insert("org.opencontainers.image.created".into(), ts.clone());
+        c.created = Some(ts);
+    }
+    if let Some(url) = opts.build_args.get("VCS_URL") {
+        labels.insert("org.opencontainers.image.source".into(), url.clone());
+    }
+    if let Some(rev) = opts.build_args.get("VCS_REF") {
+        labels.insert("org.opencontainers.image.revision".into(), rev.clone());
+    }
+    if let Some(base) = runtime.resolved.as_ref().and(Some(runtime.pinned())) {
+        labels.insert("org.opencontainers.image.base.name".into(), runtime.reference.to_string());
+        if let Some(d) = &base.digest {
+            labels.insert("org.opencontainers.image.base.digest".into(), d.clone());
+        }
+    }
+    use sha2::{Digest, Sha256};
+    labels.insert(
+        "kiln.recipe.digest".into(),
+        format!("sha256:{:x}", Sha256::digest(source.text.as_bytes())),
+    );
+    if !recipe.variants.is_empty() {
+        labels.insert("kiln.variant".into(), variant.to_string());
+    }
+    for l in &s.label {
+        labels.insert(l.value.0.clone(), l.value.1.clone());
+    }
+    for (k, v) in &opts.labels {
+        labels.insert(k.clone(), v.clone());
+    }
+    c
+}
+
+/// Seconds since the epoch as RFC 3339 UTC, without a date library.
+fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn expand_substitutes_declared_args_only() {
+        let mut v = BTreeMap::new();
+        v.insert("V".to_string(), "1.2".to_string());
+        let declared = vec!["V".to_string(), "EMPTY".to_string()];
+        assert_eq!(expand("x==${V}", &v, &declared), Ok("x==1.2".to_string()));
+        assert_eq!(expand("a${EMPTY}b", &v, &declared), Ok("ab".to_string()));
+        assert_eq!(expand("$${V}", &v, &declared), Ok("${V}".to_string()));
+        assert_eq!(expand("${NOPE}", &v, &declared), Err("NOPE".to_string()));
+        assert_eq!(expand("$HOME/x", &v, &declared), Ok("$HOME/x".to_string()));
+    }
+}

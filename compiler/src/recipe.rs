@@ -1,0 +1,258 @@
+//! Pass 1: recipe text → spanned KDL syntax.
+//!
+//! Handles what is not KDL before the parser sees it: a byte-order mark, a `#!`
+//! line and a `# syntax=` directive (blanked out byte for byte, so every span
+//! and line number stays true), and guards the parser against inputs that are
+//! too large or nested too deep to be a recipe.
+
+use kdl::KdlDocument;
+use miette::SourceSpan;
+
+use crate::diag::{Diagnostic, Diagnostics, SourceFile};
+
+/// Recipes are small; anything larger is a mistake (a wrong `-f`, a binary).
+pub const MAX_RECIPE_BYTES: usize = 1 << 20;
+/// Recipes nest one level (`variant { … }`); the parser recurses per level.
+const MAX_NESTING: usize = 32;
+
+/// A parsed recipe: its source and its KDL document.
+#[derive(Debug, Clone)]
+pub struct Syntax {
+    pub source: SourceFile,
+    /// The `syntax=` directive of the first line, if any, with its span.
+    pub directive: Option<(String, SourceSpan)>,
+    pub doc: KdlDocument,
+}
+
+/// Parse recipe text. `name` is how diagnostics name the file.
+pub fn parse(name: &str, text: &str) -> Result<Syntax, Diagnostics> {
+    let source = SourceFile::new(name, text);
+    let mut diags = Diagnostics::new(source.clone());
+    if text.len() > MAX_RECIPE_BYTES {
+        diags.push(
+            Diagnostic::error(
+                "kiln::too_large",
+                SourceSpan::new(0.into(), 0),
+                format!(
+                    "the recipe is {} bytes; kiln reads recipes up to {} bytes",
+                    text.len(),
+                    MAX_RECIPE_BYTES
+                ),
+            )
+            .with_help("is this the right file? `-f` should name a kiln recipe"),
+        );
+        return Err(diags);
+    }
+    let (kdl_text, directive) = strip_directives(text);
+    if let Some(offset) = too_deep(&kdl_text) {
+        diags.push(Diagnostic::error(
+            "kiln::too_deep",
+            SourceSpan::new(offset.into(), 1),
+            format!("blocks nest deeper than {MAX_NESTING} levels; a recipe needs one or two"),
+        ));
+        return Err(diags);
+    }
+    // The kdl parser is a dependency: a panic in it must not take the build
+    // down, so it is caught and reported like any parse error.
+    let parsed = std::panic::catch_unwind(|| KdlDocument::parse(&kdl_text));
+    match parsed {
+        Ok(Ok(doc)) => Ok(Syntax {
+            source,
+            directive,
+            doc,
+        }),
+        Ok(Err(err)) => {
+            for d in err.diagnostics {
+                let message = d
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "invalid KDL".to_string());
+                let mut diag = Diagnostic::error("kiln::kdl_syntax", d.span, message)
+                    .with_label(d.label.clone().unwrap_or_else(|| "here".to_string()));
+                if let Some(help) = &d.help {
+                    diag = diag.with_help(help.clone());
+                }
+                diags.push(diag);
+            }
+            if !diags.has_errors() {
+                diags.push(Diagnostic::error(
+                    "kiln::kdl_syntax",
+                    SourceSpan::new(0.into(), 0),
+                    "the recipe is not valid KDL",
+                ));
+            }
+            Err(diags)
+        }
+        Err(_) => {
+            diags.push(Diagnostic::error(
+                "kiln::kdl_syntax",
+                SourceSpan::new(0.into(), 0),
+                "the KDL parser failed on this recipe (a bug in the parser); please report it with the recipe",
+            ));
+            Err(diags)
+        }
+    }
+}
+
+/// Blank out what KDL cannot read at the top of a recipe, keeping every byte
+/// offset: a BOM, a `#!` line, and a `# syntax=` line. Returns the text for the
+/// KDL parser and the `syntax=` directive (from `#` or `//` form).
+fn strip_directives(text: &str) -> (String, Option<(String, SourceSpan)>) {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut offset = 0;
+    if let Some(r) = rest.strip_prefix('\u{feff}') {
+        out.push_str(&" ".repeat('\u{feff}'.len_utf8()));
+        offset += '\u{feff}'.len_utf8();
+        rest = r;
+    }
+    let mut directive = None;
+    let mut first = true;
+    loop {
+        let line_end = rest.find('\n').unwrap_or(rest.len());
+        let line = &rest[..line_end];
+        let trimmed = line.trim_start();
+        let lead = line.len() - trimmed.len();
+        let is_shebang = first && trimmed.starts_with("#!");
+        let hash_directive = trimmed
+            .strip_prefix('#')
+            .filter(|_| !is_shebang)
+            .and_then(parse_syntax_value);
+        let slash_directive = trimmed.strip_prefix("//").and_then(parse_syntax_value);
+        if is_shebang {
+            out.push_str(&blank(line));
+        } else if let Some(value) = hash_directive.clone().or(slash_directive) {
+            if directive.is_none() {
+                let start = offset + lead;
+                directive = Some((value, SourceSpan::new(start.into(), trimmed.len())));
+            }
+            if hash_directive.is_some() {
+                out.push_str(&blank(line));
+            } else {
+                out.push_str(line);
+            }
+        } else {
+            break;
+        }
+        first = false;
+        offset += line_end;
+        rest = &rest[line_end..];
+        if let Some(r) = rest.strip_prefix('\n') {
+            out.push('\n');
+            offset += 1;
+            rest = r;
+        } else {
+            break;
+        }
+    }
+    out.push_str(rest);
+    (out, directive)
+}
+
+/// `syntax=VALUE` after a comment marker, as BuildKit's directive parser reads it.
+fn parse_syntax_value(after_marker: &str) -> Option<String> {
+    let s = after_marker.trim();
+    let (key, value) = s.split_once('=')?;
+    if !key.trim().eq_ignore_ascii_case("syntax") {
+        return None;
+    }
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// Spaces for every byte of `line`, keeping a trailing `\r`.
+fn blank(line: &str) -> String {
+    let mut s = " ".repeat(line.trim_end_matches('\r').len());
+    if line.ends_with('\r') {
+        s.push('\r');
+    }
+    s
+}
+
+/// The offset of the first `{` that opens a block nested deeper than
+/// [`MAX_NESTING`], skipping strings and comments.
+fn too_deep(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Some(i);
+                }
+            }
+            b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_directive_is_blanked_keeping_offsets() {
+        let text = "# syntax=kiln/frontend:dev\nkiln 1\n";
+        let syntax = parse("r.kdl", text).expect("parses");
+        assert_eq!(
+            syntax.directive.as_ref().map(|d| d.0.as_str()),
+            Some("kiln/frontend:dev")
+        );
+        let node = &syntax.doc.nodes()[0];
+        assert_eq!(node.name().value(), "kiln");
+        assert_eq!(node.span().offset(), text.find("kiln 1").unwrap_or(0));
+    }
+
+    #[test]
+    fn slash_directive_is_read() {
+        let text = "\u{feff}#!/usr/bin/env kiln\n// syntax = kiln/frontend:1\nkiln 1\n";
+        let syntax = parse("r.kdl", text).expect("parses");
+        assert_eq!(
+            syntax.directive.map(|d| d.0),
+            Some("kiln/frontend:1".to_string())
+        );
+    }
+
+    #[test]
+    fn kdl_errors_keep_their_spans() {
+        let err = parse("r.kdl", "kiln 1\nbad \"open\n").expect_err("fails");
+        let first = err.errors().next().expect("an error");
+        assert_eq!(err.source.line_col(first.span.offset()).0, 2);
+    }
+
+    #[test]
+    fn deep_nesting_and_huge_input_are_errors_not_crashes() {
+        let deep = format!("kiln 1\n{}{}", "a {".repeat(10_000), "}".repeat(10_000));
+        let err = parse("r.kdl", &deep).expect_err("too deep");
+        assert!(err.render_plain().contains("kiln::too_deep"));
+        let huge = "// x\n".repeat(MAX_RECIPE_BYTES);
+        let err = parse("r.kdl", &huge).expect_err("too large");
+        assert!(err.render_plain().contains("kiln::too_large"));
+    }
+}
