@@ -1,1 +1,422 @@
-fn main() {}
+//! `kiln`: the command line over the compiler.
+//!
+//! `compile` writes the LLB Definition exactly as `buildctl build` reads it on
+//! stdin; `check`, `explain` and `graph` are for people. The CLI talks to no
+//! engine: base image configs are not resolved here (the frontend does that),
+//! so `--base-config REF=FILE` can hand one in where it matters.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_compiler::{
+    Compilation, Diagnostics, EngineCaps, ImageConfig, Options, Platform, ResolvedImage,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Compile ML environment recipes into BuildKit LLB"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write the LLB Definition to stdout (pipe it to `buildctl build`).
+    Compile {
+        #[command(flatten)]
+        build: BuildArgs,
+        /// `llb`: protobuf bytes as buildctl reads them; `json`: readable.
+        #[arg(long, value_enum, default_value_t = Format::Llb)]
+        format: Format,
+        /// Also write the image config (OCI JSON) to this file.
+        #[arg(long, value_name = "FILE")]
+        config_out: Option<PathBuf>,
+        /// Write the checks graph (`verify` steps) instead of the image graph.
+        #[arg(long)]
+        checks: bool,
+    },
+    /// Report every problem in a recipe; exit 1 when there are errors.
+    Check {
+        #[command(flatten)]
+        build: BuildArgs,
+        /// Check every variant, not just the one `--target` names.
+        #[arg(long)]
+        all_variants: bool,
+    },
+    /// Describe the resolved plan: bases, python, CUDA, indexes, stages, caches.
+    Explain {
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Write the LLB graph as Graphviz DOT.
+    Graph {
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// The recipe file (`-` for stdin).
+    recipe: PathBuf,
+    /// The variant to build; the recipe's default when left out.
+    #[arg(long)]
+    target: Option<String>,
+    /// Target platform(s), comma separated or repeated: linux/amd64,linux/arm64.
+    #[arg(long, value_delimiter = ',')]
+    platform: Vec<String>,
+    /// A build argument, NAME=VALUE (repeatable).
+    #[arg(long = "build-arg", value_name = "NAME=VALUE")]
+    build_arg: Vec<String>,
+    /// An image label, NAME=VALUE (repeatable).
+    #[arg(long, value_name = "NAME=VALUE")]
+    label: Vec<String>,
+    /// Compile for an engine without MergeOp/DiffOp (BuildKit < 0.10).
+    #[arg(long)]
+    no_merge: bool,
+    /// The local source name of the build context (`--local NAME=dir`).
+    #[arg(long, default_value = "context")]
+    context_name: String,
+    /// A base image's OCI config JSON, as `REF=FILE`, so the image inherits it.
+    #[arg(long, value_name = "REF=FILE")]
+    base_config: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Llb,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Print diagnostics (errors and warnings) with miette's renderer.
+fn report(diags: &Diagnostics) {
+    if diags.items.is_empty() {
+        return;
+    }
+    let handler = miette::GraphicalReportHandler::new_themed(
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            miette::GraphicalTheme::unicode()
+        } else {
+            miette::GraphicalTheme::unicode_nocolor()
+        },
+    );
+    let mut out = String::new();
+    let r = diags.report();
+    if handler.render_report(&mut out, &r).is_ok() {
+        eprint!("{out}");
+    } else {
+        eprint!("{}", diags.render_plain());
+    }
+}
+
+fn read_recipe(path: &Path) -> Result<(String, String)> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the recipe from stdin")?;
+        return Ok(("<stdin>".to_string(), text));
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > kiln_compiler::recipe::MAX_RECIPE_BYTES {
+        bail!(
+            "{} is {} bytes; a recipe is at most {} bytes (is this the right file?)",
+            path.display(),
+            bytes.len(),
+            kiln_compiler::recipe::MAX_RECIPE_BYTES
+        );
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not UTF-8 text (invalid byte at offset {}); a recipe is a KDL text file",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    Ok((path.display().to_string(), text))
+}
+
+fn key_values(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("{what} `{item}` is not NAME=VALUE");
+        };
+        if k.is_empty() {
+            bail!("{what} `{item}` has an empty name");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn options(b: &BuildArgs) -> Result<Options> {
+    let mut platforms = Vec::new();
+    for p in b.platform.iter().filter(|p| !p.trim().is_empty()) {
+        platforms.push(Platform::parse(p).map_err(|e| anyhow::anyhow!("--platform {p}: {e}"))?);
+    }
+    let mut images = BTreeMap::new();
+    for (reference, file) in key_values(&b.base_config, "--base-config")? {
+        let r = kiln_compiler::image_ref::ImageRef::parse(&reference)
+            .map_err(|e| anyhow::anyhow!("--base-config {reference}: {e}"))?;
+        let bytes = std::fs::read(&file).with_context(|| format!("reading {file}"))?;
+        let config = ImageConfig::from_json(&bytes)
+            .with_context(|| format!("{file} is not an OCI image config"))?;
+        images.insert(
+            r.to_string(),
+            ResolvedImage {
+                digest: r.digest.clone(),
+                config,
+            },
+        );
+    }
+    Ok(Options {
+        target: b.target.clone(),
+        platforms,
+        build_args: key_values(&b.build_arg, "--build-arg")?,
+        labels: key_values(&b.label, "--label")?,
+        caps: if b.no_merge {
+            EngineCaps::legacy()
+        } else {
+            EngineCaps::modern()
+        },
+        images,
+        context_name: b.context_name.clone(),
+    })
+}
+
+fn load(b: &BuildArgs) -> Result<std::result::Result<Compilation, Diagnostics>> {
+    let (name, text) = read_recipe(&b.recipe)?;
+    Ok(kiln_compiler::load(&name, &text))
+}
+
+/// Write `bytes` to stdout in one go: nothing half-written on error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).context("writing to stdout")?;
+    out.flush().context("writing to stdout")
+}
+
+/// Write a file through a temporary sibling, so a failure leaves no partial file.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("kiln-tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Compile {
+            build,
+            format,
+            config_out,
+            checks,
+        } => {
+            let opts = options(&build)?;
+            let c = match load(&build)? {
+                Ok(c) => c,
+                Err(d) => {
+                    report(&d);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let compiled = match c.compile(&opts) {
+                Ok(x) => x,
+                Err(d) => {
+                    report(&d);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            report(&compiled.warnings);
+            if format == Format::Llb && compiled.builds.len() != 1 {
+                bail!(
+                    "`--format llb` writes one Definition, for one platform; got {} platforms (use --format json, or one --platform)",
+                    compiled.builds.len()
+                );
+            }
+            let mut output = Vec::new();
+            match format {
+                Format::Llb => {
+                    let b = &compiled.builds[0];
+                    if checks {
+                        let Some(def) = &b.checks else {
+                            bail!("the recipe has no `verify` checks for this variant");
+                        };
+                        output = prost::Message::encode_to_vec(def);
+                    } else {
+                        output.clone_from(&b.bytes);
+                    }
+                }
+                Format::Json => {
+                    let mut all = Vec::new();
+                    for b in &compiled.builds {
+                        let def = if checks {
+                            b.checks.as_ref()
+                        } else {
+                            Some(&b.definition)
+                        };
+                        all.push(serde_json::json!({
+                            "variant": compiled.variant,
+                            "platform": b.platform.to_string(),
+                            "definition": def.map(kiln_compiler::llb::definition_json),
+                            "config": serde_json::from_slice::<serde_json::Value>(&b.config.to_json())?,
+                        }));
+                    }
+                    let v = if all.len() == 1 {
+                        all.remove(0)
+                    } else {
+                        serde_json::Value::Array(all)
+                    };
+                    output = serde_json::to_vec_pretty(&v)?;
+                    output.push(b'\n');
+                }
+            }
+            if let Some(path) = &config_out {
+                let json = match compiled.builds.as_slice() {
+                    [one] => one.config.to_json(),
+                    many => {
+                        let map: BTreeMap<String, serde_json::Value> = many
+                            .iter()
+                            .map(|b| {
+                                let v = serde_json::from_slice(&b.config.to_json())
+                                    .unwrap_or(serde_json::Value::Null);
+                                (b.platform.to_string(), v)
+                            })
+                            .collect();
+                        serde_json::to_vec(&map)?
+                    }
+                };
+                write_file(path, &json)?;
+            }
+            write_stdout(&output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check {
+            build,
+            all_variants,
+        } => {
+            let opts = options(&build)?;
+            let c = match load(&build)? {
+                Ok(c) => c,
+                Err(d) => {
+                    report(&d);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            let mut targets: Vec<Option<String>> = vec![opts.target.clone()];
+            if all_variants && !c.recipe.variants.is_empty() {
+                targets = c
+                    .recipe
+                    .variants
+                    .iter()
+                    .map(|v| Some(v.name.value.clone()))
+                    .collect();
+            }
+            let mut failed = false;
+            let mut shown_warnings = false;
+            for t in targets {
+                let o = Options {
+                    target: t.clone(),
+                    ..opts.clone()
+                };
+                match c.compile(&o) {
+                    Ok(compiled) => {
+                        if !shown_warnings {
+                            report(&compiled.warnings);
+                            shown_warnings = true;
+                        }
+                        eprintln!(
+                            "{}: variant {} ok ({})",
+                            c.source.name,
+                            compiled.variant,
+                            compiled
+                                .builds
+                                .iter()
+                                .map(|b| b.platform.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
+                    }
+                    Err(d) => {
+                        report(&d);
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Explain { build } => {
+            let opts = options(&build)?;
+            let c = match load(&build)? {
+                Ok(c) => c,
+                Err(d) => {
+                    report(&d);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            match c.plan(&opts) {
+                Ok((plans, warnings)) => {
+                    report(&warnings);
+                    let text: Vec<String> =
+                        plans.iter().map(kiln_compiler::explain::explain).collect();
+                    write_stdout(text.join("\n").as_bytes())?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(d) => {
+                    report(&d);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Graph { build } => {
+            let opts = options(&build)?;
+            let c = match load(&build)? {
+                Ok(c) => c,
+                Err(d) => {
+                    report(&d);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            match c.compile(&opts) {
+                Ok(compiled) => {
+                    report(&compiled.warnings);
+                    let mut out = String::new();
+                    for b in &compiled.builds {
+                        out.push_str(&kiln_compiler::graph::dot(
+                            &b.definition,
+                            &format!("{} {}", compiled.variant, b.platform),
+                        ));
+                    }
+                    write_stdout(out.as_bytes())?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(d) => {
+                    report(&d);
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}

@@ -174,21 +174,26 @@ impl CompatData {
                 "kiln-compat" => {}
                 "python" => {
                     let v = arg(node, 0).ok_or_else(|| err("python needs a version".into()))?;
-                    let slim = prop(node, "slim").ok_or_else(|| err("python needs slim=".into()))?;
+                    let slim =
+                        prop(node, "slim").ok_or_else(|| err("python needs slim=".into()))?;
                     let source = source_of(node).map_err(err)?;
                     data.slim.insert(v, (slim, source));
                 }
                 "distro" => data.distros.push(Distro {
                     id: arg(node, 0).ok_or_else(|| err("distro needs an id".into()))?,
-                    python: prop(node, "python").ok_or_else(|| err("distro needs python=".into()))?,
+                    python: prop(node, "python")
+                        .ok_or_else(|| err("distro needs python=".into()))?,
                     alias: prop(node, "alias"),
                     source: source_of(node).map_err(err)?,
                 }),
                 "cuda" => data.cuda.push(CudaImages {
                     cuda: arg(node, 0).ok_or_else(|| err("cuda needs a version".into()))?,
                     full: prop(node, "full").ok_or_else(|| err("cuda needs full=".into()))?,
-                    cudnn_tag: prop(node, "cudnn").ok_or_else(|| err("cuda needs cudnn=".into()))?,
-                    distros: words(&prop(node, "distros").ok_or_else(|| err("cuda needs distros=".into()))?),
+                    cudnn_tag: prop(node, "cudnn")
+                        .ok_or_else(|| err("cuda needs cudnn=".into()))?,
+                    distros: words(
+                        &prop(node, "distros").ok_or_else(|| err("cuda needs distros=".into()))?,
+                    ),
                     source: source_of(node).map_err(err)?,
                 }),
                 "framework" => {
@@ -227,13 +232,12 @@ impl CompatData {
             if let Some(r) = self
                 .releases(fw)
                 .iter()
-                .filter(|r| r.version.starts_with(&format!("{line}.")))
-                .next_back()
+                .rfind(|r| r.version.starts_with(&format!("{line}.")))
             {
                 return Some(r);
             }
         }
-        self.releases(fw).iter().filter(same_major).next_back()
+        self.releases(fw).iter().rfind(same_major)
     }
 
     /// Distros with an nvidia/cuda image for `cuda`.
@@ -259,7 +263,13 @@ impl CompatData {
     }
 
     /// `nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04`.
-    pub fn cuda_image(&self, cuda: &str, distro: &str, flavor: CudaFlavor, cudnn: bool) -> Option<String> {
+    pub fn cuda_image(
+        &self,
+        cuda: &str,
+        distro: &str,
+        flavor: CudaFlavor,
+        cudnn: bool,
+    ) -> Option<String> {
         let c = self.cuda.iter().find(|c| c.cuda == cuda)?;
         if !c.distros.iter().any(|d| d == distro) {
             return None;
@@ -310,7 +320,10 @@ pub fn distro_of_image(name: &str, tag: &str) -> Option<String> {
         _ => data
             .distros
             .iter()
-            .find(|d| tag.ends_with(&d.id) || tag.ends_with(&format!("-{}", d.alias.as_deref().unwrap_or("\0"))))
+            .find(|d| {
+                tag.ends_with(&d.id)
+                    || tag.ends_with(&format!("-{}", d.alias.as_deref().unwrap_or("\0")))
+            })
             .map(|d| d.id.clone()),
     }
 }
@@ -386,10 +399,20 @@ fn install_props(node: &KdlNode, base: &Install) -> Install {
 /// becomes the build's CUDA. `{version}` stays in `verify`.
 fn instantiate(t: &Install, version: &str, cuda: Option<&str>) -> Install {
     Install {
-        packages: t.packages.iter().map(|p| fill(p, Some(version), cuda)).collect(),
+        packages: t
+            .packages
+            .iter()
+            .map(|p| fill(p, Some(version), cuda))
+            .collect(),
         index_url: t.index_url.as_deref().map(|s| fill(s, Some(version), cuda)),
-        extra_index_url: t.extra_index_url.as_deref().map(|s| fill(s, Some(version), cuda)),
-        find_links: t.find_links.as_deref().map(|s| fill(s, Some(version), cuda)),
+        extra_index_url: t
+            .extra_index_url
+            .as_deref()
+            .map(|s| fill(s, Some(version), cuda)),
+        find_links: t
+            .find_links
+            .as_deref()
+            .map(|s| fill(s, Some(version), cuda)),
         verify: t.verify.as_deref().map(|s| fill(s, None, cuda)),
         platform: t.platform.clone(),
     }
@@ -408,7 +431,9 @@ fn parse_framework(text: &str, node: &KdlNode) -> Result<Vec<Release>, DataError
             "cpu" => cpu_templates.push(install_props(child, &Install::default())),
             "gpu" => {
                 gpu_template = install_props(child, &Install::default());
-                gpu_platforms = prop(child, "platforms").map(|p| words(&p)).unwrap_or_default();
+                gpu_platforms = prop(child, "platforms")
+                    .map(|p| words(&p))
+                    .unwrap_or_default();
             }
             "release" => {
                 let versions: Vec<String> = child
@@ -420,7 +445,9 @@ fn parse_framework(text: &str, node: &KdlNode) -> Result<Vec<Release>, DataError
                 if versions.is_empty() {
                     return Err(err("release needs at least one version".into()));
                 }
-                let pythons = words(&prop(child, "python").ok_or_else(|| err("release needs python=".into()))?);
+                let pythons = words(
+                    &prop(child, "python").ok_or_else(|| err("release needs python=".into()))?,
+                );
                 let source = source_of(child).map_err(err)?;
                 let mut gpu = gpu_template.clone();
                 let mut builds: Vec<(&KdlNode, usize)> = Vec::new();
@@ -442,11 +469,17 @@ fn parse_framework(text: &str, node: &KdlNode) -> Result<Vec<Release>, DataError
                 for version in &versions {
                     let mut cuda = Vec::new();
                     for (b, bline) in &builds {
-                        let berr = |message: String| DataError { line: *bline, message };
+                        let berr = |message: String| DataError {
+                            line: *bline,
+                            message,
+                        };
                         let c = arg(b, 0).ok_or_else(|| berr("cuda needs a version".into()))?;
-                        let cudnn = prop(b, "cudnn").ok_or_else(|| berr("cuda needs cudnn=".into()))?;
+                        let cudnn =
+                            prop(b, "cudnn").ok_or_else(|| berr("cuda needs cudnn=".into()))?;
                         let template = install_props(b, &gpu);
-                        let platforms = prop(b, "platforms").map(|p| words(&p)).unwrap_or_else(|| gpu_platforms.clone());
+                        let platforms = prop(b, "platforms")
+                            .map(|p| words(&p))
+                            .unwrap_or_else(|| gpu_platforms.clone());
                         cuda.push(CudaBuild {
                             install: instantiate(&template, version, Some(&c)),
                             cuda: c,
@@ -477,7 +510,10 @@ fn parse_framework(text: &str, node: &KdlNode) -> Result<Vec<Release>, DataError
                     out.push(Release {
                         version: version.clone(),
                         pythons: pythons.clone(),
-                        cpu: cpu_templates.iter().map(|t| instantiate(t, version, None)).collect(),
+                        cpu: cpu_templates
+                            .iter()
+                            .map(|t| instantiate(t, version, None))
+                            .collect(),
                         cuda,
                         companions,
                         source: source.clone(),
@@ -500,14 +536,19 @@ fn arg(node: &KdlNode, i: usize) -> Option<String> {
 }
 
 fn prop(node: &KdlNode, key: &str) -> Option<String> {
-    node.get(key).and_then(|v| v.as_string()).map(str::to_string)
+    node.get(key)
+        .and_then(|v| v.as_string())
+        .map(str::to_string)
 }
 
 fn source_of(node: &KdlNode) -> Result<String, String> {
     match prop(node, "source") {
         Some(s) if s.starts_with("https://") => Ok(s),
         Some(s) => Err(format!("source `{s}` is not an https link")),
-        None => Err(format!("`{}` has no source=\"https://…\"", node.name().value())),
+        None => Err(format!(
+            "`{}` has no source=\"https://…\"",
+            node.name().value()
+        )),
     }
 }
 
@@ -537,16 +578,41 @@ mod tests {
             let releases = d.releases(fw);
             assert!(!releases.is_empty(), "{fw:?} has releases");
             for r in releases {
-                assert!(r.source.starts_with("https://"), "{} {} cites a source", fw.name(), r.version);
-                assert!(!r.pythons.is_empty(), "{} {} lists pythons", fw.name(), r.version);
+                assert!(
+                    r.source.starts_with("https://"),
+                    "{} {} cites a source",
+                    fw.name(),
+                    r.version
+                );
+                assert!(
+                    !r.pythons.is_empty(),
+                    "{} {} lists pythons",
+                    fw.name(),
+                    r.version
+                );
                 for p in &r.pythons {
-                    assert!(d.slim_image(p).is_some(), "python {p} of {} {} has a slim image row", fw.name(), r.version);
+                    assert!(
+                        d.slim_image(p).is_some(),
+                        "python {p} of {} {} has a slim image row",
+                        fw.name(),
+                        r.version
+                    );
                 }
-                assert!(r.cpu_for("linux/amd64").is_some(), "{} {} installs on amd64", fw.name(), r.version);
+                assert!(
+                    r.cpu_for("linux/amd64").is_some(),
+                    "{} {} installs on amd64",
+                    fw.name(),
+                    r.version
+                );
                 for i in r.cpu.iter().chain(r.cuda.iter().map(|b| &b.install)) {
                     assert!(!i.packages.is_empty());
                     let all = format!("{:?}", i);
-                    assert!(!all.contains("{cuda"), "{} {}: unfilled template in {all}", fw.name(), r.version);
+                    assert!(
+                        !all.contains("{cuda"),
+                        "{} {}: unfilled template in {all}",
+                        fw.name(),
+                        r.version
+                    );
                     assert!(
                         i.packages[0].contains(&r.version),
                         "{} {}: first package {} pins the release",
@@ -556,18 +622,33 @@ mod tests {
                     );
                 }
                 for b in &r.cuda {
-                    assert!(b.cuda.split('.').all(|p| p.parse::<u32>().is_ok()), "CUDA {}", b.cuda);
-                    assert!(b.cudnn.split('.').all(|p| p.parse::<u32>().is_ok()), "cuDNN {}", b.cudnn);
+                    assert!(
+                        b.cuda.split('.').all(|p| p.parse::<u32>().is_ok()),
+                        "CUDA {}",
+                        b.cuda
+                    );
+                    assert!(
+                        b.cudnn.split('.').all(|p| p.parse::<u32>().is_ok()),
+                        "cuDNN {}",
+                        b.cudnn
+                    );
                 }
             }
             let mut versions: Vec<&str> = releases.iter().map(|r| r.version.as_str()).collect();
             versions.dedup();
-            assert_eq!(versions.len(), releases.len(), "{fw:?} lists a release twice");
+            assert_eq!(
+                versions.len(),
+                releases.len(),
+                "{fw:?} lists a release twice"
+            );
         }
         for c in &d.cuda {
             assert!(c.full.starts_with(&format!("{}.", c.cuda)));
             for distro in &c.distros {
-                assert!(d.distro_python(distro).is_some(), "distro {distro} has a python row");
+                assert!(
+                    d.distro_python(distro).is_some(),
+                    "distro {distro} has a python row"
+                );
             }
         }
     }
@@ -575,16 +656,25 @@ mod tests {
     #[test]
     fn covers_the_promised_ranges() {
         let d = data();
-        for v in ["2.1.0", "2.2.2", "2.3.1", "2.4.1", "2.5.1", "2.6.0", "2.7.1", "2.8.0"] {
+        for v in [
+            "2.1.0", "2.2.2", "2.3.1", "2.4.1", "2.5.1", "2.6.0", "2.7.1", "2.8.0",
+        ] {
             assert!(d.release(Framework::PyTorch, v).is_some(), "pytorch {v}");
         }
-        for v in ["2.13.1", "2.14.1", "2.15.1", "2.16.1", "2.17.0", "2.18.0", "2.19.0"] {
-            assert!(d.release(Framework::TensorFlow, v).is_some(), "tensorflow {v}");
+        for v in [
+            "2.13.1", "2.14.1", "2.15.1", "2.16.1", "2.17.0", "2.18.0", "2.19.0",
+        ] {
+            assert!(
+                d.release(Framework::TensorFlow, v).is_some(),
+                "tensorflow {v}"
+            );
         }
         for v in ["0.4.20", "0.4.30", "0.4.38", "0.5.0", "0.6.0"] {
             assert!(d.release(Framework::Jax, v).is_some(), "jax {v}");
         }
-        for c in ["11.8", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.8"] {
+        for c in [
+            "11.8", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.8",
+        ] {
             assert!(!d.cuda_distros(c).is_empty(), "nvidia/cuda images for {c}");
         }
     }
@@ -594,13 +684,27 @@ mod tests {
         let d = data();
         let r = d.release(Framework::PyTorch, "2.4.1").expect("known");
         let b = r.cuda.iter().find(|b| b.cuda == "12.4").expect("cu124");
-        assert_eq!(b.install.index_url.as_deref(), Some("https://download.pytorch.org/whl/cu124"));
-        assert_eq!(b.install.packages, vec!["torch==2.4.1"]);
-        assert!(b.install.verify.as_deref().is_some_and(|v| v.contains("torch.version.cuda == '12.4'")));
-        let cpu = r.cpu_for("linux/amd64").expect("cpu");
-        assert_eq!(cpu.index_url.as_deref(), Some("https://download.pytorch.org/whl/cpu"));
         assert_eq!(
-            r.companions.iter().find(|c| c.name == "torchvision").and_then(|c| c.version.as_deref()),
+            b.install.index_url.as_deref(),
+            Some("https://download.pytorch.org/whl/cu124")
+        );
+        assert_eq!(b.install.packages, vec!["torch==2.4.1"]);
+        assert!(
+            b.install
+                .verify
+                .as_deref()
+                .is_some_and(|v| v.contains("torch.version.cuda == '12.4'"))
+        );
+        let cpu = r.cpu_for("linux/amd64").expect("cpu");
+        assert_eq!(
+            cpu.index_url.as_deref(),
+            Some("https://download.pytorch.org/whl/cpu")
+        );
+        assert_eq!(
+            r.companions
+                .iter()
+                .find(|c| c.name == "torchvision")
+                .and_then(|c| c.version.as_deref()),
             Some("0.19.1")
         );
     }
@@ -609,8 +713,14 @@ mod tests {
     fn tensorflow_cpu_depends_on_the_platform() {
         let d = data();
         let r = d.release(Framework::TensorFlow, "2.16.1").expect("known");
-        assert_eq!(r.cpu_for("linux/amd64").map(|i| i.packages[0].as_str()), Some("tensorflow-cpu==2.16.1"));
-        assert_eq!(r.cpu_for("linux/arm64").map(|i| i.packages[0].as_str()), Some("tensorflow==2.16.1"));
+        assert_eq!(
+            r.cpu_for("linux/amd64").map(|i| i.packages[0].as_str()),
+            Some("tensorflow-cpu==2.16.1")
+        );
+        assert_eq!(
+            r.cpu_for("linux/arm64").map(|i| i.packages[0].as_str()),
+            Some("tensorflow==2.16.1")
+        );
         let b = &r.cuda[0];
         assert_eq!(b.install.packages, vec!["tensorflow[and-cuda]==2.16.1"]);
         let old = d.release(Framework::TensorFlow, "2.13.1").expect("known");
@@ -621,19 +731,33 @@ mod tests {
     fn images_and_distros() {
         let d = data();
         assert_eq!(
-            d.cuda_image("12.4", "ubuntu22.04", CudaFlavor::Runtime, true).as_deref(),
+            d.cuda_image("12.4", "ubuntu22.04", CudaFlavor::Runtime, true)
+                .as_deref(),
             Some("nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04")
         );
         assert_eq!(
-            d.cuda_image("11.8", "ubuntu22.04", CudaFlavor::Devel, true).as_deref(),
+            d.cuda_image("11.8", "ubuntu22.04", CudaFlavor::Devel, true)
+                .as_deref(),
             Some("nvidia/cuda:11.8.0-cudnn8-devel-ubuntu22.04")
         );
-        assert_eq!(d.cuda_image("12.4", "ubuntu24.04", CudaFlavor::Runtime, true), None);
+        assert_eq!(
+            d.cuda_image("12.4", "ubuntu24.04", CudaFlavor::Runtime, true),
+            None
+        );
         assert_eq!(d.distro_python("ubuntu22.04"), Some("3.10"));
         assert_eq!(d.distro_python("bookworm"), Some("3.11"));
-        assert_eq!(distro_of_image("nvidia/cuda", "12.4.1-cudnn-runtime-ubuntu22.04").as_deref(), Some("ubuntu22.04"));
-        assert_eq!(distro_of_image("ubuntu", "24.04").as_deref(), Some("ubuntu24.04"));
-        assert_eq!(distro_of_image("debian", "bookworm-slim").as_deref(), Some("debian12"));
+        assert_eq!(
+            distro_of_image("nvidia/cuda", "12.4.1-cudnn-runtime-ubuntu22.04").as_deref(),
+            Some("ubuntu22.04")
+        );
+        assert_eq!(
+            distro_of_image("ubuntu", "24.04").as_deref(),
+            Some("ubuntu24.04")
+        );
+        assert_eq!(
+            distro_of_image("debian", "bookworm-slim").as_deref(),
+            Some("debian12")
+        );
         assert_eq!(distro_of_image("python", "3.11-slim"), None);
     }
 
@@ -643,15 +767,24 @@ mod tests {
         assert_eq!(version_cmp("0.4.38", "0.5.0"), Ordering::Less);
         assert_eq!(version_cmp("2.4", "2.4.0"), Ordering::Less);
         let d = data();
-        assert_eq!(d.newest_in_line(Framework::PyTorch, "2.9.0").map(|r| r.version.as_str()), Some("2.8.0"));
-        assert_eq!(d.newest_in_line(Framework::Jax, "0.4.99").map(|r| r.version.as_str()), Some("0.4.38"));
+        assert_eq!(
+            d.newest_in_line(Framework::PyTorch, "2.9.0")
+                .map(|r| r.version.as_str()),
+            Some("2.8.0")
+        );
+        assert_eq!(
+            d.newest_in_line(Framework::Jax, "0.4.99")
+                .map(|r| r.version.as_str()),
+            Some("0.4.38")
+        );
     }
 
     #[test]
     fn broken_data_is_a_located_error() {
         let e = CompatData::parse("kiln-compat 1\npython \"3.11\"\n").expect_err("slim missing");
         assert_eq!(e.line, 2);
-        let e = CompatData::parse("distro \"x\" python=\"3\" source=\"http://x\"\n").expect_err("http");
+        let e =
+            CompatData::parse("distro \"x\" python=\"3\" source=\"http://x\"\n").expect_err("http");
         assert!(e.message.contains("https"));
     }
 }

@@ -24,7 +24,11 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn error(code: &'static str, span: impl Into<SourceSpan>, message: impl Into<String>) -> Self {
+    pub fn error(
+        code: &'static str,
+        span: impl Into<SourceSpan>,
+        message: impl Into<String>,
+    ) -> Self {
         Diagnostic {
             code,
             severity: Severity::Error,
@@ -149,12 +153,11 @@ impl Diagnostics {
                 self.source.name, line, col, kind, d.code, d.message
             ));
             let text = self.source.line_text(line);
-            let width = d.span.len().max(1).min(
-                text.chars()
-                    .count()
-                    .saturating_sub(col - 1)
-                    .max(1),
-            );
+            let width = d
+                .span
+                .len()
+                .max(1)
+                .min(text.chars().count().saturating_sub(col - 1).max(1));
             out.push_str(&format!("  {line:>4} | {text}\n"));
             out.push_str(&format!(
                 "       | {}{} {}\n",
@@ -332,8 +335,12 @@ mod tests {
     fn plain_rendering_names_file_line_col() {
         let mut ds = Diagnostics::new(SourceFile::new("env.kdl", "kiln 1\nfrob 2\n"));
         ds.push(
-            Diagnostic::error("kiln::unknown_node", SourceSpan::new(7.into(), 4), "unknown node `frob`")
-                .with_help("remove it"),
+            Diagnostic::error(
+                "kiln::unknown_node",
+                SourceSpan::new(7.into(), 4),
+                "unknown node `frob`",
+            )
+            .with_help("remove it"),
         );
         let text = ds.render_plain();
         assert!(text.starts_with("env.kdl:2:1: error[kiln::unknown_node]: unknown node `frob`\n"));

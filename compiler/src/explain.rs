@@ -24,7 +24,10 @@ pub fn explain(plan: &Plan) -> String {
                 o,
                 "  GPU: CUDA {}{}, {}",
                 g.cuda,
-                g.cudnn.as_ref().map(|c| format!(", cuDNN {c}")).unwrap_or_default(),
+                g.cudnn
+                    .as_ref()
+                    .map(|c| format!(", cuDNN {c}"))
+                    .unwrap_or_default(),
                 match g.from {
                     crate::model::CudaFrom::Base => "CUDA libraries from the base image",
                     crate::model::CudaFrom::Wheels => "CUDA libraries from the framework's wheels",
@@ -36,7 +39,12 @@ pub fn explain(plan: &Plan) -> String {
 
     o.push_str("\nbases\n");
     let base_line = |o: &mut String, role: &str, b: &crate::plan::Base| {
-        let _ = write!(o, "  {role}: {} ({})", b.reference.familiar_name_tag(), b.why);
+        let _ = write!(
+            o,
+            "  {role}: {} ({})",
+            b.reference.familiar_name_tag(),
+            b.why
+        );
         if let Some(d) = b.resolved.as_ref().and_then(|r| r.digest.as_ref()) {
             let _ = write!(o, ", pinned to {d}");
         }
@@ -47,7 +55,10 @@ pub fn explain(plan: &Plan) -> String {
     };
     base_line(&mut o, "runtime", &plan.runtime);
     if plan.conda.is_some() && plan.builder.span.is_none() {
-        let _ = writeln!(o, "  builder: {CONDA_BUILDER} (conda environments are built in miniconda)");
+        let _ = writeln!(
+            o,
+            "  builder: {CONDA_BUILDER} (conda environments are built in miniconda)"
+        );
     } else {
         base_line(&mut o, "builder", &plan.builder);
     }
@@ -60,7 +71,11 @@ pub fn explain(plan: &Plan) -> String {
     let _ = writeln!(
         o,
         "  1. runtime: the base{}{}",
-        if rt.is_empty() { String::new() } else { format!(" + apt {}", rt.join(" ")) },
+        if rt.is_empty() {
+            String::new()
+        } else {
+            format!(" + apt {}", rt.join(" "))
+        },
         plan.user
             .as_ref()
             .map(|u| format!(" + user {} ({}:{})", u.value.name, u.value.uid, u.value.gid))
@@ -81,10 +96,20 @@ pub fn explain(plan: &Plan) -> String {
     let _ = writeln!(
         o,
         "  2. builder: {}{env_kind}, packages installed with {installer}",
-        if bp.is_empty() { String::new() } else { format!("apt {} (builder only), ", bp.join(" ")) }
+        if bp.is_empty() {
+            String::new()
+        } else {
+            format!("apt {} (builder only), ", bp.join(" "))
+        }
     );
     if let Some(fw) = &plan.framework {
-        let _ = write!(o, "     a. {} {}: {}", fw.name, fw.version, fw.packages.join(" "));
+        let _ = write!(
+            o,
+            "     a. {} {}: {}",
+            fw.name,
+            fw.version,
+            fw.packages.join(" ")
+        );
         if let Some(i) = &fw.index_url {
             let _ = write!(o, " from {i}");
         }
@@ -103,7 +128,9 @@ pub fn explain(plan: &Plan) -> String {
                 Layering::Grouped => spec.clone(),
             },
             PipStep::Group { specs, .. } => format!("{}: installed together", specs.join(" ")),
-            PipStep::Requirements { path, .. } => format!("-r {path} (bind-mounted from the context, not copied)"),
+            PipStep::Requirements { path, .. } => {
+                format!("-r {path} (bind-mounted from the context, not copied)")
+            }
         };
         let _ = writeln!(o, "     - {line}");
     }
@@ -112,7 +139,10 @@ pub fn explain(plan: &Plan) -> String {
             o,
             "     extra index {}{}",
             i.url,
-            i.secret.as_ref().map(|s| format!(" (credentials from secret `{s}`)")).unwrap_or_default()
+            i.secret
+                .as_ref()
+                .map(|s| format!(" (credentials from secret `{s}`)"))
+                .unwrap_or_default()
         );
     }
     let copies: Vec<String> = plan
@@ -123,11 +153,19 @@ pub fn explain(plan: &Plan) -> String {
     if copies.is_empty() {
         o.push_str("  3. app: nothing copied from the context\n");
     } else {
-        let _ = writeln!(o, "  3. app: {} (only these paths are sent from the context)", copies.join(", "));
+        let _ = writeln!(
+            o,
+            "  3. app: {} (only these paths are sent from the context)",
+            copies.join(", ")
+        );
     }
     let join = match plan.layering {
-        Layering::PerPackage => "one MergeOp of the runtime, one layer per install and the app files",
-        Layering::Grouped => "the venv and the app files copied onto the runtime, one after another",
+        Layering::PerPackage => {
+            "one MergeOp of the runtime, one layer per install and the app files"
+        }
+        Layering::Grouped => {
+            "the venv and the app files copied onto the runtime, one after another"
+        }
     };
     let _ = writeln!(o, "  join: {join}");
     for r in &plan.runs {
@@ -135,7 +173,11 @@ pub fn explain(plan: &Plan) -> String {
             RunAfter::Deps => "after the dependencies",
             RunAfter::Copy => "after the app files",
         };
-        let _ = writeln!(o, "  run ({when}): {}", r.value.command.lines().next().unwrap_or(""));
+        let _ = writeln!(
+            o,
+            "  run ({when}): {}",
+            r.value.command.lines().next().unwrap_or("")
+        );
     }
 
     o.push_str("\ncaches and secrets (never in a layer)\n");
@@ -144,7 +186,10 @@ pub fn explain(plan: &Plan) -> String {
         Installer::Uv => "/root/.cache/uv",
     };
     let pid = plan.platform.to_string().replace('/', "-");
-    let _ = writeln!(o, "  {installer} cache: {cache} (cache mount kiln-{installer}-{pid}, shared)");
+    let _ = writeln!(
+        o,
+        "  {installer} cache: {cache} (cache mount kiln-{installer}-{pid}, shared)"
+    );
     if !plan.apt_runtime.is_empty() || !plan.apt_build.is_empty() || plan.runtime.python_from_apt {
         let _ = writeln!(
             o,
@@ -152,11 +197,17 @@ pub fn explain(plan: &Plan) -> String {
         );
     }
     if plan.conda.is_some() {
-        let _ = writeln!(o, "  conda packages: /opt/conda/pkgs (cache mount kiln-conda-pkgs-{pid}, locked)");
+        let _ = writeln!(
+            o,
+            "  conda packages: /opt/conda/pkgs (cache mount kiln-conda-pkgs-{pid}, locked)"
+        );
     }
     match &plan.ca_bundle {
         Some(id) => {
-            let _ = writeln!(o, "  CA bundle: secret `{id}`, mounted into install steps only");
+            let _ = writeln!(
+                o,
+                "  CA bundle: secret `{id}`, mounted into install steps only"
+            );
         }
         None => o.push_str("  no CA bundle secret\n"),
     }

@@ -11,7 +11,11 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 
 fn short(d: &str) -> String {
-    d.strip_prefix("sha256:").unwrap_or(d).chars().take(12).collect()
+    d.strip_prefix("sha256:")
+        .unwrap_or(d)
+        .chars()
+        .take(12)
+        .collect()
 }
 
 fn escape(s: &str) -> String {
@@ -71,9 +75,23 @@ pub fn dot(def: &pb::Definition, title: &str) -> String {
         );
         for (i, input) in op.inputs.iter().enumerate() {
             let label = match &op.op {
-                Some(pb::op::Op::Diff(d)) if d.lower.as_ref().is_some_and(|l| l.input == i as i64) => " [label=\"lower\"]",
-                Some(pb::op::Op::Diff(d)) if d.upper.as_ref().is_some_and(|u| u.input == i as i64) => " [label=\"upper\"]",
-                Some(pb::op::Op::Exec(e)) if e.mounts.iter().any(|m| m.input == i as i64 && m.dest != "/") => " [style=dashed]",
+                Some(pb::op::Op::Diff(d))
+                    if d.lower.as_ref().is_some_and(|l| l.input == i as i64) =>
+                {
+                    " [label=\"lower\"]"
+                }
+                Some(pb::op::Op::Diff(d))
+                    if d.upper.as_ref().is_some_and(|u| u.input == i as i64) =>
+                {
+                    " [label=\"upper\"]"
+                }
+                Some(pb::op::Op::Exec(e))
+                    if e.mounts
+                        .iter()
+                        .any(|m| m.input == i as i64 && m.dest != "/") =>
+                {
+                    " [style=dashed]"
+                }
                 _ => "",
             };
             let _ = writeln!(out, "  \"{}\" -> \"{id}\"{label};", short(&input.digest));

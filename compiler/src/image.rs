@@ -12,15 +12,27 @@ use serde_json::Value;
 pub struct RunConfig {
     #[serde(rename = "User", default, skip_serializing_if = "String::is_empty")]
     pub user: String,
-    #[serde(rename = "ExposedPorts", default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "ExposedPorts",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub exposed_ports: BTreeMap<String, Value>,
     #[serde(rename = "Env", default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
-    #[serde(rename = "Entrypoint", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "Entrypoint",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub entrypoint: Option<Vec<String>>,
     #[serde(rename = "Cmd", default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
-    #[serde(rename = "WorkingDir", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "WorkingDir",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub working_dir: String,
     #[serde(rename = "Labels", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -102,7 +114,10 @@ impl ImageConfig {
         self.config
             .env
             .iter()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect()
     }
 }
@@ -126,7 +141,10 @@ mod tests {
         assert_eq!(c.env("LANG"), Some("C.UTF-8"));
         c.set_env("PATH", "/opt/venv/bin:/usr/bin");
         c.set_env("NEW", "1");
-        assert_eq!(c.config.env, vec!["PATH=/opt/venv/bin:/usr/bin", "LANG=C.UTF-8", "NEW=1"]);
+        assert_eq!(
+            c.config.env,
+            vec!["PATH=/opt/venv/bin:/usr/bin", "LANG=C.UTF-8", "NEW=1"]
+        );
         let back: Value = serde_json::from_slice(&c.to_json()).expect("json");
         assert_eq!(back["config"]["StopSignal"], "SIGINT");
         assert_eq!(back["rootfs"]["diff_ids"][0], "sha256:aa");

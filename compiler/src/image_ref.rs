@@ -30,8 +30,14 @@ impl ImageRef {
         }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => {
-                let hex = d.strip_prefix("sha256:").ok_or("a digest is written @sha256:<64 hex digits>")?;
-                if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                let hex = d
+                    .strip_prefix("sha256:")
+                    .ok_or("a digest is written @sha256:<64 hex digits>")?;
+                if hex.len() != 64
+                    || !hex
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                {
                     return Err("a digest is written @sha256:<64 lower-case hex digits>");
                 }
                 (r, Some(d.to_string()))
@@ -50,8 +56,11 @@ impl ImageRef {
         if let Some(t) = &tag {
             let ok = !t.is_empty()
                 && t.len() <= 128
-                && t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+                && t.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
             if !ok {
                 return Err("the tag may use letters, digits, `_`, `.` and `-`");
             }
@@ -65,7 +74,9 @@ impl ImageRef {
             "docker.io".to_string()
         };
         if parts.is_empty() || parts.iter().any(|p| !valid_path_component(p)) {
-            return Err("the repository name may use lower-case letters, digits and `.`, `_`, `-` between them");
+            return Err(
+                "the repository name may use lower-case letters, digits and `.`, `_`, `-` between them",
+            );
         }
         let mut path = parts.join("/");
         if domain == "docker.io" && parts.len() == 1 {
@@ -82,7 +93,10 @@ impl ImageRef {
     /// The short repository name without `library/` and docker.io, e.g. `python`.
     pub fn familiar_name(&self) -> String {
         if self.domain == "docker.io" {
-            self.path.strip_prefix("library/").unwrap_or(&self.path).to_string()
+            self.path
+                .strip_prefix("library/")
+                .unwrap_or(&self.path)
+                .to_string()
         } else {
             format!("{}/{}", self.domain, self.path)
         }
@@ -108,9 +122,14 @@ impl ImageRef {
 
 fn valid_path_component(p: &str) -> bool {
     !p.is_empty()
-        && p.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && p.bytes().last().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && p.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && p.bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && p.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 /// The fully qualified form BuildKit uses in `docker-image://` identifiers.
@@ -136,7 +155,10 @@ mod tests {
         assert_eq!(r.to_string(), "docker.io/library/python:3.11-slim");
         assert_eq!(r.familiar_name(), "python");
         let r = ImageRef::parse("nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04").expect("valid");
-        assert_eq!(r.to_string(), "docker.io/nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04");
+        assert_eq!(
+            r.to_string(),
+            "docker.io/nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"
+        );
         let r = ImageRef::parse("localhost:5000/team/base").expect("valid");
         assert_eq!(r.to_string(), "localhost:5000/team/base:latest");
         let d = format!("busybox@sha256:{}", "a".repeat(64));
@@ -148,7 +170,16 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_reference() {
-        for bad in ["", "Python:3", "python:", "a b", "docker://x", "x@sha256:12", "x:t@md5:aa", "/x"] {
+        for bad in [
+            "",
+            "Python:3",
+            "python:",
+            "a b",
+            "docker://x",
+            "x@sha256:12",
+            "x:t@md5:aa",
+            "/x",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }

@@ -166,7 +166,10 @@ impl Compilation {
 
     /// The base images whose configs the caller should resolve before
     /// [`Compilation::compile`], so the image inherits their environment.
-    pub fn images_to_resolve(&self, opts: &Options) -> Result<Vec<(String, Platform)>, Diagnostics> {
+    pub fn images_to_resolve(
+        &self,
+        opts: &Options,
+    ) -> Result<Vec<(String, Platform)>, Diagnostics> {
         let (plans, _) = self.plan(opts)?;
         let mut out: Vec<(String, Platform)> = Vec::new();
         for p in &plans {
@@ -183,10 +186,7 @@ impl Compilation {
     /// Compile the requested variant for every platform.
     pub fn compile(&self, opts: &Options) -> Result<Compiled, Diagnostics> {
         let (plans, warnings) = self.plan(opts)?;
-        let variant = plans
-            .first()
-            .map(|p| p.variant.clone())
-            .unwrap_or_default();
+        let variant = plans.first().map(|p| p.variant.clone()).unwrap_or_default();
         let builds = plans
             .into_iter()
             .map(|p| {

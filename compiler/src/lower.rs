@@ -10,6 +10,7 @@
 
 use miette::SourceSpan;
 
+use crate::Options;
 use crate::diag::SourceFile;
 use crate::image::ImageConfig;
 use crate::llb::{
@@ -18,7 +19,6 @@ use crate::llb::{
 };
 use crate::model::{Installer, RunAfter};
 use crate::plan::{Layering, PipStep, Plan, VENV};
-use crate::Options;
 
 /// Where the build context is mounted for steps that read files from it.
 const CONTEXT_MOUNT: &str = "/kiln/context";
@@ -109,7 +109,10 @@ impl Cx<'_> {
 
     fn pip_cache(&self, exec: Exec) -> Exec {
         let (target, id) = match self.plan.installer {
-            Installer::Pip => ("/root/.cache/pip", format!("kiln-pip-{}", self.platform_id())),
+            Installer::Pip => (
+                "/root/.cache/pip",
+                format!("kiln-pip-{}", self.platform_id()),
+            ),
             Installer::Uv => ("/root/.cache/uv", format!("kiln-uv-{}", self.platform_id())),
         };
         exec.mount(Mount::Cache {
@@ -141,7 +144,14 @@ impl Cx<'_> {
     }
 
     /// The install command line for `args` (already quoted).
-    fn install_command(&self, args: &[String], no_deps: bool, index: Option<&str>, extra: Option<&str>, find_links: Option<&str>) -> String {
+    fn install_command(
+        &self,
+        args: &[String],
+        no_deps: bool,
+        index: Option<&str>,
+        extra: Option<&str>,
+        find_links: Option<&str>,
+    ) -> String {
         let mut cmd = match self.plan.installer {
             Installer::Pip => format!("{VENV}/bin/python -m pip install --no-warn-script-location"),
             Installer::Uv => format!("{UV_TOOL}/bin/uv pip install --python {VENV}/bin/python"),
@@ -169,15 +179,25 @@ impl Cx<'_> {
     }
 
     fn install_exec(&self, script: String, env: &[(String, String)], meta: OpMeta) -> Exec {
-        let exec = Exec::shell(&format!("{}{script}", self.install_prelude()), &self.plan.platform, meta)
-            .env(&self.install_env(env));
+        let exec = Exec::shell(
+            &format!("{}{script}", self.install_prelude()),
+            &self.plan.platform,
+            meta,
+        )
+        .env(&self.install_env(env));
         self.pip_cache(self.install_mounts(exec))
     }
 
     /// apt-get install with lists and archives on locked cache mounts and the
     /// docker-clean hook masked for the step, so nothing of apt's caches is
     /// left in the layer.
-    fn apt_install(&self, state: &State, packages: &[String], env: &[(String, String)], meta: OpMeta) -> State {
+    fn apt_install(
+        &self,
+        state: &State,
+        packages: &[String],
+        env: &[(String, String)],
+        meta: OpMeta,
+    ) -> State {
         let quoted: Vec<String> = packages.iter().map(|p| quote(p)).collect();
         let script = format!(
             "{}apt-get update -q\napt-get install -y -q --no-install-recommends -o APT::Keep-Downloaded-Packages=true {}\n",
@@ -193,7 +213,10 @@ impl Cx<'_> {
                 data: Vec::new(),
                 owner: None,
             }),
-            OpMeta::named(format!("{} apt: an empty docker-clean hook", self.plan.tag())),
+            OpMeta::named(format!(
+                "{} apt: an empty docker-clean hook",
+                self.plan.tag()
+            )),
         );
         let pid = self.platform_id();
         let exec = Exec::shell(&script, &self.plan.platform, meta)
@@ -241,7 +264,10 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let mut rt = State::image(
         &plan.runtime.pinned().to_string(),
         platform,
-        cx.meta(&format!("base {}", plan.runtime.reference.familiar_name_tag()), plan.runtime.span),
+        cx.meta(
+            &format!("base {}", plan.runtime.reference.familiar_name_tag()),
+            plan.runtime.span,
+        ),
     );
     let mut rt_packages: Vec<String> = Vec::new();
     let mut rt_spans = Vec::new();
@@ -253,14 +279,25 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         rt_spans.push(a.span);
     }
     if !rt_packages.is_empty() {
-        let meta = cx.meta(&format!("apt-get install {}", rt_packages.join(" ")), rt_spans.first().copied());
-        let meta = rt_spans.iter().skip(1).fold(meta, |m, s| m.at(Some(cx.range(*s))));
+        let meta = cx.meta(
+            &format!("apt-get install {}", rt_packages.join(" ")),
+            rt_spans.first().copied(),
+        );
+        let meta = rt_spans
+            .iter()
+            .skip(1)
+            .fold(meta, |m, s| m.at(Some(cx.range(*s))));
         rt = cx.apt_install(&rt, &rt_packages, &rt_env, meta);
     }
     if let Some(u) = &plan.user {
         let script = user_script(&u.value.name, u.value.uid, u.value.gid);
-        let meta = cx.meta(&format!("user {} ({}:{})", u.value.name, u.value.uid, u.value.gid), Some(u.span));
-        rt = rt.run(Exec::shell(&script, platform, meta).env(&rt_env)).root();
+        let meta = cx.meta(
+            &format!("user {} ({}:{})", u.value.name, u.value.uid, u.value.gid),
+            Some(u.span),
+        );
+        rt = rt
+            .run(Exec::shell(&script, platform, meta).env(&rt_env))
+            .root();
     }
 
     // ---- builder branch -------------------------------------------------
@@ -272,8 +309,16 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             .unwrap_or_else(|_| plan.builder.pinned().to_string()),
         _ => plan.builder.pinned().to_string(),
     };
-    let builder_name = builder_ref.rsplit('/').next().unwrap_or(&builder_ref).to_string();
-    let mut b = State::image(&builder_ref, platform, cx.meta(&format!("builder {builder_name}"), plan.builder.span));
+    let builder_name = builder_ref
+        .rsplit('/')
+        .next()
+        .unwrap_or(&builder_ref)
+        .to_string();
+    let mut b = State::image(
+        &builder_ref,
+        platform,
+        cx.meta(&format!("builder {builder_name}"), plan.builder.span),
+    );
     let mut b_packages: Vec<String> = Vec::new();
     let mut b_spans = Vec::new();
     if plan.builder.python_from_apt && conda.is_none() {
@@ -284,7 +329,10 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         b_spans.push(a.span);
     }
     if !b_packages.is_empty() {
-        let meta = cx.meta(&format!("builder: apt-get install {}", b_packages.join(" ")), b_spans.first().copied());
+        let meta = cx.meta(
+            &format!("builder: apt-get install {}", b_packages.join(" ")),
+            b_spans.first().copied(),
+        );
         b = cx.apt_install(&b, &b_packages, &b_env, meta);
     }
     if plan.installer == Installer::Uv {
@@ -292,14 +340,18 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             "python3 -m venv {UV_TOOL}\n{UV_TOOL}/bin/python -m pip install --disable-pip-version-check {}\n",
             quote(UV_REQUIREMENT)
         );
-        let exec = Exec::shell(&format!("{}{script}", cx.install_prelude()), platform, cx.meta("install uv (builder only)", None))
-            .env(&b_env)
-            .env(&[("PIP_CACHE_DIR".into(), "/root/.cache/pip".into())])
-            .mount(Mount::Cache {
-                target: "/root/.cache/pip".into(),
-                id: format!("kiln-pip-{}", cx.platform_id()),
-                sharing: Sharing::Shared,
-            });
+        let exec = Exec::shell(
+            &format!("{}{script}", cx.install_prelude()),
+            platform,
+            cx.meta("install uv (builder only)", None),
+        )
+        .env(&b_env)
+        .env(&[("PIP_CACHE_DIR".into(), "/root/.cache/pip".into())])
+        .mount(Mount::Cache {
+            target: "/root/.cache/pip".into(),
+            id: format!("kiln-pip-{}", cx.platform_id()),
+            sharing: Sharing::Shared,
+        });
         b = b.run(cx.install_mounts(exec)).root();
     }
     let b_ready = b.clone();
@@ -312,41 +364,68 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 "conda env create --quiet -p {VENV} -f {CONTEXT_MOUNT}/{}\n",
                 file.value
             );
-            let exec = Exec::shell(&format!("{}{script}", cx.install_prelude()), platform, cx.meta(&format!("conda env create -f {}", file.value), Some(file.span)))
-                .env(&b_env)
-                .mount(Mount::Cache {
-                    target: "/opt/conda/pkgs".into(),
-                    id: format!("kiln-conda-pkgs-{}", cx.platform_id()),
-                    sharing: Sharing::Locked,
-                })
-                .mount(Mount::Bind {
-                    target: CONTEXT_MOUNT.into(),
-                    source: ctx,
-                    selector: None,
-                    readonly: true,
-                });
+            let exec = Exec::shell(
+                &format!("{}{script}", cx.install_prelude()),
+                platform,
+                cx.meta(
+                    &format!("conda env create -f {}", file.value),
+                    Some(file.span),
+                ),
+            )
+            .env(&b_env)
+            .mount(Mount::Cache {
+                target: "/opt/conda/pkgs".into(),
+                id: format!("kiln-conda-pkgs-{}", cx.platform_id()),
+                sharing: Sharing::Locked,
+            })
+            .mount(Mount::Bind {
+                target: CONTEXT_MOUNT.into(),
+                source: ctx,
+                selector: None,
+                readonly: true,
+            });
             b_ready.run(cx.install_mounts(exec)).root()
         }
         None => b_ready
             .run(
-                Exec::shell(&format!("python3 -m venv {VENV}\n"), platform, cx.meta(&format!("python -m venv {VENV}"), None))
-                    .env(&b_env),
+                Exec::shell(
+                    &format!("python3 -m venv {VENV}\n"),
+                    platform,
+                    cx.meta(&format!("python -m venv {VENV}"), None),
+                )
+                .env(&b_env),
             )
             .root(),
     };
-    let mut layers: Vec<State> = vec![State::diff(&b_ready, &env_state, cx.meta("layer: environment", None))];
+    let mut layers: Vec<State> = vec![State::diff(
+        &b_ready,
+        &env_state,
+        cx.meta("layer: environment", None),
+    )];
 
     // The framework, alone, before anything else.
     let mut deps = env_state.clone();
     if let Some(fw) = &plan.framework {
         let args: Vec<String> = fw.packages.iter().map(|p| quote(p)).collect();
-        let cmd = cx.install_command(&args, false, fw.index_url.as_deref(), fw.extra_index_url.as_deref(), fw.find_links.as_deref());
+        let cmd = cx.install_command(
+            &args,
+            false,
+            fw.index_url.as_deref(),
+            fw.extra_index_url.as_deref(),
+            fw.find_links.as_deref(),
+        );
         let what = match (&plan.gpu, &fw.index_url) {
             (Some(g), _) => format!("pip install {} (CUDA {})", fw.packages.join(" "), g.cuda),
             (None, _) => format!("pip install {}", fw.packages.join(" ")),
         };
-        let next = deps.run(cx.install_exec(cmd, &b_env, cx.meta(&what, Some(fw.span)))).root();
-        layers.push(State::diff(&deps, &next, cx.meta(&format!("layer: {}", fw.name), None)));
+        let next = deps
+            .run(cx.install_exec(cmd, &b_env, cx.meta(&what, Some(fw.span))))
+            .root();
+        layers.push(State::diff(
+            &deps,
+            &next,
+            cx.meta(&format!("layer: {}", fw.name), None),
+        ));
         deps = next;
     }
 
@@ -377,8 +456,18 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         for step in &plan.pip {
             if let PipStep::Package { spec, span } = step {
                 let cmd = cx.install_command(&[quote(spec)], true, None, None, None);
-                let next = deps.run(cx.install_exec(cmd, &b_env, cx.meta(&format!("pip install {spec}"), Some(*span)))).root();
-                package_layers.push(State::diff(&deps, &next, cx.meta(&format!("layer: {spec}"), Some(*span))));
+                let next = deps
+                    .run(cx.install_exec(
+                        cmd,
+                        &b_env,
+                        cx.meta(&format!("pip install {spec}"), Some(*span)),
+                    ))
+                    .root();
+                package_layers.push(State::diff(
+                    &deps,
+                    &next,
+                    cx.meta(&format!("layer: {spec}"), Some(*span)),
+                ));
             }
         }
         // Then one step with dependencies for everything: it installs what the
@@ -399,31 +488,63 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         layers.extend(package_layers.iter().cloned());
         if !args.is_empty() {
             let joined = State::merge(
-                &std::iter::once(deps.clone()).chain(package_layers).collect::<Vec<_>>(),
+                &std::iter::once(deps.clone())
+                    .chain(package_layers)
+                    .collect::<Vec<_>>(),
                 cx.meta("pip: the pinned packages together", None),
             );
-            let cmd = cx.install_command(&args, false, None, None, None);
-            let only_pins = plan.pip.iter().all(|p| matches!(p, PipStep::Package { .. }));
-            let what = if only_pins {
-                "pip install: dependencies the pins did not name".to_string()
+            let install = cx.install_command(&args, false, None, None, None);
+            let only_pins = plan
+                .pip
+                .iter()
+                .all(|p| matches!(p, PipStep::Package { .. }));
+            // With every requirement pinned the pins are usually complete (a
+            // lock): then this step only checks, installs nothing and takes a
+            // second; it installs what a pin's dependencies need otherwise.
+            let (cmd, what) = if only_pins {
+                (
+                    format!(
+                        "if {VENV}/bin/python -m pip check >/dev/null 2>&1; then echo 'kiln: the pins are complete'; else {install}; fi"
+                    ),
+                    "pip: dependencies the pins did not name".to_string(),
+                )
             } else {
-                "pip install: remaining requirements".to_string()
+                (install, "pip install: remaining requirements".to_string())
             };
-            let done = joined.run(with_requirements(cx.install_exec(cmd, &b_env, cx.meta(&what, first_span)))).root();
-            layers.push(State::diff(&joined, &done, cx.meta("layer: remaining requirements", None)));
+            let done = joined
+                .run(with_requirements(cx.install_exec(
+                    cmd,
+                    &b_env,
+                    cx.meta(&what, first_span),
+                )))
+                .root();
+            layers.push(State::diff(
+                &joined,
+                &done,
+                cx.meta("layer: remaining requirements", None),
+            ));
         }
     } else {
         for step in &plan.pip {
             let (args, what) = match step {
                 PipStep::Package { spec, .. } => (vec![quote(spec)], format!("pip install {spec}")),
-                PipStep::Group { specs, .. } => (specs.iter().map(|s| quote(s)).collect(), format!("pip install {}", specs.join(" "))),
+                PipStep::Group { specs, .. } => (
+                    specs.iter().map(|s| quote(s)).collect(),
+                    format!("pip install {}", specs.join(" ")),
+                ),
                 PipStep::Requirements { path, .. } => (
                     vec!["-r".to_string(), quote(&format!("{CONTEXT_MOUNT}/{path}"))],
                     format!("pip install -r {path}"),
                 ),
             };
             let cmd = cx.install_command(&args, false, None, None, None);
-            deps = deps.run(with_requirements(cx.install_exec(cmd, &b_env, cx.meta(&what, Some(step.span()))))).root();
+            deps = deps
+                .run(with_requirements(cx.install_exec(
+                    cmd,
+                    &b_env,
+                    cx.meta(&what, Some(step.span())),
+                )))
+                .root();
         }
     }
 
@@ -446,13 +567,21 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let app_ctx = if sources.is_empty() {
         None
     } else {
-        let include = if sources.iter().any(|s| s == ".") { Vec::new() } else { sources.clone() };
+        let include = if sources.iter().any(|s| s == ".") {
+            Vec::new()
+        } else {
+            sources.clone()
+        };
         Some(cx.context(include, "kiln-app", "app files"))
     };
     let mut copy_spans = Vec::new();
     if let Some(ctx) = &app_ctx {
         for c in &plan.copies {
-            let src = if c.value.src == "." { "/".to_string() } else { format!("/{}", c.value.src) };
+            let src = if c.value.src == "." {
+                "/".to_string()
+            } else {
+                format!("/{}", c.value.src)
+            };
             app_actions = app_actions.then(FileAction::Copy {
                 from: ctx.clone(),
                 src,
@@ -474,13 +603,23 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         copy_spans
             .iter()
             .skip(1)
-            .fold(cx.meta(&what, copy_spans.first().copied()), |m, s| m.at(Some(cx.range(*s))))
+            .fold(cx.meta(&what, copy_spans.first().copied()), |m, s| {
+                m.at(Some(cx.range(*s)))
+            })
     };
 
     // ---- join -------------------------------------------------------------
     let image_env = plan.config.env_pairs();
     let run_step = |state: State, r: &crate::model::Spanned<crate::model::Run>| -> State {
-        let mut exec = Exec::shell(&r.value.command, platform, cx.meta(&format!("run {}", first_line(&r.value.command)), Some(r.span))).env(&image_env);
+        let mut exec = Exec::shell(
+            &r.value.command,
+            platform,
+            cx.meta(
+                &format!("run {}", first_line(&r.value.command)),
+                Some(r.span),
+            ),
+        )
+        .env(&image_env);
         exec.cwd = workdir.clone().unwrap_or_else(|| "/".to_string());
         state.run(exec).root()
     };
@@ -535,7 +674,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 platform: platform.clone(),
                 meta: cx.meta(&format!("verify: {}", first_line(&v.value)), Some(v.span)),
             };
-            exec.mounts.push(Mount::Tmpfs { target: "/tmp".into() });
+            exec.mounts.push(Mount::Tmpfs {
+                target: "/tmp".into(),
+            });
             state = state.run(exec).root();
         }
         Some(llb::marshal(&state, source_info(cx.source, opts).as_ref()))
@@ -564,8 +705,7 @@ fn secret_path(id: &str) -> String {
 /// POSIX shell single-quoting, only where needed.
 pub fn quote(s: &str) -> String {
     let safe = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.,:/=+@%^".contains(c));
     if safe {
         s.to_string()
@@ -591,7 +731,11 @@ fn resolve_dest(dest: &str, workdir: Option<&str>) -> String {
         dest.to_string()
     } else {
         let base = workdir.unwrap_or("/");
-        format!("{}/{}", base.trim_end_matches('/'), dest.trim_start_matches("./"))
+        format!(
+            "{}/{}",
+            base.trim_end_matches('/'),
+            dest.trim_start_matches("./")
+        )
     }
 }
 
@@ -621,7 +765,10 @@ mod tests {
         assert_eq!(quote("numpy==1.26.4"), "numpy==1.26.4");
         assert_eq!(quote("numpy>=1.2"), "'numpy>=1.2'");
         assert_eq!(quote("it's"), "'it'\\''s'");
-        assert_eq!(quote("tensorflow[and-cuda]==2.16.1"), "'tensorflow[and-cuda]==2.16.1'");
+        assert_eq!(
+            quote("tensorflow[and-cuda]==2.16.1"),
+            "'tensorflow[and-cuda]==2.16.1'"
+        );
         assert_eq!(quote(""), "''");
     }
 

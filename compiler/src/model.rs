@@ -219,7 +219,12 @@ enum Level<'a> {
 }
 
 impl Decoder {
-    fn err(&mut self, code: &'static str, span: SourceSpan, msg: impl Into<String>) -> &mut Diagnostic {
+    fn err(
+        &mut self,
+        code: &'static str,
+        span: SourceSpan,
+        msg: impl Into<String>,
+    ) -> &mut Diagnostic {
         self.diags.push(Diagnostic::error(code, span, msg));
         let last = self.diags.items.len() - 1;
         &mut self.diags.items[last]
@@ -576,8 +581,15 @@ impl Decoder {
                         self.set_once(&mut s.builder, value, node, level);
                     }
                     "conda" => {
-                        if let Some(norm) = self.check_context_path(&value, "conda environment file") {
-                            self.set_once(&mut s.conda, Spanned::new(norm, value.span), node, level);
+                        if let Some(norm) =
+                            self.check_context_path(&value, "conda environment file")
+                        {
+                            self.set_once(
+                                &mut s.conda,
+                                Spanned::new(norm, value.span),
+                                node,
+                                level,
+                            );
                         }
                     }
                     "workdir" => {
@@ -652,7 +664,11 @@ impl Decoder {
                 self.allow_props(node, &["variant", "stage"]);
                 let packages = self.strings(node, "apt package");
                 if packages.is_empty() {
-                    self.err("kiln::wrong_arity", span, "`apt` needs at least one package name");
+                    self.err(
+                        "kiln::wrong_arity",
+                        span,
+                        "`apt` needs at least one package name",
+                    );
                     return;
                 }
                 for p in &packages {
@@ -668,19 +684,21 @@ impl Decoder {
                 }
                 let stage = match self.string_prop(node, "stage") {
                     None => Stage::Runtime,
-                    Some(v) => match v.value.as_str() {
-                        "runtime" => Stage::Runtime,
-                        "build" | "builder" => Stage::Build,
-                        other => {
-                            self.err(
+                    Some(v) => {
+                        match v.value.as_str() {
+                            "runtime" => Stage::Runtime,
+                            "build" | "builder" => Stage::Build,
+                            other => {
+                                self.err(
                                 "kiln::invalid_value",
                                 v.span,
                                 format!("unknown stage `{other}`"),
                             )
                             .help = Some("write `stage=\"build\"` (builder only) or leave it out (runtime)".into());
-                            Stage::Runtime
+                                Stage::Runtime
+                            }
                         }
-                    },
+                    }
                 };
                 s.apt.push(Spanned::new(Apt { packages, stage }, span));
             }
@@ -702,7 +720,10 @@ impl Decoder {
                         .help = Some("write `env PYTHONUNBUFFERED=\"1\"`".into());
                         return;
                     }
-                    if let (Some(k), Some(v)) = (self.string(args[0], "variable name"), self.string(args[1], "value")) {
+                    if let (Some(k), Some(v)) = (
+                        self.string(args[0], "variable name"),
+                        self.string(args[1], "value"),
+                    ) {
                         pairs.push((k, v.value));
                     }
                 }
@@ -743,7 +764,10 @@ impl Decoder {
                         );
                         return;
                     }
-                    if let (Some(k), Some(v)) = (self.string(args[0], "label key"), self.string(args[1], "label value")) {
+                    if let (Some(k), Some(v)) = (
+                        self.string(args[0], "label key"),
+                        self.string(args[1], "label value"),
+                    ) {
                         pairs.push((k, v.value));
                     }
                 }
@@ -767,7 +791,11 @@ impl Decoder {
                 self.allow_props(node, &["variant"]);
                 let args = positional(node);
                 if args.is_empty() {
-                    self.err("kiln::wrong_arity", span, "`expose` needs a port, e.g. `expose 8080`");
+                    self.err(
+                        "kiln::wrong_arity",
+                        span,
+                        "`expose` needs a port, e.g. `expose 8080`",
+                    );
                 }
                 for e in args {
                     let port = match e.value() {
@@ -799,9 +827,10 @@ impl Decoder {
                     .help = Some("write `copy \"src\" \"/app/src\"`".into());
                     return;
                 }
-                let (Some(src), Some(dest)) =
-                    (self.string(args[0], "copy source"), self.string(args[1], "copy destination"))
-                else {
+                let (Some(src), Some(dest)) = (
+                    self.string(args[0], "copy source"),
+                    self.string(args[1], "copy destination"),
+                ) else {
                     return;
                 };
                 if let Some(norm) = self.check_context_path(&src, "copy source") {
@@ -866,7 +895,8 @@ impl Decoder {
                     format!("unknown node `{other}`"),
                 );
                 d.label = "not a kiln node".into();
-                d.help = help.or_else(|| Some("see docs/recipe.md for the nodes a recipe may use".into()));
+                d.help = help
+                    .or_else(|| Some("see docs/recipe.md for the nodes a recipe may use".into()));
             }
         }
     }
@@ -890,7 +920,9 @@ impl Decoder {
             other => {
                 let help = match nearest(other, FRAMEWORKS.iter().copied()) {
                     Some(n) => format!("did you mean `{n}`?"),
-                    None => "kiln knows pytorch, tensorflow and jax; for anything else use `pip`".into(),
+                    None => {
+                        "kiln knows pytorch, tensorflow and jax; for anything else use `pip`".into()
+                    }
                 };
                 self.err(
                     "kiln::unknown_framework",
@@ -966,15 +998,24 @@ impl Decoder {
                 name.span,
                 format!("`{}` is not a valid user name", name.value),
             )
-            .help = Some("use lower-case letters, digits, `-` and `_`, starting with a letter".into());
+            .help =
+                Some("use lower-case letters, digits, `-` and `_`, starting with a letter".into());
         }
         if name.value == "root" {
-            self.err("kiln::invalid_value", name.span, "`user \"root\"` is the default; leave `user` out to run as root");
+            self.err(
+                "kiln::invalid_value",
+                name.span,
+                "`user \"root\"` is the default; leave `user` out to run as root",
+            );
         }
         let uid = self.u32_prop(node, "uid").unwrap_or(1000);
         let gid = self.u32_prop(node, "gid").unwrap_or(uid);
         if uid == 0 {
-            self.err("kiln::invalid_value", head_span(node), "uid 0 is root; pick a non-root uid such as 1000");
+            self.err(
+                "kiln::invalid_value",
+                head_span(node),
+                "uid 0 is root; pick a non-root uid such as 1000",
+            );
         }
         Some(User {
             name: name.value,
@@ -989,7 +1030,9 @@ impl Decoder {
         let requirements = self.string_prop(node, "requirements");
         let index = self.string_prop(node, "index");
         let secret = self.string_prop(node, "secret");
-        let kinds = usize::from(!packages.is_empty()) + usize::from(requirements.is_some()) + usize::from(index.is_some());
+        let kinds = usize::from(!packages.is_empty())
+            + usize::from(requirements.is_some())
+            + usize::from(index.is_some());
         if kinds == 0 {
             self.err("kiln::wrong_arity", span, "`pip` installs nothing")
                 .help = Some("write `pip \"numpy==1.26.4\"`, `pip requirements=\"requirements.txt\"` or `pip index=\"URL\"`".into());
@@ -1038,7 +1081,9 @@ impl Decoder {
                     i.span,
                     format!("`{}` is not an index URL", i.value),
                 )
-                .help = Some("write the index's full URL, e.g. `https://pypi.example.org/simple`".into());
+                .help = Some(
+                    "write the index's full URL, e.g. `https://pypi.example.org/simple`".into(),
+                );
             }
             if i.value.contains('@') {
                 self.err(
@@ -1060,7 +1105,13 @@ impl Decoder {
 
     // ---- helpers -------------------------------------------------------
 
-    fn set_once<T>(&mut self, slot: &mut Option<Spanned<T>>, value: Spanned<T>, node: &KdlNode, level: Level<'_>) {
+    fn set_once<T>(
+        &mut self,
+        slot: &mut Option<Spanned<T>>,
+        value: Spanned<T>,
+        node: &KdlNode,
+        level: Level<'_>,
+    ) {
         if let Some(prev) = slot {
             let (line, _) = self.diags.source.line_col(prev.span.offset());
             let name = node.name().value();
@@ -1068,7 +1119,9 @@ impl Decoder {
                 Level::Top => format!(
                     "it is already set on line {line}; keep one, or set it per variant inside `variant \"NAME\" {{ … }}`"
                 ),
-                Level::Variant(v) => format!("variant `{v}` already sets it on line {line}; keep one"),
+                Level::Variant(v) => {
+                    format!("variant `{v}` already sets it on line {line}; keep one")
+                }
             };
             self.err(
                 "kiln::duplicate_node",
@@ -1202,7 +1255,8 @@ impl Decoder {
                         format!("write \"{repr}\""),
                     )
                 };
-                self.err("kiln::version_not_string", value_span(e), msg).help = Some(help);
+                self.err("kiln::version_not_string", value_span(e), msg)
+                    .help = Some(help);
                 None
             }
             KdlValue::Bool(b) => {
@@ -1277,7 +1331,9 @@ impl Decoder {
     fn u32_prop(&mut self, node: &KdlNode, key: &str) -> Option<u32> {
         let e = self.prop(node, key)?;
         match e.value() {
-            KdlValue::Integer(n) if (0..=i128::from(u32::MAX)).contains(n) => u32::try_from(*n).ok(),
+            KdlValue::Integer(n) if (0..=i128::from(u32::MAX)).contains(n) => {
+                u32::try_from(*n).ok()
+            }
             KdlValue::String(s) if s.parse::<u32>().is_ok() => {
                 self.err(
                     "kiln::wrong_type",
@@ -1357,18 +1413,17 @@ pub fn normalize_context_path(p: &str) -> Result<String, &'static str> {
 }
 
 fn positional(node: &KdlNode) -> Vec<&KdlEntry> {
-    node.entries().iter().filter(|e| e.name().is_none()).collect()
+    node.entries()
+        .iter()
+        .filter(|e| e.name().is_none())
+        .collect()
 }
 
 /// The span of a value, without the leading whitespace kdl keeps in entry spans.
 fn value_span(e: &KdlEntry) -> SourceSpan {
-    let span = e.span();
-    let lead = e
-        .format()
-        .map(|f| f.leading.len())
-        .unwrap_or(0)
-        .min(span.len());
-    SourceSpan::new((span.offset() + lead).into(), span.len() - lead)
+    // kdl's entry spans start at the entry itself, not at the whitespace
+    // before it (tests/diagnostics pins the columns).
+    e.span()
 }
 
 /// The first line of a node: its name and entries, not its block.
@@ -1405,7 +1460,8 @@ fn valid_variant_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
         && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 fn valid_arg_name(n: &str) -> bool {
@@ -1422,13 +1478,17 @@ fn valid_user_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 32
         && n.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 fn valid_apt_package(p: &str) -> bool {
     let name = p.split('=').next().unwrap_or("");
     name.len() >= 2
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.:".contains(c))
@@ -1449,7 +1509,9 @@ fn valid_port(p: &str) -> bool {
 /// this catches what is clearly not a requirement (shell syntax, flags, spaces
 /// between two names).
 pub fn check_requirement(r: &str) -> Result<(), &'static str> {
-    let r = r.trim();
+    // `${NAME}` is a build argument, substituted before pip sees it.
+    let substituted = without_arg_refs(r.trim());
+    let r = substituted.as_str();
     if r.is_empty() {
         return Err("it is empty");
     }
@@ -1466,11 +1528,41 @@ pub fn check_requirement(r: &str) -> Result<(), &'static str> {
         return Err("it does not start with a project name");
     }
     let rest = r[name_end..].trim_start();
+    if rest.ends_with(['=', '<', '>', '!', '~', ',']) {
+        return Err("a version specifier needs a version after its operator");
+    }
     if rest.is_empty() || rest.starts_with(['[', '=', '<', '>', '!', '~', '@', ';', '(']) {
         Ok(())
     } else {
         Err("write one requirement per value")
     }
+}
+
+/// `numpy==${V}` → `numpy==0`: build argument references stand for a value.
+fn without_arg_refs(r: &str) -> String {
+    let mut out = String::with_capacity(r.len());
+    let mut rest = r;
+    while let Some(i) = rest.find("${") {
+        let after = &rest[i + 2..];
+        match after.find('}') {
+            Some(end)
+                if end > 0
+                    && after[..end]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                out.push_str(&rest[..i]);
+                out.push('0');
+                rest = &after[end + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..i + 2]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The project name of a requirement, normalised as pip does (PEP 503).

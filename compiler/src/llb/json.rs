@@ -31,7 +31,11 @@ pub fn definition_json(def: &pb::Definition) -> Value {
             }
         };
         if i + 1 == def.def.len() && op.op.is_none() {
-            terminal = op.inputs.first().map(|i| Value::String(input_ref(i))).unwrap_or(Value::Null);
+            terminal = op
+                .inputs
+                .first()
+                .map(|i| Value::String(input_ref(i)))
+                .unwrap_or(Value::Null);
             continue;
         }
         let mut o = Map::new();
@@ -47,7 +51,10 @@ pub fn definition_json(def: &pb::Definition) -> Value {
             o.insert("caps".into(), json!(caps));
         }
         if !op.inputs.is_empty() {
-            o.insert("inputs".into(), json!(op.inputs.iter().map(input_ref).collect::<Vec<_>>()));
+            o.insert(
+                "inputs".into(),
+                json!(op.inputs.iter().map(input_ref).collect::<Vec<_>>()),
+            );
         }
         if let Some(p) = &op.platform {
             let mut s = format!("{}/{}", p.os, p.architecture);
@@ -68,10 +75,16 @@ pub fn definition_json(def: &pb::Definition) -> Value {
                 o.insert("exec".into(), exec_json(e));
             }
             Some(pb::op::Op::File(f)) => {
-                o.insert("file".into(), Value::Array(f.actions.iter().map(file_action_json).collect()));
+                o.insert(
+                    "file".into(),
+                    Value::Array(f.actions.iter().map(file_action_json).collect()),
+                );
             }
             Some(pb::op::Op::Merge(m)) => {
-                o.insert("merge".into(), json!(m.inputs.iter().map(|i| i.input).collect::<Vec<_>>()));
+                o.insert(
+                    "merge".into(),
+                    json!(m.inputs.iter().map(|i| i.input).collect::<Vec<_>>()),
+                );
             }
             Some(pb::op::Op::Diff(d)) => {
                 o.insert(
@@ -157,7 +170,11 @@ fn exec_json(e: &pb::ExecOp) -> Value {
         v["user"] = json!(meta.user);
     }
     if e.network != 0 {
-        v["network"] = json!(pb::NetMode::try_from(e.network).map(|n| n.as_str_name().to_ascii_lowercase()).unwrap_or_default());
+        v["network"] = json!(
+            pb::NetMode::try_from(e.network)
+                .map(|n| n.as_str_name().to_ascii_lowercase())
+                .unwrap_or_default()
+        );
     }
     v
 }
@@ -194,7 +211,8 @@ fn file_action_json(a: &pb::FileAction) -> Value {
             v["copy"] = copy;
         }
         Some(pb::file_action::Action::Mkdir(m)) => {
-            let mut mk = json!({"path": m.path, "mode": format!("{:o}", m.mode), "parents": m.make_parents});
+            let mut mk =
+                json!({"path": m.path, "mode": format!("{:o}", m.mode), "parents": m.make_parents});
             if m.owner.is_some() {
                 mk["owner"] = chown_json(&m.owner);
             }

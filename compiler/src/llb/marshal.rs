@@ -65,7 +65,12 @@ pub fn marshal(root: &State, source: Option<&SourceInfo>) -> Marshaled {
                         })
                         .collect(),
                 };
-                (digest, pb::Locations { locations: vec![location] })
+                (
+                    digest,
+                    pb::Locations {
+                        locations: vec![location],
+                    },
+                )
             })
             .collect();
         if !locations.is_empty() {

@@ -30,13 +30,16 @@ pub struct Platform {
 impl Platform {
     pub fn parse(s: &str) -> Result<Platform, String> {
         let parts: Vec<&str> = s.trim().split('/').collect();
-        let ok_part = |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let ok_part =
+            |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         match parts.as_slice() {
             [os, arch] if ok_part(os) && ok_part(arch) => Ok(Platform::new(os, arch, None)),
             [os, arch, v] if ok_part(os) && ok_part(arch) && ok_part(v) => {
                 Ok(Platform::new(os, arch, Some(v)))
             }
-            _ => Err(format!("`{s}` is not a platform; write OS/ARCH[/VARIANT], e.g. linux/amd64")),
+            _ => Err(format!(
+                "`{s}` is not a platform; write OS/ARCH[/VARIANT], e.g. linux/amd64"
+            )),
         }
     }
 
@@ -194,11 +197,17 @@ impl State {
             caps.push("source.local.includepatterns");
         }
         if !opts.exclude.is_empty() {
-            attrs.insert("local.excludepatterns".to_string(), json_list(&opts.exclude));
+            attrs.insert(
+                "local.excludepatterns".to_string(),
+                json_list(&opts.exclude),
+            );
             caps.push("source.local.excludepatterns");
         }
         if !opts.follow_paths.is_empty() {
-            attrs.insert("local.followpaths".to_string(), json_list(&opts.follow_paths));
+            attrs.insert(
+                "local.followpaths".to_string(),
+                json_list(&opts.follow_paths),
+            );
             caps.push("source.local.followpaths");
         }
         if let Some(hint) = &opts.shared_key_hint {
@@ -232,10 +241,14 @@ impl State {
         let outs: Vec<Output> = states.iter().filter_map(|s| s.out.clone()).collect();
         match outs.len() {
             0 => State::scratch(),
-            1 => State { out: outs.into_iter().next() },
+            1 => State {
+                out: outs.into_iter().next(),
+            },
             _ => {
                 let merge = pb::MergeOp {
-                    inputs: (0..outs.len() as i64).map(|input| pb::MergeInput { input }).collect(),
+                    inputs: (0..outs.len() as i64)
+                        .map(|input| pb::MergeInput { input })
+                        .collect(),
                 };
                 let op = pb::Op {
                     op: Some(pb::op::Op::Merge(merge)),
@@ -447,7 +460,11 @@ impl Exec {
                         ..Default::default()
                     }
                 }
-                Mount::Cache { target, id, sharing } => {
+                Mount::Cache {
+                    target,
+                    id,
+                    sharing,
+                } => {
                     caps.insert("exec.mount.cache");
                     caps.insert("exec.mount.cache.sharing");
                     pb::Mount {
@@ -676,7 +693,11 @@ impl FileActions {
         for (i, (a, sec)) in self.actions.into_iter().zip(secondary).enumerate() {
             // The first action works on the base; each next one on the
             // previous action's result, referenced past the real inputs.
-            let input = if i == 0 { base_index } else { n_inputs + i as i64 - 1 };
+            let input = if i == 0 {
+                base_index
+            } else {
+                n_inputs + i as i64 - 1
+            };
             let output = if i + 1 == count { 0 } else { -1 };
             let action = match a {
                 FileAction::Copy {
@@ -753,7 +774,9 @@ impl FileActions {
             });
         }
         let op = pb::Op {
-            op: Some(pb::op::Op::File(pb::FileOp { actions: pb_actions })),
+            op: Some(pb::op::Op::File(pb::FileOp {
+                actions: pb_actions,
+            })),
             constraints: constraints(),
             ..Default::default()
         };

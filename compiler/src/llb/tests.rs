@@ -21,7 +21,11 @@ fn decode_all(m: &Marshaled) -> Vec<(String, pb::Op)> {
 }
 
 fn sample() -> State {
-    let base = State::image("docker.io/library/python:3.11-slim", &amd64(), OpMeta::named("base"));
+    let base = State::image(
+        "docker.io/library/python:3.11-slim",
+        &amd64(),
+        OpMeta::named("base"),
+    );
     let ctx = State::local(
         "context",
         &LocalOpts {
@@ -52,7 +56,10 @@ fn sample() -> State {
                 path: "/app".into(),
                 mode: 0o755,
                 parents: true,
-                owner: Some(Owner { uid: 1000, gid: 1000 }),
+                owner: Some(Owner {
+                    uid: 1000,
+                    gid: 1000,
+                }),
             })
             .then(FileAction::Copy {
                 from: ctx,
@@ -96,10 +103,16 @@ fn inputs_are_wired_by_digest_and_index_in_dependency_order() {
     assert!(terminal.op.is_none());
     assert_eq!(terminal.inputs.len(), 1);
     let merge_digest = &terminal.inputs[0].digest;
-    let (_, merge) = ops.iter().find(|(d, _)| d == merge_digest).expect("merge op");
+    let (_, merge) = ops
+        .iter()
+        .find(|(d, _)| d == merge_digest)
+        .expect("merge op");
     match &merge.op {
         Some(pb::op::Op::Merge(mo)) => {
-            assert_eq!(mo.inputs.iter().map(|i| i.input).collect::<Vec<_>>(), vec![0, 1, 2]);
+            assert_eq!(
+                mo.inputs.iter().map(|i| i.input).collect::<Vec<_>>(),
+                vec![0, 1, 2]
+            );
         }
         other => panic!("expected a merge, got {other:?}"),
     }
@@ -114,7 +127,11 @@ fn inputs_are_wired_by_digest_and_index_in_dependency_order() {
 
 #[test]
 fn digest_is_sha256_of_op_bytes_and_stable() {
-    let base = State::image("docker.io/library/busybox:latest", &amd64(), OpMeta::named("busybox"));
+    let base = State::image(
+        "docker.io/library/busybox:latest",
+        &amd64(),
+        OpMeta::named("busybox"),
+    );
     let m = marshal(&base, None);
     let (digest, op) = &decode_all(&m)[0];
     assert_eq!(op.encode_to_vec(), m.definition.def[0]);
@@ -130,11 +147,17 @@ fn digest_is_sha256_of_op_bytes_and_stable() {
 
 #[test]
 fn exec_mounts_are_sorted_and_outputs_indexed() {
-    let base = State::image("docker.io/library/busybox:latest", &amd64(), OpMeta::named("b"));
+    let base = State::image(
+        "docker.io/library/busybox:latest",
+        &amd64(),
+        OpMeta::named("b"),
+    );
     let out = State::scratch();
     let r = base.run(
         Exec::shell("true", &amd64(), OpMeta::named("x"))
-            .mount(Mount::Tmpfs { target: "/z".into() })
+            .mount(Mount::Tmpfs {
+                target: "/z".into(),
+            })
             .mount(Mount::Bind {
                 target: "/out".into(),
                 source: out,
@@ -173,11 +196,20 @@ fn exec_mounts_are_sorted_and_outputs_indexed() {
 
 #[test]
 fn chained_file_actions_reference_previous_action() {
-    let base = State::image("docker.io/library/busybox:latest", &amd64(), OpMeta::named("b"));
+    let base = State::image(
+        "docker.io/library/busybox:latest",
+        &amd64(),
+        OpMeta::named("b"),
+    );
     let ctx = State::local("context", &LocalOpts::default(), OpMeta::named("ctx"));
     let s = base.file(
         FileActions::new()
-            .then(FileAction::Mkdir { path: "/a".into(), mode: 0o755, parents: true, owner: None })
+            .then(FileAction::Mkdir {
+                path: "/a".into(),
+                mode: 0o755,
+                parents: true,
+                owner: None,
+            })
             .then(FileAction::Copy {
                 from: ctx,
                 src: "/f".into(),
@@ -187,7 +219,11 @@ fn chained_file_actions_reference_previous_action() {
                 create_parents: false,
                 include: vec![],
             })
-            .then(FileAction::Rm { path: "/tmp/x".into(), allow_not_found: true, wildcard: false }),
+            .then(FileAction::Rm {
+                path: "/tmp/x".into(),
+                allow_not_found: true,
+                wildcard: false,
+            }),
         OpMeta::named("files"),
     );
     let m = marshal(&s, None);
@@ -200,15 +236,32 @@ fn chained_file_actions_reference_previous_action() {
         .expect("file op");
     let (n_inputs, f) = file;
     assert_eq!(n_inputs, 2);
-    let wiring: Vec<(i64, i64, i64)> = f.actions.iter().map(|a| (a.input, a.secondary_input, a.output)).collect();
+    let wiring: Vec<(i64, i64, i64)> = f
+        .actions
+        .iter()
+        .map(|a| (a.input, a.secondary_input, a.output))
+        .collect();
     assert_eq!(wiring, vec![(0, -1, -1), (2, 1, -1), (3, -1, 0)]);
 }
 
 #[test]
 fn source_map_points_ops_at_recipe_lines() {
-    let range = SourceRange { start_line: 3, start_col: 1, end_line: 3, end_col: 20 };
-    let s = State::image("docker.io/library/busybox:latest", &amd64(), OpMeta::named("b").at(Some(range)));
-    let info = SourceInfo { filename: "env.kdl".into(), data: b"kiln 1\n".to_vec(), language: "kdl".into() };
+    let range = SourceRange {
+        start_line: 3,
+        start_col: 1,
+        end_line: 3,
+        end_col: 20,
+    };
+    let s = State::image(
+        "docker.io/library/busybox:latest",
+        &amd64(),
+        OpMeta::named("b").at(Some(range)),
+    );
+    let info = SourceInfo {
+        filename: "env.kdl".into(),
+        data: b"kiln 1\n".to_vec(),
+        language: "kdl".into(),
+    };
     let m = marshal(&s, Some(&info));
     let src = m.definition.source.expect("source map");
     assert_eq!(src.infos[0].filename, "env.kdl");
@@ -218,7 +271,11 @@ fn source_map_points_ops_at_recipe_lines() {
 
 #[test]
 fn merge_of_one_is_the_input_and_scratch_is_dropped() {
-    let b = State::image("docker.io/library/busybox:latest", &amd64(), OpMeta::named("b"));
+    let b = State::image(
+        "docker.io/library/busybox:latest",
+        &amd64(),
+        OpMeta::named("b"),
+    );
     let m = State::merge(&[State::scratch(), b.clone()], OpMeta::named("m"));
     assert_eq!(marshal(&m, None).bytes, marshal(&b, None).bytes);
     assert!(State::merge(&[], OpMeta::named("e")).is_scratch());
@@ -226,9 +283,18 @@ fn merge_of_one_is_the_input_and_scratch_is_dropped() {
 
 #[test]
 fn platforms_parse_and_normalise() {
-    assert_eq!(Platform::parse("linux/x86_64").expect("ok").to_string(), "linux/amd64");
-    assert_eq!(Platform::parse("linux/arm64/v8").expect("ok").to_string(), "linux/arm64");
-    assert_eq!(Platform::parse("linux/arm/v7").expect("ok").to_string(), "linux/arm/v7");
+    assert_eq!(
+        Platform::parse("linux/x86_64").expect("ok").to_string(),
+        "linux/amd64"
+    );
+    assert_eq!(
+        Platform::parse("linux/arm64/v8").expect("ok").to_string(),
+        "linux/arm64"
+    );
+    assert_eq!(
+        Platform::parse("linux/arm/v7").expect("ok").to_string(),
+        "linux/arm/v7"
+    );
     assert!(Platform::parse("linux").is_err());
     assert!(Platform::parse("linux/amd64/v2/x").is_err());
 }

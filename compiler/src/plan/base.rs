@@ -3,12 +3,12 @@
 use miette::SourceSpan;
 
 use super::{Base, Gpu};
+use crate::Options;
 use crate::compat::{self, CudaFlavor};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::image_ref::ImageRef;
 use crate::llb::Platform;
 use crate::model::{CudaFrom, Settings};
-use crate::Options;
 
 /// Distros kiln knows to carry no glibc or no python usable by a venv.
 const NO_GLIBC: &[&str] = &["alpine", "busybox"];
@@ -35,7 +35,13 @@ pub(super) fn choose(
         } else {
             notes.push(format!("base: `{}` as written in the recipe", b.value));
         }
-        let mut base = described(reference, "the recipe's `base`", Some(b.span), opts, platform);
+        let mut base = described(
+            reference,
+            "the recipe's `base`",
+            Some(b.span),
+            opts,
+            platform,
+        );
         check_base(&mut base, python, b.span, s, diags, notes);
         base
     } else if let Some(g) = gpu.filter(|g| g.from == CudaFrom::Base) {
@@ -63,7 +69,11 @@ pub(super) fn choose(
                             g.span,
                             format!("nvidia/cuda publishes no CUDA {} image for `{d}`", g.cuda),
                         )
-                        .with_help(format!("CUDA {} images exist for: {}", g.cuda, distros.join(", "))),
+                        .with_help(format!(
+                            "CUDA {} images exist for: {}",
+                            g.cuda,
+                            distros.join(", ")
+                        )),
                     );
                     return None;
                 }
@@ -104,9 +114,13 @@ pub(super) fn choose(
                 Diagnostic::error(
                     "kiln::python_mismatch",
                     g.span,
-                    format!("{chosen} ships python {distro_py}, but the recipe asks for python {python}"),
+                    format!(
+                        "{chosen} ships python {distro_py}, but the recipe asks for python {python}"
+                    ),
                 )
-                .with_help(format!("write `python \"{distro_py}\"`, or pick another `distro=`")),
+                .with_help(format!(
+                    "write `python \"{distro_py}\"`, or pick another `distro=`"
+                )),
             );
             return None;
         }
@@ -115,7 +129,10 @@ pub(super) fn choose(
             diags.push(Diagnostic::error(
                 "kiln::unknown_cuda",
                 g.span,
-                format!("no cuDNN runtime image is known for CUDA {} on {chosen}", g.cuda),
+                format!(
+                    "no cuDNN runtime image is known for CUDA {} on {chosen}",
+                    g.cuda
+                ),
             ));
             return None;
         };
@@ -124,7 +141,13 @@ pub(super) fn choose(
             "base: {tag}, because `cuda \"{}\" from=\"base\"` and {chosen}'s python is {python}; python is installed from the distro",
             g.cuda
         ));
-        let mut base = described(reference, "nvidia/cuda runtime for the variant's CUDA", None, opts, platform);
+        let mut base = described(
+            reference,
+            "nvidia/cuda runtime for the variant's CUDA",
+            None,
+            opts,
+            platform,
+        );
         base.python_from_apt = true;
         base
     } else {
@@ -151,7 +174,13 @@ pub(super) fn choose(
                 "builder: `{}` as written; only /opt/venv reaches the image, so its python must be the runtime's ({python})",
                 b.value
             ));
-            let mut base = described(reference, "the recipe's `builder`", Some(b.span), opts, platform);
+            let mut base = described(
+                reference,
+                "the recipe's `builder`",
+                Some(b.span),
+                opts,
+                platform,
+            );
             check_base(&mut base, python, b.span, s, diags, notes);
             base
         }
@@ -164,7 +193,13 @@ pub(super) fn choose(
     Some((runtime, builder))
 }
 
-fn described(reference: ImageRef, why: &str, span: Option<SourceSpan>, opts: &Options, platform: &Platform) -> Base {
+fn described(
+    reference: ImageRef,
+    why: &str,
+    span: Option<SourceSpan>,
+    opts: &Options,
+    platform: &Platform,
+) -> Base {
     let _ = platform;
     let resolved = opts.images.get(&reference.to_string()).cloned();
     Base {
@@ -191,7 +226,11 @@ fn check_base(
     let tag = base.reference.tag.clone().unwrap_or_default();
     let last = name.rsplit('/').next().unwrap_or(&name).to_string();
     if NO_GLIBC.contains(&last.as_str()) || tag.contains("alpine") || tag.contains("musl") {
-        let what = if s.conda.is_some() { "a conda environment" } else { "the venv's python and wheels" };
+        let what = if s.conda.is_some() {
+            "a conda environment"
+        } else {
+            "the venv's python and wheels"
+        };
         diags.push(
             Diagnostic::error(
                 "kiln::no_glibc",
@@ -243,8 +282,12 @@ fn check_base(
                     .with_help(format!("write `python \"{py}\"`, or pick a base whose distro ships python {python}")),
                 );
             }
-            Some(_) => notes.push(format!("python: {python} from {distro}'s packages (the base has none)")),
-            None => notes.push(format!("python: from {distro}'s packages (kiln does not know its version)")),
+            Some(_) => notes.push(format!(
+                "python: {python} from {distro}'s packages (the base has none)"
+            )),
+            None => notes.push(format!(
+                "python: from {distro}'s packages (kiln does not know its version)"
+            )),
         }
     }
 }

@@ -31,7 +31,11 @@ impl FrameworkPlan {
     /// Take `spec` into the framework step if it names a companion project.
     pub fn adopt_companion(&mut self, spec: &str) -> bool {
         let name = model::requirement_name(spec);
-        if self.companions.iter().any(|c| model::requirement_name(c) == name) {
+        if self
+            .companions
+            .iter()
+            .any(|c| model::requirement_name(c) == name)
+        {
             self.packages.push(spec.to_string());
             true
         } else {
@@ -72,7 +76,10 @@ pub(super) fn resolve(
                             span,
                             format!("{label} {v} is not a release kiln knows"),
                         )
-                        .with_help(format!("known {label} releases near it: {}", near.join(", "))),
+                        .with_help(format!(
+                            "known {label} releases near it: {}",
+                            near.join(", ")
+                        )),
                     );
                     return None;
                 }
@@ -111,7 +118,9 @@ pub(super) fn resolve(
         ReleaseChoice::Known(r) => (r, r.version.clone(), true),
         ReleaseChoice::Newer(v) => {
             // Newer than the data: build with the newest known rule of its line.
-            let rule = data.newest_in_line(fw, &v).or_else(|| data.releases(fw).last())?;
+            let rule = data
+                .newest_in_line(fw, &v)
+                .or_else(|| data.releases(fw).last())?;
             diags.push(
                 Diagnostic::warning(
                     "kiln::newer_than_data",
@@ -135,7 +144,10 @@ pub(super) fn resolve(
             .map(|r| r.version.clone())
             .collect();
         let help = if others.is_empty() {
-            format!("{label} {version} supports python {}", release.pythons.join(", "))
+            format!(
+                "{label} {version} supports python {}",
+                release.pythons.join(", ")
+            )
         } else {
             format!(
                 "{label} {version} supports python {}; for python {python} use {label} {}",
@@ -185,7 +197,11 @@ pub(super) fn resolve(
                     format!("{label} {version} is built for CUDA {}", offered.join(", "))
                 };
                 if !with_cuda.is_empty() {
-                    help.push_str(&format!("; CUDA {} builds exist for {label} {}", g.cuda, compact(&with_cuda)));
+                    help.push_str(&format!(
+                        "; CUDA {} builds exist for {label} {}",
+                        g.cuda,
+                        compact(&with_cuda)
+                    ));
                 }
                 diags.push(
                     Diagnostic::error(
@@ -209,7 +225,10 @@ pub(super) fn resolve(
                             g.cuda, build.cudnn
                         ),
                     )
-                    .with_help(format!("write `cudnn=\"{}\"` or leave `cudnn` out", major(&build.cudnn))),
+                    .with_help(format!(
+                        "write `cudnn=\"{}\"` or leave `cudnn` out",
+                        major(&build.cudnn)
+                    )),
                 );
                 return None;
             }
@@ -268,11 +287,17 @@ pub(super) fn resolve(
     packages.dedup();
     let why = match (gpu, &index_url) {
         (Some(g), Some(idx)) => format!("{label} {version} for CUDA {} from {idx}", g.cuda),
-        (Some(g), None) => format!("{label} {version} for CUDA {} as `{}` from PyPI", g.cuda, packages.join(" ")),
+        (Some(g), None) => format!(
+            "{label} {version} for CUDA {} as `{}` from PyPI",
+            g.cuda,
+            packages.join(" ")
+        ),
         (None, Some(idx)) => format!("{label} {version} CPU build from {idx}"),
         (None, None) => format!("{label} {version} as `{}` from PyPI", packages.join(" ")),
     };
-    notes.push(format!("framework: {why}; installed in its own step before other requirements"));
+    notes.push(format!(
+        "framework: {why}; installed in its own step before other requirements"
+    ));
     let verify = verify.map(|v| v.replace("{version}", &version));
     if let Some(v) = &verify {
         notes.push(format!("verify: `{v}` checks the installed build"));
@@ -296,8 +321,16 @@ enum ReleaseChoice<'a> {
 }
 
 fn nearest_versions(data: &CompatData, fw: Framework, v: &str) -> Vec<String> {
-    let mut all: Vec<&str> = data.releases(fw).iter().map(|r| r.version.as_str()).collect();
-    all.sort_by(|a, b| distance(a, v).cmp(&distance(b, v)).then(compat::version_cmp(a, b)));
+    let mut all: Vec<&str> = data
+        .releases(fw)
+        .iter()
+        .map(|r| r.version.as_str())
+        .collect();
+    all.sort_by(|a, b| {
+        distance(a, v)
+            .cmp(&distance(b, v))
+            .then(compat::version_cmp(a, b))
+    });
     let mut near: Vec<String> = all.into_iter().take(3).map(str::to_string).collect();
     near.sort_by(|a, b| compat::version_cmp(a, b));
     near
@@ -309,7 +342,9 @@ fn distance(a: &str, b: &str) -> u64 {
             .take(3)
             .chain(std::iter::repeat("0"))
             .take(3)
-            .fold(0u64, |acc, p| acc * 1000 + p.parse::<u64>().unwrap_or(0).min(999))
+            .fold(0u64, |acc, p| {
+                acc * 1000 + p.parse::<u64>().unwrap_or(0).min(999)
+            })
     };
     key(a).abs_diff(key(b))
 }

@@ -14,12 +14,12 @@ use std::collections::BTreeMap;
 
 use miette::SourceSpan;
 
+use crate::Options;
 use crate::diag::{Diagnostic, Diagnostics, SourceFile, nearest};
 use crate::image::{ImageConfig, ResolvedImage};
 use crate::image_ref::ImageRef;
 use crate::llb::Platform;
 use crate::model::{self, CudaFrom, Installer, Recipe, Settings, Spanned, Stage};
-use crate::Options;
 
 pub use framework::FrameworkPlan;
 
@@ -67,7 +67,10 @@ pub enum PipStep {
     /// its own layer (needs MergeOp/DiffOp).
     Package { spec: String, span: SourceSpan },
     /// Requirements installed together, with their dependencies.
-    Group { specs: Vec<String>, span: SourceSpan },
+    Group {
+        specs: Vec<String>,
+        span: SourceSpan,
+    },
     /// A requirements file from the context, bind-mounted.
     Requirements { path: String, span: SourceSpan },
 }
@@ -75,7 +78,9 @@ pub enum PipStep {
 impl PipStep {
     pub fn span(&self) -> SourceSpan {
         match self {
-            PipStep::Package { span, .. } | PipStep::Group { span, .. } | PipStep::Requirements { span, .. } => *span,
+            PipStep::Package { span, .. }
+            | PipStep::Group { span, .. }
+            | PipStep::Requirements { span, .. } => *span,
         }
     }
 }
@@ -195,13 +200,32 @@ pub fn plan(
     });
 
     let framework = match &settings.framework {
-        Some(f) => framework::resolve(f, &python, gpu.as_ref(), platform, &settings, diags, &mut notes),
+        Some(f) => framework::resolve(
+            f,
+            &python,
+            gpu.as_ref(),
+            platform,
+            &settings,
+            diags,
+            &mut notes,
+        ),
         None => None,
     };
 
-    let (runtime, builder) = base::choose(&settings, &python, gpu.as_ref(), opts, platform, diags, &mut notes)?;
+    let (runtime, builder) = base::choose(
+        &settings,
+        &python,
+        gpu.as_ref(),
+        opts,
+        platform,
+        diags,
+        &mut notes,
+    )?;
 
-    let installer = settings.installer.as_ref().map_or(Installer::Pip, |i| i.value);
+    let installer = settings
+        .installer
+        .as_ref()
+        .map_or(Installer::Pip, |i| i.value);
 
     // Conda builds the environment in its own builder; pip nodes then go into it.
     let conda = settings.conda.clone();
@@ -243,7 +267,10 @@ pub fn plan(
         pip_inline.retain(|(spec, _)| !fw.adopt_companion(spec));
     }
 
-    let all_pinned = !pip_inline.is_empty() && pip_inline.iter().all(|(s, _)| model::exact_pin(s).is_some());
+    let all_pinned = !pip_inline.is_empty()
+        && pip_inline
+            .iter()
+            .all(|(s, _)| model::exact_pin(s).is_some());
     let layering = if opts.caps.merge_diff && conda.is_none() {
         Layering::PerPackage
     } else {
@@ -252,8 +279,9 @@ pub fn plan(
     let mut pip = Vec::new();
     match layering {
         Layering::PerPackage => {
-            let (pinned, loose): (Vec<_>, Vec<_>) =
-                pip_inline.into_iter().partition(|(s, _)| model::exact_pin(s).is_some());
+            let (pinned, loose): (Vec<_>, Vec<_>) = pip_inline
+                .into_iter()
+                .partition(|(s, _)| model::exact_pin(s).is_some());
             for (spec, span) in pinned {
                 pip.push(PipStep::Package { spec, span });
             }
@@ -350,15 +378,25 @@ fn select_variant(
 ) -> Option<(String, Option<String>, Settings)> {
     match &opts.target {
         Some(t) => match recipe.variants.iter().find(|v| &v.name.value == t) {
-            Some(v) => Some((v.name.value.clone(), v.description.clone(), recipe.top.overlay(&v.settings))),
+            Some(v) => Some((
+                v.name.value.clone(),
+                v.description.clone(),
+                recipe.top.overlay(&v.settings),
+            )),
             None if recipe.variants.is_empty() && (t == "default" || t.is_empty()) => {
                 Some(("default".to_string(), None, recipe.top.clone()))
             }
             None => {
-                let names: Vec<&str> = recipe.variants.iter().map(|v| v.name.value.as_str()).collect();
+                let names: Vec<&str> = recipe
+                    .variants
+                    .iter()
+                    .map(|v| v.name.value.as_str())
+                    .collect();
                 let help = match nearest(t, names.iter().copied()) {
                     Some(n) => format!("did you mean `{n}`?"),
-                    None if names.is_empty() => "this recipe declares no variants; build it without --target".to_string(),
+                    None if names.is_empty() => {
+                        "this recipe declares no variants; build it without --target".to_string()
+                    }
                     None => format!("the recipe's variants: {}", names.join(", ")),
                 };
                 diags.push(
@@ -373,7 +411,11 @@ fn select_variant(
             }
         },
         None => match recipe.default_variant() {
-            Some(v) => Some((v.name.value.clone(), v.description.clone(), recipe.top.overlay(&v.settings))),
+            Some(v) => Some((
+                v.name.value.clone(),
+                v.description.clone(),
+                recipe.top.overlay(&v.settings),
+            )),
             None => Some(("default".to_string(), None, recipe.top.clone())),
         },
     }
@@ -381,7 +423,12 @@ fn select_variant(
 
 /// `${NAME}` in string values takes the build argument's value (or the
 /// declared default). Only declared arguments are substituted.
-fn substitute_args(recipe: &Recipe, s: &Settings, opts: &Options, diags: &mut Diagnostics) -> Settings {
+fn substitute_args(
+    recipe: &Recipe,
+    s: &Settings,
+    opts: &Options,
+    diags: &mut Diagnostics,
+) -> Settings {
     let mut values: BTreeMap<String, String> = BTreeMap::new();
     for a in &recipe.args {
         if let Some(v) = opts.build_args.get(&a.name.value).or(a.default.as_ref()) {
@@ -395,13 +442,17 @@ fn substitute_args(recipe: &Recipe, s: &Settings, opts: &Options, diags: &mut Di
             Err(name) => {
                 let help = match nearest(&name, declared.iter().map(String::as_str)) {
                     Some(n) => format!("did you mean `${{{n}}}`?"),
-                    None => format!("declare it with `arg \"{name}\"` (and pass `--build-arg {name}=…`), or write `$${{{name}}}` for a literal"),
+                    None => format!(
+                        "declare it with `arg \"{name}\"` (and pass `--build-arg {name}=…`), or write `$${{{name}}}` for a literal"
+                    ),
                 };
                 diags.push(
                     Diagnostic::error(
                         "kiln::unknown_arg",
                         span,
-                        format!("`${{{name}}}` names no declared build argument, or it has no value"),
+                        format!(
+                            "`${{{name}}}` names no declared build argument, or it has no value"
+                        ),
                     )
                     .with_help(help),
                 );
@@ -442,13 +493,17 @@ fn substitute_args(recipe: &Recipe, s: &Settings, opts: &Options, diags: &mut Di
 }
 
 /// Expand `${NAME}`; `$${` is a literal `${`. Err(name) for an unknown name.
-fn expand(text: &str, values: &BTreeMap<String, String>, declared: &[String]) -> Result<String, String> {
+fn expand(
+    text: &str,
+    values: &BTreeMap<String, String>,
+    declared: &[String],
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
         if rest[..i].ends_with('$') {
             out.push_str(&rest[..i]);
-            out.push_str("{");
+            out.push('{');
             rest = &rest[i + 2..];
             continue;
         }
@@ -459,7 +514,8 @@ fn expand(text: &str, values: &BTreeMap<String, String>, declared: &[String]) ->
             return Ok(out);
         };
         let name = &after[..end];
-        let is_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let is_name =
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !is_name {
             out.push_str(&rest[i..i + 2 + end + 1]);
         } else if let Some(v) = values.get(name) {
@@ -544,7 +600,11 @@ fn image_config(
     if let Some(n) = &s.name {
         labels.insert("org.opencontainers.image.title".into(), n.value.clone());
     }
-    if let Some(epoch) = opts.build_args.get("SOURCE_DATE_EPOCH").and_then(|e| e.parse::<i64>().ok()) {
+    if let Some(epoch) = opts
+        .build_args
+        .get("SOURCE_DATE_EPOCH")
+        .and_then(|e| e.parse::<i64>().ok())
+    {
         let ts = rfc3339(epoch);
         labels.insert("org.opencontainers.image.created".into(), ts.clone());
         c.created = Some(ts);
@@ -556,7 +616,10 @@ fn image_config(
         labels.insert("org.opencontainers.image.revision".into(), rev.clone());
     }
     if let Some(base) = runtime.resolved.as_ref().and(Some(runtime.pinned())) {
-        labels.insert("org.opencontainers.image.base.name".into(), runtime.reference.to_string());
+        labels.insert(
+            "org.opencontainers.image.base.name".into(),
+            runtime.reference.to_string(),
+        );
         if let Some(d) = &base.digest {
             labels.insert("org.opencontainers.image.base.digest".into(), d.clone());
         }

@@ -1,0 +1,113 @@
+//! Every diagnostic class, pinned: each file in `tests/diagnostics/` is a
+//! recipe with one mistake (or several), and ends with the problems kiln must
+//! report, one `// expect: LINE:COL CODE MESSAGE` line each, in order.
+//! `// target: V` and `// platforms: P` lines set the compile options.
+
+use std::path::Path;
+
+use kiln_compiler::{Options, Platform};
+
+struct Expect {
+    location: String,
+    code: String,
+    message: String,
+}
+
+fn expectations(text: &str) -> Vec<Expect> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("// expect: "))
+        .map(|l| {
+            let mut parts = l.splitn(3, ' ');
+            Expect {
+                location: parts.next().unwrap_or_default().to_string(),
+                code: parts.next().unwrap_or_default().to_string(),
+                message: parts.next().unwrap_or_default().to_string(),
+            }
+        })
+        .collect()
+}
+
+fn option(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("// {key}: ")))
+        .map(str::to_string)
+}
+
+#[test]
+fn every_diagnostic_names_file_line_col_code_and_message() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/diagnostics");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/diagnostics exists")
+        .map(|e| e.expect("readable").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "kdl"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "one fixture per diagnostic class");
+    for path in files {
+        let text = std::fs::read_to_string(&path).expect("readable");
+        let name = format!(
+            "{}.kdl",
+            path.file_stem().and_then(|s| s.to_str()).unwrap_or("?")
+        );
+        let expected = expectations(&text);
+        assert!(!expected.is_empty(), "{name} has // expect: lines");
+        let opts = Options {
+            target: option(&text, "target"),
+            platforms: option(&text, "platforms")
+                .map(|p| vec![Platform::parse(&p).expect("platform")])
+                .unwrap_or_default(),
+            ..Options::default()
+        };
+        let diags = match kiln_compiler::compile(&name, &text, &opts) {
+            Ok(_) => panic!("{name} compiled, but it should fail"),
+            Err(d) => d,
+        };
+        let got: Vec<String> = diags
+            .items
+            .iter()
+            .map(|d| format!("{} {} {}", diags.location(d), d.code, d.message))
+            .collect();
+        let want: Vec<String> = expected
+            .iter()
+            .map(|e| format!("{name}:{} {} {}", e.location, e.code, e.message))
+            .collect();
+        assert_eq!(got, want, "diagnostics of {name}");
+        // The plain rendering (what the frontend sends the engine) carries
+        // the location and the code too, and every error has a help line or
+        // a label that says what to do.
+        let plain = diags.render_plain();
+        for e in &expected {
+            assert!(
+                plain.contains(&format!("{name}:{}: error[{}]", e.location, e.code)),
+                "{name}: plain rendering names {}: {plain}",
+                e.location
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_names_suggest_the_nearest_known_one() {
+    for (text, want) in [
+        (
+            "kiln 1\npython \"3.11\"\nwrkdir \"/app\"\n",
+            "did you mean `workdir`?",
+        ),
+        (
+            "kiln 1\npython \"3.11\"\nframework \"tensorflw\" \"2.16.1\"\n",
+            "did you mean `tensorflow`?",
+        ),
+        (
+            "kiln 1\npython 3.10\n",
+            "write versions as strings: \"3.10\"",
+        ),
+    ] {
+        let diags = kiln_compiler::compile("r.kdl", text, &Options::default()).expect_err("fails");
+        let help: Vec<&str> = diags
+            .items
+            .iter()
+            .filter_map(|d| d.help.as_deref())
+            .collect();
+        assert!(help.iter().any(|h| h.contains(want)), "{text:?}: {help:?}");
+    }
+}

@@ -1,0 +1,195 @@
+//! Golden snapshots of the LLB (its readable JSON form, decoded from the
+//! bytes) and the image config, for every example and variant, and for the
+//! lowering rules the examples do not reach. Review a changed snapshot like
+//! code: `cargo insta review`, or `INSTA_UPDATE=always cargo test` and read
+//! the diff.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kiln_compiler::{EngineCaps, ImageConfig, Options, Platform, ResolvedImage};
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn examples() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let dir = root().join("examples");
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    entries.sort();
+    for e in entries {
+        let recipe = e.join("kiln.kdl");
+        if recipe.is_file() {
+            let name = e
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("?")
+                .to_string();
+            out.push((name, std::fs::read_to_string(recipe).expect("readable")));
+        }
+    }
+    out
+}
+
+/// The resolved python:3.11-slim config, as an engine answers it.
+fn slim_config() -> BTreeMap<String, ResolvedImage> {
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python-3.11-slim.json"),
+    )
+    .expect("fixture");
+    let config = ImageConfig::from_json(&bytes).expect("config");
+    let mut m = BTreeMap::new();
+    m.insert(
+        "docker.io/library/python:3.11-slim".to_string(),
+        ResolvedImage {
+            digest: Some(format!("sha256:{}", "1".repeat(64))),
+            config,
+        },
+    );
+    m
+}
+
+fn snapshot(name: &str, text: &str, opts: &Options) -> Value {
+    let compiled = match kiln_compiler::compile(&format!("{name}/kiln.kdl"), text, opts) {
+        Ok(c) => c,
+        Err(d) => panic!("{name}: {}", d.render_plain()),
+    };
+    let builds: Vec<Value> = compiled
+        .builds
+        .iter()
+        .map(|b| {
+            json!({
+                "platform": b.platform.to_string(),
+                "llb": kiln_compiler::llb::definition_json(&b.definition),
+                "checks": b.checks.as_ref().map(kiln_compiler::llb::definition_json),
+                "config": serde_json::from_slice::<Value>(&b.config.to_json()).expect("json"),
+            })
+        })
+        .collect();
+    json!({ "variant": compiled.variant, "builds": builds })
+}
+
+#[test]
+fn every_example_and_variant() {
+    let all = examples();
+    assert!(all.len() >= 5, "the five seed examples");
+    for (name, text) in all {
+        let loaded = kiln_compiler::load("kiln.kdl", &text).expect("loads");
+        let mut targets: Vec<Option<String>> = loaded
+            .recipe
+            .variants
+            .iter()
+            .map(|v| Some(v.name.value.clone()))
+            .collect();
+        if targets.is_empty() {
+            targets.push(None);
+        }
+        for t in targets {
+            let opts = Options {
+                target: t.clone(),
+                images: slim_config(),
+                ..Options::default()
+            };
+            let snap = format!("{name}@{}", t.as_deref().unwrap_or("default"));
+            insta::assert_json_snapshot!(snap, snapshot(&name, &text, &opts));
+        }
+    }
+}
+
+#[test]
+fn fallback_without_mergeop_copies_the_venv() {
+    for (name, text) in examples()
+        .into_iter()
+        .filter(|(n, _)| n == "sklearn-service" || n == "pytorch-cuda")
+    {
+        let opts = Options {
+            caps: EngineCaps::legacy(),
+            images: slim_config(),
+            ..Options::default()
+        };
+        let value = snapshot(&name, &text, &opts);
+        let ops = value["builds"][0]["llb"]["ops"]
+            .as_array()
+            .expect("ops")
+            .clone();
+        assert!(
+            ops.iter()
+                .all(|o| o.get("merge").is_none() && o.get("diff").is_none()),
+            "{name}: no MergeOp/DiffOp for an old engine"
+        );
+        insta::assert_json_snapshot!(format!("{name}@legacy"), value);
+    }
+}
+
+#[test]
+fn rules_the_examples_do_not_reach() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lowering");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("tests/lowering")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "kdl"))
+        .collect();
+    files.sort();
+    for f in files {
+        let name = f
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("?")
+            .to_string();
+        let text = std::fs::read_to_string(&f).expect("readable");
+        let platforms = text
+            .lines()
+            .find_map(|l| l.strip_prefix("// platforms: "))
+            .map(|p| {
+                p.split(',')
+                    .map(|x| Platform::parse(x).expect("platform"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut build_args = BTreeMap::new();
+        for l in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("// build-arg: "))
+        {
+            if let Some((k, v)) = l.split_once('=') {
+                build_args.insert(k.to_string(), v.to_string());
+            }
+        }
+        let opts = Options {
+            platforms,
+            build_args,
+            target: text
+                .lines()
+                .find_map(|l| l.strip_prefix("// target: "))
+                .map(str::to_string),
+            images: slim_config(),
+            ..Options::default()
+        };
+        insta::assert_json_snapshot!(format!("lowering-{name}"), snapshot(&name, &text, &opts));
+    }
+}
+
+#[test]
+fn same_recipe_same_bytes() {
+    for (name, text) in examples() {
+        let opts = Options {
+            images: slim_config(),
+            ..Options::default()
+        };
+        let a = kiln_compiler::compile("kiln.kdl", &text, &opts).expect("compiles");
+        let b = kiln_compiler::compile("kiln.kdl", &text, &opts).expect("compiles");
+        for (x, y) in a.builds.iter().zip(&b.builds) {
+            assert_eq!(x.bytes, y.bytes, "{name}: two compiles, identical bytes");
+            assert_eq!(
+                x.config.to_json(),
+                y.config.to_json(),
+                "{name}: identical configs"
+            );
+        }
+    }
+}
