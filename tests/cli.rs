@@ -1,0 +1,177 @@
+//! The `kiln` CLI as a user runs it: exit codes, what goes to stdout and
+//! stderr, and that `compile` writes a Definition buildctl can read.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn kiln(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("kiln runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn compile_writes_a_definition_whose_last_op_is_the_terminal() {
+    let o = kiln(&["compile", "examples/sklearn-service/kiln.kdl"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A protobuf `pb.Definition`: field 1 (def, bytes) repeated; decode it
+    // through the JSON form's command instead of linking prost here.
+    assert!(!o.stdout.is_empty());
+    assert_eq!(o.stdout[0], 0x0a, "starts with field 1, wire type 2 (def)");
+    let json = kiln(&[
+        "compile",
+        "--format",
+        "json",
+        "examples/sklearn-service/kiln.kdl",
+    ]);
+    assert!(json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
+    assert_eq!(v["variant"], "cpu");
+    assert_eq!(v["config"]["config"]["User"], "app");
+    let ops = v["definition"]["ops"].as_array().expect("ops");
+    assert!(ops.iter().any(|op| {
+        op["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("pip install scikit-learn==1.5.1"))
+    }));
+}
+
+#[test]
+fn compile_is_deterministic_across_processes() {
+    let a = kiln(&[
+        "compile",
+        "examples/tf-gpu-training/kiln.kdl",
+        "--target",
+        "gpu",
+    ]);
+    let b = kiln(&[
+        "compile",
+        "examples/tf-gpu-training/kiln.kdl",
+        "--target",
+        "gpu",
+    ]);
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(a.stdout, b.stdout);
+}
+
+#[test]
+fn config_out_holds_the_image_config() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let cfg: PathBuf = dir.join("config.json");
+    let o = kiln(&[
+        "compile",
+        "examples/pytorch-cuda/kiln.kdl",
+        "--config-out",
+        cfg.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg).expect("written")).expect("json");
+    assert_eq!(v["config"]["WorkingDir"], "/workspace");
+    assert_eq!(
+        v["config"]["Entrypoint"],
+        serde_json::json!(["python", "train.py"])
+    );
+    let env: Vec<&str> = v["config"]["Env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert!(env.contains(&"NVIDIA_VISIBLE_DEVICES=all"));
+    assert!(env.iter().any(|e| e.starts_with("PATH=/opt/venv/bin:")));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn check_reports_located_errors_and_exits_1() {
+    let o = kiln(&["check", "compiler/tests/diagnostics/many_errors.kdl"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("many_errors.kdl:2:8"), "{e}");
+    assert!(e.contains("many_errors.kdl:3:1"), "{e}");
+    assert!(e.contains("did you mean `framework`?"), "{e}");
+    assert!(o.stdout.is_empty(), "errors never reach stdout");
+}
+
+#[test]
+fn compile_of_a_bad_recipe_writes_nothing_to_stdout() {
+    let o = kiln(&["compile", "compiler/tests/diagnostics/unknown_node.kdl"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(o.stdout.is_empty());
+    assert!(stderr(&o).contains("unknown node `frameworkk`"));
+}
+
+#[test]
+fn check_all_variants_and_explain_and_graph() {
+    let o = kiln(&[
+        "check",
+        "--all-variants",
+        "examples/tf-gpu-training/kiln.kdl",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("variant gpu ok"));
+    let o = kiln(&[
+        "explain",
+        "examples/tf-gpu-training/kiln.kdl",
+        "--target",
+        "gpu",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("tensorflow[and-cuda]==2.16.1"), "{text}");
+    assert!(text.contains("CUDA 12.3"), "{text}");
+    assert!(text.contains("python:3.11-slim"), "{text}");
+    let o = kiln(&["graph", "examples/sklearn-service/kiln.kdl"]);
+    let dot = String::from_utf8_lossy(&o.stdout);
+    assert!(dot.starts_with("digraph "), "{dot}");
+    assert!(dot.contains("->"));
+    assert!(dot.contains("shape=invtrapezium"), "a MergeOp node");
+}
+
+#[test]
+fn usage_errors_are_clear() {
+    let o = kiln(&["compile", "no/such/recipe.kdl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no/such/recipe.kdl"));
+    let o = kiln(&[
+        "compile",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        "examples/sklearn-service/kiln.kdl",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("one --platform"));
+    assert!(o.stdout.is_empty());
+    let o = kiln(&[
+        "compile",
+        "--build-arg",
+        "NOVALUE",
+        "examples/sklearn-service/kiln.kdl",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("NAME=VALUE"));
+}
+
+#[test]
+fn no_merge_compiles_for_old_engines() {
+    let o = kiln(&[
+        "compile",
+        "--format",
+        "json",
+        "--no-merge",
+        "examples/sklearn-service/kiln.kdl",
+    ]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!text.contains("\"merge\""));
+    assert!(!text.contains("\"diff\""));
+    assert!(text.contains("copy /opt/venv from the builder"));
+}
