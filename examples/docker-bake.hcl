@@ -12,7 +12,7 @@ group "default" {
 }
 
 target "_recipe" {
-  context    = "examples/tf-gpu-training"
+  context    = "examples/sklearn-service"
   dockerfile = "kiln.kdl"
   secret     = ["id=ca-bundle,src=${CA_BUNDLE}"]
 }
@@ -20,11 +20,11 @@ target "_recipe" {
 target "cpu" {
   inherits = ["_recipe"]
   target   = "cpu"
-  tags     = ["kiln-examples/tf-trainer:cpu"]
+  tags     = ["kiln-examples/sklearn-service:cpu"]
 }
 
 target "gpu" {
   inherits = ["_recipe"]
   target   = "gpu"
-  tags     = ["kiln-examples/tf-trainer:gpu"]
+  tags     = ["kiln-examples/sklearn-service:gpu"]
 }
