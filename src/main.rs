@@ -85,6 +85,9 @@ struct BuildArgs {
     /// The local source name of the build context (`--local NAME=dir`).
     #[arg(long, default_value = "context")]
     context_name: String,
+    /// Run build steps on the host network (engines started without a bridge).
+    #[arg(long)]
+    network_host: bool,
     /// A base image's OCI config JSON, as `REF=FILE`, so the image inherits it.
     #[arg(long, value_name = "REF=FILE")]
     base_config: Vec<String>,
@@ -200,6 +203,7 @@ fn options(b: &BuildArgs) -> Result<Options> {
         },
         images,
         context_name: b.context_name.clone(),
+        host_network: b.network_host,
     })
 }
 

@@ -78,6 +78,9 @@ pub struct Options {
     pub images: BTreeMap<String, ResolvedImage>,
     /// Name of the local source holding the build context.
     pub context_name: String,
+    /// Run build steps on the host network (the client's `--network=host`,
+    /// which BuildKit hands frontends as `force-network-mode=host`).
+    pub host_network: bool,
 }
 
 impl Default for Options {
@@ -90,6 +93,7 @@ impl Default for Options {
             caps: EngineCaps::default(),
             images: BTreeMap::new(),
             context_name: "context".to_string(),
+            host_network: false,
         }
     }
 }

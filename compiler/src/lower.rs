@@ -60,6 +60,16 @@ impl Cx<'_> {
         }
     }
 
+    /// A `/bin/sh -c` step on the plan's platform, on the host network when
+    /// the client asked for it (`--network=host` on engines that need it).
+    fn shell(&self, script: &str, meta: OpMeta) -> Exec {
+        let mut exec = Exec::shell(script, &self.plan.platform, meta);
+        if self.opts.host_network {
+            exec.network = llb::Network::Host;
+        }
+        exec
+    }
+
     fn platform_id(&self) -> String {
         self.plan.platform.to_string().replace('/', "-")
     }
@@ -179,12 +189,9 @@ impl Cx<'_> {
     }
 
     fn install_exec(&self, script: String, env: &[(String, String)], meta: OpMeta) -> Exec {
-        let exec = Exec::shell(
-            &format!("{}{script}", self.install_prelude()),
-            &self.plan.platform,
-            meta,
-        )
-        .env(&self.install_env(env));
+        let exec = self
+            .shell(&format!("{}{script}", self.install_prelude()), meta)
+            .env(&self.install_env(env));
         self.pip_cache(self.install_mounts(exec))
     }
 
@@ -219,7 +226,8 @@ impl Cx<'_> {
             )),
         );
         let pid = self.platform_id();
-        let exec = Exec::shell(&script, &self.plan.platform, meta)
+        let exec = self
+            .shell(&script, meta)
             .env(&env)
             .mount(Mount::Cache {
                 target: "/var/cache/apt".into(),
@@ -295,9 +303,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             &format!("user {} ({}:{})", u.value.name, u.value.uid, u.value.gid),
             Some(u.span),
         );
-        rt = rt
-            .run(Exec::shell(&script, platform, meta).env(&rt_env))
-            .root();
+        rt = rt.run(cx.shell(&script, meta).env(&rt_env)).root();
     }
 
     // ---- builder branch -------------------------------------------------
@@ -340,18 +346,18 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             "python3 -m venv {UV_TOOL}\n{UV_TOOL}/bin/python -m pip install --disable-pip-version-check {}\n",
             quote(UV_REQUIREMENT)
         );
-        let exec = Exec::shell(
-            &format!("{}{script}", cx.install_prelude()),
-            platform,
-            cx.meta("install uv (builder only)", None),
-        )
-        .env(&b_env)
-        .env(&[("PIP_CACHE_DIR".into(), "/root/.cache/pip".into())])
-        .mount(Mount::Cache {
-            target: "/root/.cache/pip".into(),
-            id: format!("kiln-pip-{}", cx.platform_id()),
-            sharing: Sharing::Shared,
-        });
+        let exec = cx
+            .shell(
+                &format!("{}{script}", cx.install_prelude()),
+                cx.meta("install uv (builder only)", None),
+            )
+            .env(&b_env)
+            .env(&[("PIP_CACHE_DIR".into(), "/root/.cache/pip".into())])
+            .mount(Mount::Cache {
+                target: "/root/.cache/pip".into(),
+                id: format!("kiln-pip-{}", cx.platform_id()),
+                sharing: Sharing::Shared,
+            });
         b = b.run(cx.install_mounts(exec)).root();
     }
     let b_ready = b.clone();
@@ -364,33 +370,32 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 "conda env create --quiet -p {VENV} -f {CONTEXT_MOUNT}/{}\n",
                 file.value
             );
-            let exec = Exec::shell(
-                &format!("{}{script}", cx.install_prelude()),
-                platform,
-                cx.meta(
-                    &format!("conda env create -f {}", file.value),
-                    Some(file.span),
-                ),
-            )
-            .env(&b_env)
-            .mount(Mount::Cache {
-                target: "/opt/conda/pkgs".into(),
-                id: format!("kiln-conda-pkgs-{}", cx.platform_id()),
-                sharing: Sharing::Locked,
-            })
-            .mount(Mount::Bind {
-                target: CONTEXT_MOUNT.into(),
-                source: ctx,
-                selector: None,
-                readonly: true,
-            });
+            let exec = cx
+                .shell(
+                    &format!("{}{script}", cx.install_prelude()),
+                    cx.meta(
+                        &format!("conda env create -f {}", file.value),
+                        Some(file.span),
+                    ),
+                )
+                .env(&b_env)
+                .mount(Mount::Cache {
+                    target: "/opt/conda/pkgs".into(),
+                    id: format!("kiln-conda-pkgs-{}", cx.platform_id()),
+                    sharing: Sharing::Locked,
+                })
+                .mount(Mount::Bind {
+                    target: CONTEXT_MOUNT.into(),
+                    source: ctx,
+                    selector: None,
+                    readonly: true,
+                });
             b_ready.run(cx.install_mounts(exec)).root()
         }
         None => b_ready
             .run(
-                Exec::shell(
+                cx.shell(
                     &format!("python3 -m venv {VENV}\n"),
-                    platform,
                     cx.meta(&format!("python -m venv {VENV}"), None),
                 )
                 .env(&b_env),
@@ -611,15 +616,15 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // ---- join -------------------------------------------------------------
     let image_env = plan.config.env_pairs();
     let run_step = |state: State, r: &crate::model::Spanned<crate::model::Run>| -> State {
-        let mut exec = Exec::shell(
-            &r.value.command,
-            platform,
-            cx.meta(
-                &format!("run {}", first_line(&r.value.command)),
-                Some(r.span),
-            ),
-        )
-        .env(&image_env);
+        let mut exec = cx
+            .shell(
+                &r.value.command,
+                cx.meta(
+                    &format!("run {}", first_line(&r.value.command)),
+                    Some(r.span),
+                ),
+            )
+            .env(&image_env);
         exec.cwd = workdir.clone().unwrap_or_else(|| "/".to_string());
         state.run(exec).root()
     };
