@@ -111,3 +111,15 @@ fn unknown_names_suggest_the_nearest_known_one() {
         assert!(help.iter().any(|h| h.contains(want)), "{text:?}: {help:?}");
     }
 }
+
+#[test]
+fn kdl_v1_recipes_are_read_and_located() {
+    // KDL v1 spells booleans `true`; kiln reads v1 documents too.
+    let v1 = "kiln 1\npython \"3.11\"\nvariant \"cpu\" default=true\nvariant \"gpu\" { cuda \"12.4\"; }\npip \"six==1.16.0\"\n";
+    let c =
+        kiln_compiler::compile("v1.kdl", v1, &Options::default()).expect("a v1 recipe compiles");
+    assert_eq!(c.variant, "cpu");
+    let bad = "kiln 1\npython \"3.11\"\nvariant \"cpu\" default=true\nfrmework \"jax\"\n";
+    let d = kiln_compiler::compile("v1.kdl", bad, &Options::default()).expect_err("unknown node");
+    assert_eq!(d.location(&d.items[0]), "v1.kdl:4:1");
+}
