@@ -71,7 +71,20 @@ fn snapshot(name: &str, text: &str, opts: &Options) -> Value {
             })
         })
         .collect();
-    json!({ "variant": compiled.variant, "builds": builds })
+    let warnings: Vec<String> = compiled
+        .warnings
+        .items
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}: {}",
+                compiled.warnings.location(d),
+                d.code,
+                d.message
+            )
+        })
+        .collect();
+    json!({ "variant": compiled.variant, "warnings": warnings, "builds": builds })
 }
 
 #[test]

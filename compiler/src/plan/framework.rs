@@ -24,6 +24,8 @@ pub struct FrameworkPlan {
     pub verify: Option<String>,
     /// Projects that must come from the framework's index (torchvision…).
     pub companions: Vec<String>,
+    /// The GPU build's wheels bring the CUDA libraries themselves.
+    pub wheels_bring_cuda: bool,
     pub span: SourceSpan,
 }
 
@@ -167,6 +169,7 @@ pub(super) fn resolve(
     }
 
     let platform_name = platform.to_string();
+    let mut wheels_bring_cuda = false;
     let (install, verify): (&Install, Option<String>) = match gpu {
         None => {
             let Some(cpu) = release.cpu_for(&platform_name) else {
@@ -264,6 +267,7 @@ pub(super) fn resolve(
                 );
                 return None;
             }
+            wheels_bring_cuda = !build.needs_cuda_base;
             (&build.install, build.install.verify.clone())
         }
     };
@@ -311,6 +315,7 @@ pub(super) fn resolve(
         find_links: install.find_links.clone(),
         verify,
         companions: release.companions.iter().map(|c| c.name.clone()).collect(),
+        wheels_bring_cuda,
         span,
     })
 }

@@ -222,6 +222,35 @@ pub fn plan(
         &mut notes,
     )?;
 
+    // The classic mistake: a CUDA base image under a framework whose wheels
+    // bring CUDA again. It builds and runs, at twice the size.
+    if let Some(fw) = &framework
+        && fw.wheels_bring_cuda
+        && runtime.reference.familiar_name() == "nvidia/cuda"
+    {
+        let span = runtime
+            .span
+            .or(gpu.as_ref().map(|g| g.span))
+            .unwrap_or(fw.span);
+        let slim = format!("python:{python}-slim");
+        diags.push(
+            Diagnostic::warning(
+                "kiln::cuda_twice",
+                span,
+                format!(
+                    "`{}` carries the CUDA libraries, and the {} {} wheels install their own: the image holds CUDA twice",
+                    runtime.reference.familiar_name_tag(),
+                    fw.name,
+                    fw.version
+                ),
+            )
+            .with_help(format!(
+                "leave out `base` and `from=\"base\"` so the variant runs on {slim} with CUDA from the wheels, once; keep the nvidia/cuda base only if you need its CUDA tools at run time"
+            )),
+        );
+        notes.push("CUDA twice: the nvidia/cuda base and the framework's CUDA wheels both carry the CUDA libraries".to_string());
+    }
+
     let installer = settings
         .installer
         .as_ref()
