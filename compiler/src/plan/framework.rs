@@ -24,12 +24,24 @@ pub struct FrameworkPlan {
     pub verify: Option<String>,
     /// Projects that must come from the framework's index (torchvision…).
     pub companions: Vec<String>,
+    /// Companion releases that go with this framework release.
+    pub companion_versions: Vec<(String, String)>,
     /// The GPU build's wheels bring the CUDA libraries themselves.
     pub wheels_bring_cuda: bool,
     pub span: SourceSpan,
 }
 
 impl FrameworkPlan {
+    /// The companion release that goes with this one (`torchvision` →
+    /// `0.19.1` for torch 2.4.1), when the data knows it.
+    pub fn companion_version(&self, name: &str) -> Option<&str> {
+        let name = model::requirement_name(name);
+        self.companion_versions
+            .iter()
+            .find(|(n, _)| model::requirement_name(n) == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Take `spec` into the framework step if it names a companion project.
     pub fn adopt_companion(&mut self, spec: &str) -> bool {
         let name = model::requirement_name(spec);
@@ -316,6 +328,15 @@ pub(super) fn resolve(
         verify,
         companions: release.companions.iter().map(|c| c.name.clone()).collect(),
         wheels_bring_cuda,
+        companion_versions: if known {
+            release
+                .companions
+                .iter()
+                .filter_map(|c| c.version.clone().map(|v| (c.name.clone(), v)))
+                .collect()
+        } else {
+            Vec::new()
+        },
         span,
     })
 }

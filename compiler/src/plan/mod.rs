@@ -293,7 +293,30 @@ pub fn plan(
     // from the framework's index: they move into its step.
     let mut framework = framework;
     if let Some(fw) = framework.as_mut() {
-        pip_inline.retain(|(spec, _)| !fw.adopt_companion(spec));
+        pip_inline.retain(|(spec, span)| {
+            // A companion pinned to another framework release's version is
+            // the wrong-build mistake again, one package over.
+            if let Some((name, version)) = model::exact_pin(spec)
+                && let Some(want) = fw.companion_version(&name)
+                && want != version
+            {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::incompatible",
+                        *span,
+                        format!(
+                            "{name} {version} does not go with {} {}",
+                            fw.name, fw.version
+                        ),
+                    )
+                    .with_help(format!(
+                        "{} {} pairs with {name} {want}: write \"{name}=={want}\"",
+                        fw.name, fw.version
+                    )),
+                );
+            }
+            !fw.adopt_companion(spec)
+        });
     }
 
     let all_pinned = !pip_inline.is_empty()
