@@ -20,6 +20,8 @@
 #             read). dockerd runs its own managed containerd (socket
 #             /run/kiln-engine/docker/containerd/containerd.sock, CRI plugin
 #             off), so a system containerd, if any, is left alone.
+#             Images live in containerd (features.containerd-snapshotter):
+#             only then does BuildKit in dockerd have MergeOp/DiffOp.
 #             Storage driver overlay2 (the engine falls back to what the
 #             backing filesystem supports), cgroupfs cgroup driver.
 #   network   RUN steps of builds use the engine's default bridge network, so
@@ -179,7 +181,13 @@ ensure_bridge() {
     ip link set dev "$KILN_NEW_BRIDGE" up
 }
 
-write_daemon_json() {
+# daemon_json: the engine config this script wants, on stdout.
+# containerd-snapshotter: the image store in containerd. BuildKit in dockerd
+# has MergeOp and DiffOp only with it (on the overlay2 graph driver it
+# reports neither, and kiln falls back to copying the venv), and merged
+# layers are exported as the layers they are, so adding one package exports
+# one small layer instead of re-exporting the whole environment.
+daemon_json() {
     local mtu net
     mtu=$(default_route_mtu)
     if [ "$NETWORK_MODE" = bridge ]; then
@@ -195,22 +203,30 @@ write_daemon_json() {
   "ip-forward": false,
   "ip-masq": false,'
     fi
-    write_if_changed "$NEW_CONF" <<EOF || true
+    cat <<EOF
 {
   "data-root": "$KILN_NEW_DATA",
   "exec-root": "$KILN_NEW_EXEC",
   "pidfile": "$KILN_NEW_PID",
   "hosts": ["unix://$KILN_NEW_SOCK"],
   $net
-  "features": { "buildkit": true }
+  "features": { "buildkit": true, "containerd-snapshotter": true }
 }
 EOF
+}
+
+write_daemon_json() {
+    daemon_json | write_if_changed "$NEW_CONF" || true
 }
 
 start_engine() {
     local v
     if pid_alive "$KILN_NEW_PID" "$NEW_DOCKERD" && [ "${RUNNING_MODE:-bridge}" != "$NETWORK_MODE" ]; then
         log "engine runs with network '$RUNNING_MODE', KILN_ENGINE_NETWORK=$NETWORK_MODE: restarting it"
+        stop_pidfile "$KILN_NEW_PID" "$NEW_DOCKERD" dockerd
+    fi
+    if pid_alive "$KILN_NEW_PID" "$NEW_DOCKERD" && ! daemon_json | cmp -s - "$NEW_CONF"; then
+        log "the running engine's config differs from the wanted one: restarting it"
         stop_pidfile "$KILN_NEW_PID" "$NEW_DOCKERD" dockerd
     fi
     if pid_alive "$KILN_NEW_PID" "$NEW_DOCKERD" && [ "$NETWORK_MODE" = bridge ] &&
