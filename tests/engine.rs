@@ -1,0 +1,759 @@
+//! End-to-end: recipes under `tests/e2e/` built through the kiln frontend
+//! image with `docker buildx build`, as a user builds them, on the real
+//! engines of `scripts/` (docker 26 with BuildKit 0.13; docker 20.10 with
+//! BuildKit 0.8 for the fallback without MergeOp). Each test asserts what a
+//! user relies on: the image runs, its python imports, its config, files and
+//! user are the recipe's, caches and secrets stay out, the cache works as
+//! kiln promises, errors are located.
+//!
+//! They run with `KILN_E2E=1` (`make test`); see `tests/common/mod.rs` for
+//! skipping and the knobs.
+
+mod common;
+
+use std::path::Path;
+
+use common::{Build, BuildResult, EngineKind, Image, TempDir, fixture, kiln, nonce, secret};
+
+/// The recipe's pins, as `pip freeze` prints them.
+const PINS: &[&str] = &["numpy==1.26.4", "six==1.16.0"];
+
+fn ml_recipe() -> std::path::PathBuf {
+    fixture("ml").join("kiln.kdl")
+}
+
+fn env_of(config: &serde_json::Value) -> Vec<String> {
+    config["Env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect()
+}
+
+fn env_value(config: &serde_json::Value, key: &str) -> Option<String> {
+    env_of(config)
+        .into_iter()
+        .find_map(|e| e.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+/// Config every variant of `tests/e2e/ml` has.
+#[track_caller]
+fn assert_common_config(image: &Image, variant: &str) -> serde_json::Value {
+    let inspect = image.inspect();
+    let config = &inspect["Config"];
+    assert_eq!(config["User"], "app", "{config:#}");
+    assert_eq!(config["WorkingDir"], "/app", "{config:#}");
+    assert_eq!(
+        config["Cmd"],
+        serde_json::json!(["python", "-m", "app.main"]),
+        "{config:#}"
+    );
+    let path = env_value(config, "PATH").expect("PATH in the config");
+    assert!(
+        path.starts_with("/opt/venv/bin:"),
+        "PATH must start with the venv: {path}"
+    );
+    assert_eq!(
+        env_value(config, "VIRTUAL_ENV").as_deref(),
+        Some("/opt/venv")
+    );
+    assert_eq!(env_value(config, "PYTHONUNBUFFERED").as_deref(), Some("1"));
+    assert_eq!(
+        env_value(config, "KILN_E2E_VARIANT").as_deref(),
+        Some(variant),
+        "a variant's env replaces the top-level value: {config:#}"
+    );
+    assert!(
+        config["ExposedPorts"].get("8080/tcp").is_some(),
+        "expose 8080: {config:#}"
+    );
+    let labels = &config["Labels"];
+    assert_eq!(labels["org.opencontainers.image.title"], "kiln-e2e");
+    assert_eq!(
+        labels["org.opencontainers.image.description"],
+        "kiln end-to-end fixture"
+    );
+    assert_eq!(labels["kiln.variant"], variant, "{labels:#}");
+    inspect
+}
+
+/// Nothing of apt's or pip's caches (they live on cache mounts) and no
+/// secret mount point content made it into the image.
+#[track_caller]
+fn assert_no_caches(image: &Image) {
+    let leftovers = image.sh_as(
+        Some("0"),
+        "find /root/.cache /home/app/.cache /var/cache/apt /var/lib/apt/lists /run/secrets \
+              -type f ! -name lock 2>/dev/null; true",
+    );
+    assert_eq!(
+        leftovers.trim(),
+        "",
+        "apt/pip cache files or secrets in the image:\n{leftovers}"
+    );
+    // The runtime's apt packages are really there, installed from that cache.
+    image.sh("test -x /usr/bin/tini");
+}
+
+/// The marked CA bundle, mounted into the install steps, is nowhere in
+/// what the build produced: no layer, the config, the history, the LLB.
+#[track_caller]
+fn assert_no_secret(image: &Image, recipe: &Path, target: &str) {
+    let marker = secret().marker.as_bytes();
+    // A positive control: the same scan finds a string the app layer holds,
+    // so a scan that reads nothing cannot pass.
+    let control = b"kiln e2e greeting";
+    let saved = image.save_and_search(&[marker, control]);
+    assert!(
+        saved.layers >= 2,
+        "docker save: only {} layers found",
+        saved.layers
+    );
+    assert!(
+        !saved.found[1].is_empty(),
+        "the scan did not find the app's greeting in any of {} files: it does not read the layers",
+        saved.files
+    );
+    assert!(
+        saved.found[0].is_empty(),
+        "the secret's bytes are in the saved image: {:?}",
+        saved.found[0]
+    );
+    let inspect = image.inspect().to_string();
+    assert!(
+        !inspect.contains(&secret().marker),
+        "secret in the image config"
+    );
+    let history = image.history();
+    assert!(!history.contains(&secret().marker), "secret in the history");
+    for format in ["llb", "json"] {
+        let o = kiln(&[
+            "compile",
+            "--format",
+            format,
+            "--target",
+            target,
+            recipe.to_str().expect("utf-8 path"),
+        ]);
+        assert!(
+            o.status.success(),
+            "kiln compile: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !common::contains(&o.stdout, marker),
+            "secret in the LLB ({format})"
+        );
+        if format == "json" {
+            // The secret reaches the steps as a secret mount, by id only.
+            let json = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                json.contains("ca-bundle"),
+                "no ca-bundle secret mount in the LLB"
+            );
+        }
+    }
+}
+
+#[track_caller]
+fn assert_pip_freeze(image: &Image, pins: &[&str]) {
+    let freeze = image.exec(&["python", "-m", "pip", "freeze", "--all", "--exclude", "pip"]);
+    let mut got: Vec<&str> = freeze
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("setuptools=="))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, pins, "pip freeze:\n{freeze}");
+    image.exec(&["python", "-m", "pip", "check"]);
+}
+
+// ----------------------------------------------------------------- CPU
+
+#[test]
+fn cpu_image_runs_imports_work_and_the_config_is_the_recipes() {
+    let Some(engine) = common::engine(EngineKind::New, "cpu_image_runs") else {
+        return;
+    };
+    let image = engine.image("cpu-runs");
+    engine
+        .build(
+            &Build::new(ml_recipe(), fixture("ml"))
+                .target("cpu")
+                .tag(&image),
+        )
+        .expect_ok();
+
+    // `docker run IMAGE`: the recipe's cmd, as the recipe's user.
+    let out = image.run(&[]);
+    assert!(
+        out.contains(
+            "kiln e2e greeting; variant cpu; numpy 1.26.4; six 1.16.0; python 3.11; prefix /opt/venv"
+        ),
+        "{out}"
+    );
+    let imports = image.exec(&[
+        "python",
+        "-c",
+        "import numpy, six, sys; print(numpy.ones(3).sum(), six.PY3, sys.executable)",
+    ]);
+    assert_eq!(imports.trim(), "3.0 True /opt/venv/bin/python");
+    assert_pip_freeze(&image, PINS);
+
+    let inspect = assert_common_config(&image, "cpu");
+    let config = &inspect["Config"];
+    assert!(
+        config["Entrypoint"].is_null()
+            || config["Entrypoint"]
+                .as_array()
+                .is_some_and(|a| a.is_empty()),
+        "no entrypoint on the slim base: {config:#}"
+    );
+    assert_eq!(inspect["Os"], "linux");
+    assert_eq!(inspect["Architecture"], "amd64");
+}
+
+#[test]
+fn cpu_image_files_user_and_permissions() {
+    let Some(engine) = common::engine(EngineKind::New, "cpu_image_files") else {
+        return;
+    };
+    let image = engine.image("cpu-files");
+    engine
+        .build(
+            &Build::new(ml_recipe(), fixture("ml"))
+                .target("cpu")
+                .tag(&image),
+        )
+        .expect_ok();
+
+    assert_eq!(
+        image.sh("id").trim(),
+        "uid=1000(app) gid=1000(app) groups=1000(app)"
+    );
+    assert_eq!(image.sh("pwd").trim(), "/app");
+    assert_eq!(image.sh("echo $HOME").trim(), "/home/app");
+    // The workdir and the copied files belong to the user; modes are kept.
+    let stat = image.sh(
+        "stat -c '%n %U:%G %a' /app /app/app /app/app/main.py /app/app/greeting.txt /app/app/tool.sh /home/app",
+    );
+    assert_eq!(
+        stat.lines().collect::<Vec<_>>(),
+        [
+            "/app app:app 755",
+            "/app/app app:app 755",
+            "/app/app/main.py app:app 644",
+            "/app/app/greeting.txt app:app 644",
+            "/app/app/tool.sh app:app 755",
+            "/home/app app:app 755",
+        ],
+        "{stat}"
+    );
+    assert_eq!(image.sh("/app/app/tool.sh").trim(), "tool ok as app");
+    // Only what `copy` names is sent from the context.
+    let listing = image.sh("cd /app && find . | sort");
+    assert_eq!(
+        listing.lines().collect::<Vec<_>>(),
+        [
+            ".",
+            "./app",
+            "./app/__init__.py",
+            "./app/greeting.txt",
+            "./app/main.py",
+            "./app/tool.sh"
+        ],
+        "{listing}"
+    );
+    assert_eq!(
+        image.sh("cat /app/app/greeting.txt"),
+        std::fs::read_to_string(fixture("ml/app/greeting.txt")).expect("fixture")
+    );
+    // The environment is the venv, owned by root: the app cannot change it.
+    assert_eq!(image.sh("stat -c %U /opt/venv/bin/python").trim(), "root");
+    assert!(
+        !image
+            .run_with(&["--entrypoint", "/bin/sh"], &["-c", "touch /opt/venv/x"])
+            .ok
+    );
+}
+
+#[test]
+fn cpu_image_holds_no_cache_and_no_secret() {
+    let Some(engine) = common::engine(EngineKind::New, "cpu_image_no_cache_no_secret") else {
+        return;
+    };
+    let image = engine.image("cpu-secret");
+    // --no-cache: the install steps really run, with the marked bundle mounted.
+    let build = engine.build(
+        &Build::new(ml_recipe(), fixture("ml"))
+            .target("cpu")
+            .tag(&image)
+            .no_cache(),
+    );
+    build.expect_ok();
+    assert!(
+        !build.named("] pip install ").is_empty()
+            && build.named("] pip install ").iter().all(|v| v.executed()),
+        "--no-cache must run the installs:\n{}",
+        build.summary()
+    );
+    assert!(
+        !build.all_text().contains(&secret().marker),
+        "secret in the build output"
+    );
+    assert_no_caches(&image);
+    assert_no_secret(&image, &ml_recipe(), "cpu");
+}
+
+// ----------------------------------------------------------------- GPU
+
+#[test]
+fn gpu_image_on_the_cuda_base_runs_with_its_config() {
+    let Some(engine) = common::engine(EngineKind::New, "gpu_image") else {
+        return;
+    };
+    let image = engine.image("gpu");
+    let build = engine.build(
+        &Build::new(ml_recipe(), fixture("ml"))
+            .target("gpu")
+            .tag(&image)
+            .no_cache(),
+    );
+    build.expect_ok();
+    assert!(
+        !build.named("nvidia/cuda").is_empty(),
+        "the gpu variant runs on the nvidia/cuda base:\n{}",
+        build.summary()
+    );
+
+    // The base's entrypoint (the CUDA banner) is kept, then the recipe's cmd.
+    let out = image.run(&[]);
+    assert!(out.contains("CUDA Version 12.4.1"), "{out}");
+    assert!(
+        out.contains("kiln e2e greeting; variant gpu; numpy 1.26.4; six 1.16.0;"),
+        "{out}"
+    );
+    assert!(out.contains("prefix /opt/venv"), "{out}");
+    let imports = image.sh("python -c 'import numpy, six; print(numpy.ones(3).sum())'");
+    assert_eq!(imports.trim(), "3.0");
+    assert_pip_freeze(&image, PINS);
+
+    let inspect = assert_common_config(&image, "gpu");
+    let config = &inspect["Config"];
+    // kiln keeps the base's config: its env and entrypoint.
+    assert_eq!(env_value(config, "CUDA_VERSION").as_deref(), Some("12.4.1"));
+    assert_eq!(
+        env_value(config, "NVIDIA_VISIBLE_DEVICES").as_deref(),
+        Some("all")
+    );
+    assert_eq!(
+        env_value(config, "NVIDIA_DRIVER_CAPABILITIES").as_deref(),
+        Some("compute,utility")
+    );
+    assert_eq!(
+        config["Entrypoint"],
+        serde_json::json!(["/opt/nvidia/nvidia_entrypoint.sh"]),
+        "{config:#}"
+    );
+    assert_eq!(image.sh("id -un").trim(), "app");
+    assert_eq!(image.sh("pwd").trim(), "/app");
+
+    assert!(
+        !build.all_text().contains(&secret().marker),
+        "secret in the build output"
+    );
+    assert_no_caches(&image);
+    assert_no_secret(&image, &ml_recipe(), "gpu");
+}
+
+// ----------------------------------------------------------------- cache
+
+#[test]
+fn a_second_build_is_fully_cached() {
+    let Some(engine) = common::engine(EngineKind::New, "second_build_cached") else {
+        return;
+    };
+    let image = engine.image("cached");
+    let build = Build::new(ml_recipe(), fixture("ml"))
+        .target("cpu")
+        .tag(&image);
+    engine.build(&build).expect_ok();
+    let second = engine.build(&build);
+    second.expect_ok();
+    assert!(
+        second.executed().is_empty(),
+        "the second build ran ops:\n{}",
+        second.summary()
+    );
+    // Every op of the image (sources aside) is reported, and as cached.
+    let ops = second.recipe_ops();
+    assert!(
+        ops.len() >= 6,
+        "too few ops reported:\n{}",
+        second.summary()
+    );
+    assert!(
+        ops.iter().all(|v| v.cached),
+        "the second build should report every op as cached:\n{}",
+        second.summary()
+    );
+}
+
+#[test]
+fn a_context_change_rebuilds_only_the_app_branch() {
+    let Some(engine) = common::engine(EngineKind::New, "context_change") else {
+        return;
+    };
+    let ctx = TempDir::with_fixture("ml");
+    let recipe = ctx.path().join("kiln.kdl");
+    let image = engine.image("context");
+    let build = Build::new(&recipe, ctx.path()).target("cpu").tag(&image);
+    engine.build(&build).expect_ok();
+
+    // A change no earlier run made, so its result cannot be in the cache.
+    let token = nonce();
+    let greeting = ctx.path().join("app/greeting.txt");
+    std::fs::write(&greeting, format!("kiln e2e greeting {token}\n")).expect("write");
+    let rebuilt = engine.build(&build);
+    rebuilt.expect_ok();
+    let ran = rebuilt.executed_names();
+    assert!(
+        ran.iter().any(|n| n.contains("copy app")),
+        "the app files were not copied again:\n{}",
+        rebuilt.summary()
+    );
+    for step in [
+        "apt-get",
+        "pip install",
+        "python -m venv",
+        "user app",
+        "pip: ",
+    ] {
+        assert!(
+            !ran.iter().any(|n| n.contains(step)),
+            "`{step}` ran again after a context change:\n{}",
+            rebuilt.summary()
+        );
+    }
+    let out = image.run(&[]);
+    assert!(
+        out.contains(&format!("kiln e2e greeting {token}; variant cpu")),
+        "{out}"
+    );
+}
+
+/// A per-run copy of a fixture base: `from` plus one file that names the
+/// run. BuildKit keys an image by its layers (the chain of diff IDs, not the
+/// config), so a new layer is what makes builds on it share no op with
+/// earlier runs: every step runs again, with the cache mounts as they are.
+/// (`--no-cache` would run them too, but BuildKit then gives each step
+/// fresh, empty cache mounts.)
+fn fresh_base(engine: &'static common::Engine, from: &str) -> Image {
+    let base = Image {
+        engine,
+        tag: format!("kiln-e2e-base:{}", nonce()),
+    };
+    let dir = TempDir::new("base");
+    std::fs::write(dir.path().join("run"), format!("{}\n", base.tag)).expect("write");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {from}\nCOPY run /etc/kiln-e2e-run\n"),
+    )
+    .expect("write");
+    let o = engine
+        .docker()
+        .args(["build", "-q", "-t", &base.tag])
+        .arg(dir.path())
+        .output()
+        .expect("docker build");
+    assert!(
+        o.status.success(),
+        "docker build of {}: {}",
+        base.tag,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    base
+}
+
+/// A copy of `tests/e2e/ml` whose recipe ends with `extra`.
+fn ml_context_with(extra: &str) -> TempDir {
+    let ctx = TempDir::with_fixture("ml");
+    let recipe = ctx.path().join("kiln.kdl");
+    let text = std::fs::read_to_string(&recipe).expect("recipe");
+    std::fs::write(&recipe, format!("{text}\n{extra}\n")).expect("write");
+    ctx
+}
+
+#[test]
+fn adding_one_pinned_dependency_runs_only_its_install() {
+    let Some(engine) = common::engine(EngineKind::New, "add_one_pin") else {
+        return;
+    };
+    let base = fresh_base(engine, "python:3.11-slim");
+    let ctx = ml_context_with(&format!("base \"{}\" variant=\"cpu\"", base.tag));
+    let recipe = ctx.path().join("kiln.kdl");
+    let image = engine.image("add-pin");
+    let build = Build::new(&recipe, ctx.path()).target("cpu").tag(&image);
+    let first = engine.build(&build);
+    first.expect_ok();
+    assert!(
+        !first.named("] layer: ").is_empty(),
+        "kiln did not build per-package layers (MergeOp + DiffOp) on this engine; \
+         docker {} with the {} store{}:\n{}",
+        engine.version,
+        engine.storage,
+        if engine.containerd_store {
+            ""
+        } else {
+            " disables MergeOp/DiffOp (moby: \"only enabled with containerd image store \
+             backend\"): start dockerd with features.containerd-snapshotter=true"
+        },
+        first.summary()
+    );
+    let installs = first.named("] pip install ");
+    assert_eq!(
+        installs.len(),
+        2,
+        "one install op per pin:\n{}",
+        first.summary()
+    );
+    assert!(installs.iter().all(|v| v.executed()), "{}", first.summary());
+
+    let text = std::fs::read_to_string(&recipe).expect("recipe");
+    std::fs::write(&recipe, format!("{text}pip \"idna==3.7\"\n")).expect("write");
+    let second = engine.build(&build);
+    second.expect_ok();
+    let ran = second.executed_names();
+    let installs: Vec<&&str> = ran.iter().filter(|n| n.contains("pip install")).collect();
+    assert_eq!(
+        installs,
+        [&"[cpu] pip install idna==3.7"],
+        "adding one pin must run exactly its install:\n{}",
+        second.summary()
+    );
+    for step in ["apt-get", "python -m venv", "user app", "copy app"] {
+        assert!(
+            !ran.iter().any(|n| n.contains(step)),
+            "`{step}` ran again after adding a pin:\n{}",
+            second.summary()
+        );
+    }
+    // The step that checks the pins are complete installed nothing.
+    for v in second.named("pip: dependencies the pins did not name") {
+        assert!(
+            !v.log.contains("Successfully installed"),
+            "the pins are complete, yet pip installed more:\n{}",
+            v.log
+        );
+    }
+    assert_pip_freeze(&image, &["idna==3.7", "numpy==1.26.4", "six==1.16.0"]);
+}
+
+// ----------------------------------------------------------------- errors
+
+#[test]
+fn a_bad_recipe_fails_with_its_location() {
+    let Some(engine) = common::engine(EngineKind::New, "bad_recipe") else {
+        return;
+    };
+    let build = engine.build(&Build::new(fixture("bad").join("kiln.kdl"), fixture("bad")));
+    assert!(!build.ok, "a bad recipe built:\n{}", build.report());
+    let text = build.all_text();
+    assert!(
+        text.contains("kiln.kdl:9:1"),
+        "no FILE:LINE:COL in the error:\n{}",
+        build.report()
+    );
+    assert!(
+        text.contains("unknown node `frameworkk`"),
+        "{}",
+        build.report()
+    );
+    assert!(
+        text.contains("did you mean `framework`?"),
+        "{}",
+        build.report()
+    );
+}
+
+// ----------------------------------------------------------------- parallel
+
+#[test]
+fn two_variants_built_in_parallel_share_the_caches_without_corruption() {
+    let Some(engine) = common::engine(EngineKind::New, "parallel_variants") else {
+        return;
+    };
+    // Fresh bases, so that every step of both variants runs, at once. (On
+    // a `base` of its own the gpu variant takes python from that base
+    // instead of installing the distro's with apt: the cuda base's own
+    // plan is the gpu test's.)
+    let cpu_base = fresh_base(engine, "python:3.11-slim");
+    let gpu_base = fresh_base(engine, "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04");
+    let ctx = ml_context_with(&format!(
+        "base \"{}\" variant=\"cpu\"\nbase \"{}\" variant=\"gpu\"",
+        cpu_base.tag, gpu_base.tag
+    ));
+    let recipe = ctx.path().join("kiln.kdl");
+    let cpu = engine.image("par-cpu");
+    let gpu = engine.image("par-gpu");
+    let builds = [
+        Build::new(&recipe, ctx.path()).target("cpu").tag(&cpu),
+        Build::new(&recipe, ctx.path()).target("gpu").tag(&gpu),
+    ];
+    // Both at once, on purpose: their apt and pip steps share the cache
+    // mounts (kiln-apt-* locked, kiln-pip shared).
+    let results: Vec<BuildResult> = {
+        let _serial = common::build_lock();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = builds
+                .iter()
+                .map(|b| s.spawn(|| engine.build_unlocked(b)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("build thread"))
+                .collect()
+        })
+    };
+    for r in &results {
+        r.expect_ok();
+        let installs = r.named("] pip install ");
+        assert!(
+            !installs.is_empty() && installs.iter().all(|v| v.executed()),
+            "on a fresh base every install runs:\n{}",
+            r.summary()
+        );
+    }
+    for (image, variant) in [(&cpu, "cpu"), (&gpu, "gpu")] {
+        let out = image.run(&[]);
+        assert!(
+            out.contains(&format!(
+                "kiln e2e greeting; variant {variant}; numpy 1.26.4; six 1.16.0;"
+            )),
+            "{out}"
+        );
+        assert_pip_freeze(image, PINS);
+        // Every installed file matches the hash pip recorded for it.
+        let verified = image.sh(VERIFY_RECORDS);
+        assert!(verified.contains("files verified"), "{verified}");
+        image.sh("test -x /usr/bin/tini");
+        assert_no_caches(image);
+    }
+}
+
+/// Check every file of every installed distribution against its RECORD.
+/// Bytecode aside: pip compiles it at install time, over any a wheel ships
+/// (numpy 1.26.4 ships one .pyc).
+const VERIFY_RECORDS: &str = r#"python - <<'EOF'
+import base64, hashlib, importlib.metadata as md, sys
+n = bad = 0
+for dist in md.distributions():
+    for f in dist.files or []:
+        if not f.hash or f.suffix == ".pyc":
+            continue
+        data = f.locate().read_bytes()
+        digest = base64.urlsafe_b64encode(hashlib.new(f.hash.mode, data).digest()).rstrip(b"=").decode()
+        n += 1
+        if digest != f.hash.value:
+            bad += 1
+            print("MISMATCH", dist.metadata["Name"], f)
+if bad or not n:
+    sys.exit(f"{bad} of {n} files differ from their RECORD")
+print(n, "files verified")
+EOF"#;
+
+// ----------------------------------------------------------------- old engine
+
+#[test]
+fn the_old_engine_builds_the_fallback_with_the_same_environment() {
+    let Some(old) = common::engine(EngineKind::Old, "old_engine_fallback") else {
+        return;
+    };
+    let Some(new) = common::engine(EngineKind::New, "old_engine_fallback") else {
+        return;
+    };
+    // BuildKit 0.8 knows only the `# syntax=` header: the same recipe with
+    // that first line.
+    let recipe = fixture("ml").join("kiln-old-engine.kdl");
+    let hash_form = std::fs::read_to_string(&recipe).expect("recipe");
+    let slash_form = std::fs::read_to_string(ml_recipe()).expect("recipe");
+    assert_eq!(
+        hash_form.split_once('\n').map(|x| x.1),
+        slash_form.split_once('\n').map(|x| x.1),
+        "kiln-old-engine.kdl must be kiln.kdl with a `# syntax=` first line"
+    );
+    assert!(hash_form.starts_with("# syntax=kiln/frontend:dev\n"));
+
+    let fallback = old.image("old-cpu");
+    let built = old.build(
+        &Build::new(&recipe, fixture("ml"))
+            .target("cpu")
+            .tag(&fallback),
+    );
+    built.expect_ok();
+    assert!(
+        built.named("] layer: ").is_empty() && built.named("] join ").is_empty(),
+        "BuildKit 0.8 has no MergeOp/DiffOp; kiln must copy instead:\n{}",
+        built.summary()
+    );
+    let out = fallback.run(&[]);
+    assert!(
+        out.contains(
+            "kiln e2e greeting; variant cpu; numpy 1.26.4; six 1.16.0; python 3.11; prefix /opt/venv"
+        ),
+        "{out}"
+    );
+    assert_common_config(&fallback, "cpu");
+    assert_eq!(
+        fallback.sh("id").trim(),
+        "uid=1000(app) gid=1000(app) groups=1000(app)"
+    );
+    assert_no_caches(&fallback);
+
+    let merged = new.image("old-vs-new");
+    let built = new.build(
+        &Build::new(ml_recipe(), fixture("ml"))
+            .target("cpu")
+            .tag(&merged),
+    );
+    built.expect_ok();
+    assert!(
+        !built.named("] layer: ").is_empty(),
+        "the docker {} engine ({} store) did not use MergeOp/DiffOp, so there is nothing to \
+         compare the fallback with{}:\n{}",
+        new.version,
+        new.storage,
+        if new.containerd_store {
+            ""
+        } else {
+            "; BuildKit turns them off on docker's graph drivers: start dockerd with \
+             features.containerd-snapshotter=true"
+        },
+        built.summary()
+    );
+
+    // Per-package layers joined by MergeOp and the sequential copies give
+    // the same environment: the same distributions, the same files.
+    let freeze = |i: &Image| i.exec(&["python", "-m", "pip", "freeze", "--all"]);
+    assert_eq!(freeze(&merged), freeze(&fallback));
+    assert_eq!(venv_listing(&merged), venv_listing(&fallback));
+    assert_eq!(
+        merged.sh("cd /app && find . -printf '%p %U %m\\n' | sort"),
+        fallback.sh("cd /app && find . -printf '%p %U %m\\n' | sort")
+    );
+}
+
+/// /opt/venv: every path with its type, owner, mode and link target, and a
+/// checksum of each regular file (bytecode aside: it embeds timestamps).
+fn venv_listing(image: &Image) -> String {
+    let listing = image.sh(
+        "cd /opt/venv && find . -printf '%y %U:%G %m %p %l\\n' | sort && \
+         find . -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum",
+    );
+    assert!(
+        listing.lines().count() > 500,
+        "a venv with numpy: {listing}"
+    );
+    listing
+}
