@@ -1,0 +1,423 @@
+//! One frontend run, start to finish: read the recipe from the client's
+//! files, answer a subrequest or compile it (after resolving its base images
+//! with the engine), solve each platform's graph and checks, and assemble
+//! the result. [`serve`] wraps it so that every run ends in a `Return`.
+
+use std::collections::BTreeMap;
+
+use kiln_compiler::llb::{LocalOpts, OpMeta, State, marshal};
+use kiln_compiler::{Compilation, Diagnostics, Options, Platform, PlatformBuild, ResolvedImage};
+use kiln_proto::gateway::{self, llb_bridge_client::LlbBridgeClient};
+use kiln_proto::pb;
+use prost::Message;
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
+
+use crate::engine::{Engine, gateway_cap, llb_cap};
+use crate::export::{PlatformImage, image_result};
+use crate::failure::{self, Failure};
+use crate::locals::{Sessions, bind_to_session};
+use crate::options::{Environment, FrontendOptions};
+use crate::subrequests;
+
+/// The recipe as read from the client's files.
+#[derive(Debug, Clone)]
+pub struct RecipeFile {
+    pub name: String,
+    pub text: String,
+    /// Digest of the op that loaded it: warnings are attached to it.
+    pub vertex: String,
+}
+
+/// The definition that brings the recipe file from the client: the
+/// `dockerfile` local, limited to the one file. The shared-key hint lets the
+/// engine reuse the transfer BuildKit's Dockerfile frontend already made
+/// before it forwarded to kiln (`frontend/dockerui/config.go`).
+pub fn recipe_source(local: &str, filename: &str) -> pb::Definition {
+    let opts = LocalOpts {
+        follow_paths: vec![filename.to_string()],
+        shared_key_hint: Some(local.to_string()),
+        ..LocalOpts::default()
+    };
+    let state = State::local(
+        local,
+        &opts,
+        OpMeta::named(format!("[internal] load recipe {filename}")),
+    );
+    marshal(&state, None).definition
+}
+
+/// The digest of the op a definition ends with (the terminal op's input).
+fn head_digest(def: &pb::Definition) -> String {
+    def.def
+        .last()
+        .and_then(|bytes| pb::Op::decode(bytes.as_slice()).ok())
+        .and_then(|op| op.inputs.into_iter().next())
+        .map(|input| input.digest)
+        .unwrap_or_default()
+}
+
+/// Read the recipe: from a frontend input named like the recipe's local
+/// when a forwarding frontend passed one, else from the local itself.
+pub async fn read_recipe(
+    engine: &Engine,
+    opts: &FrontendOptions,
+    sessions: &Sessions,
+) -> Result<RecipeFile, Failure> {
+    let mut definition = None;
+    if !opts.dockerfile_local_forced {
+        let mut inputs = engine
+            .inputs()
+            .await
+            .map_err(|s| Failure::engine("asking the engine for the frontend's inputs", s))?;
+        definition = inputs.remove(&opts.dockerfile_local);
+    }
+    let definition = definition.unwrap_or_else(|| {
+        let mut def = recipe_source(&opts.dockerfile_local, &opts.filename);
+        bind_to_session(&mut def, sessions);
+        def
+    });
+    let vertex = head_digest(&definition);
+    let where_ = format!(
+        "the recipe `{}` in the build's `{}` files",
+        opts.filename, opts.dockerfile_local
+    );
+    let id = engine
+        .solve(definition, false, &[])
+        .await
+        .map_err(|s| Failure::engine(format!("loading {where_}"), s))?;
+    let data = engine
+        .read_file(&id, &opts.filename)
+        .await
+        .map_err(|s| Failure::engine(format!("reading {where_} (pass another file with -f)"), s))?;
+    let text = String::from_utf8(data).map_err(|e| {
+        Failure::Input(format!(
+            "{where_} is not UTF-8 text (invalid byte at {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    Ok(RecipeFile {
+        name: opts.filename.clone(),
+        text,
+        vertex,
+    })
+}
+
+/// Compiler options from the client's options and the engine's caps.
+pub fn compile_options(
+    opts: &FrontendOptions,
+    engine: &Engine,
+    default_platform: Option<&Platform>,
+) -> Options {
+    let platforms = if opts.platforms.is_empty() {
+        vec![
+            default_platform
+                .or(engine.worker_platform.as_ref())
+                .cloned()
+                .unwrap_or_else(Platform::linux_amd64),
+        ]
+    } else {
+        opts.platforms.clone()
+    };
+    Options {
+        target: opts.target.clone(),
+        platforms,
+        build_args: opts.build_args.clone(),
+        labels: opts.labels.clone(),
+        caps: engine.caps.engine_caps(),
+        images: BTreeMap::new(),
+        context_name: opts.context_local.clone(),
+        host_network: false,
+    }
+}
+
+type ResolvedImages = BTreeMap<(String, Platform), ResolvedImage>;
+
+/// Resolve every (reference, platform) pair at once.
+async fn resolve_images(
+    engine: &Engine,
+    wanted: Vec<(String, Platform)>,
+    opts: &FrontendOptions,
+) -> Result<ResolvedImages, Failure> {
+    let mut tasks = JoinSet::new();
+    for (reference, platform) in wanted {
+        let engine = engine.clone();
+        let mode = opts.resolve_mode;
+        tasks.spawn(async move {
+            let resolved = engine.resolve_image(&reference, &platform, mode).await;
+            resolved.map(|r| ((reference, platform), r))
+        });
+    }
+    let mut out = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (key, image) =
+            joined.map_err(|e| Failure::Internal(format!("resolving base images: {e}")))??;
+        out.insert(key, image);
+    }
+    Ok(out)
+}
+
+/// Compile every platform, each with its own platform's base image configs.
+/// (`Options::images` is keyed by reference alone, so a multi-platform
+/// build compiles once per platform and keeps that platform's build.)
+fn compile_platforms(
+    compilation: &Compilation,
+    base: &Options,
+    resolved: &ResolvedImages,
+) -> Result<(Vec<PlatformBuild>, Diagnostics), Failure> {
+    let mut builds = Vec::new();
+    let mut warnings = None;
+    for platform in base.platforms() {
+        let mut opts = base.clone();
+        opts.images = resolved
+            .iter()
+            .filter(|((_, p), _)| *p == platform)
+            .map(|((r, _), image)| (r.clone(), image.clone()))
+            .collect();
+        let compiled = compilation.compile(&opts).map_err(Failure::Recipe)?;
+        warnings.get_or_insert(compiled.warnings);
+        let build = compiled
+            .builds
+            .into_iter()
+            .find(|b| b.platform == platform)
+            .ok_or_else(|| {
+                Failure::Internal(format!("the compiler returned no build for {platform}"))
+            })?;
+        builds.push(build);
+    }
+    let warnings = warnings.unwrap_or_else(|| Diagnostics::new(compilation.source.clone()));
+    Ok((builds, warnings))
+}
+
+/// Print warnings to stderr and, where the engine shows them, to the client.
+async fn report_warnings(engine: &Engine, recipe: &RecipeFile, warnings: &Diagnostics) {
+    for d in warnings.warnings() {
+        let location = warnings.location(d);
+        let mut message = format!("{location}: {}", d.message);
+        if let Some(help) = &d.help {
+            message.push_str(&format!(" ({help})"));
+        }
+        eprintln!("kiln-frontend: warning: {message}");
+        engine
+            .warn(
+                &recipe.vertex,
+                &message,
+                Some(failure::source_info(warnings)),
+                vec![failure::range(warnings, d)],
+            )
+            .await;
+    }
+}
+
+/// `--no-cache`: every op of the definition ignores the build cache.
+pub fn ignore_cache(def: &mut pb::Definition) {
+    for md in def.metadata.values_mut() {
+        md.ignore_cache = true;
+        md.caps.insert(llb_cap::IGNORE_CACHE.to_string(), true);
+    }
+}
+
+/// Fail early, with a clear message, when a graph needs LLB features the
+/// engine lacks (the engine would refuse it with a terser one).
+fn check_caps(engine: &Engine, def: &pb::Definition) -> Result<(), Failure> {
+    let missing = engine.caps.missing_llb(def);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::Unsupported(format!(
+        "this BuildKit lacks {} that this build needs; upgrade the engine (BuildKit 0.10+, docker 23+)",
+        missing
+            .into_iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// Solve each platform's image (lazily: the exporter builds it) and its
+/// checks (now, so a failing `verify` fails the build), all at once.
+async fn solve_builds(
+    engine: &Engine,
+    builds: Vec<PlatformBuild>,
+    opts: &FrontendOptions,
+    sessions: &Sessions,
+) -> Result<Vec<PlatformImage>, Failure> {
+    let mut tasks = JoinSet::new();
+    let count = builds.len();
+    for (index, build) in builds.into_iter().enumerate() {
+        let mut image = build.definition;
+        let mut checks = build.checks;
+        bind_to_session(&mut image, sessions);
+        if let Some(c) = checks.as_mut() {
+            bind_to_session(c, sessions);
+        }
+        if opts.no_cache {
+            ignore_cache(&mut image);
+            if let Some(c) = checks.as_mut() {
+                ignore_cache(c);
+            }
+        }
+        check_caps(engine, &image)?;
+        if let Some(c) = &checks {
+            check_caps(engine, c)?;
+        }
+        let config = build.config.to_json();
+        let platform = build.platform;
+        let cache = opts.cache_imports.clone();
+
+        let e = engine.clone();
+        tasks.spawn(async move {
+            let id = e
+                .solve(image, false, &cache)
+                .await
+                .map_err(|s| Failure::engine("", s))?;
+            Ok::<_, Failure>((
+                index,
+                Some(PlatformImage {
+                    platform,
+                    ref_id: id,
+                    config,
+                }),
+            ))
+        });
+        if let Some(checks) = checks {
+            let e = engine.clone();
+            let cache = opts.cache_imports.clone();
+            tasks.spawn(async move {
+                e.solve(checks, true, &cache)
+                    .await
+                    .map_err(|s| Failure::engine("", s))?;
+                Ok((index, None))
+            });
+        }
+    }
+    let mut images: Vec<Option<PlatformImage>> = vec![None; count];
+    while let Some(joined) = tasks.join_next().await {
+        let (index, image) = joined.map_err(|e| Failure::Internal(format!("solving: {e}")))??;
+        if let Some(image) = image {
+            images[index] = Some(image);
+        }
+    }
+    images
+        .into_iter()
+        .map(|i| {
+            i.ok_or_else(|| Failure::Internal("a platform's build was not solved".to_string()))
+        })
+        .collect()
+}
+
+/// The whole run after `Ping`: a result for `Return`, or why not.
+pub async fn build(engine: &Engine, env: &Environment) -> Result<gateway::Result, Failure> {
+    let opts = FrontendOptions::parse(&env.options)?;
+    if let Some(id) = &opts.request_id {
+        if id == subrequests::DESCRIBE {
+            return subrequests::describe_result();
+        }
+        if !subrequests::is_supported(id) {
+            return Err(subrequests::unsupported(id));
+        }
+    }
+    if !opts.named_contexts.is_empty() {
+        eprintln!(
+            "kiln-frontend: named contexts are not used by kiln recipes; ignoring {}",
+            opts.named_contexts.join(", ")
+        );
+    }
+
+    let sessions = if engine.caps.has_llb(crate::locals::SESSION_CAP) {
+        Sessions {
+            default: env.session_id.clone(),
+            by_local: opts.local_sessions.clone(),
+        }
+    } else {
+        Sessions::default()
+    };
+    let recipe = read_recipe(engine, &opts, &sessions).await?;
+    let compilation = kiln_compiler::load(&recipe.name, &recipe.text).map_err(Failure::Recipe)?;
+    let mut copts = compile_options(&opts, engine, env.default_platform.as_ref());
+    if let Some(id) = &opts.request_id {
+        return subrequests::answer_for(id, &compilation, &copts);
+    }
+
+    let wanted = compilation
+        .images_to_resolve(&copts)
+        .map_err(Failure::Recipe)?;
+    let resolved = resolve_images(engine, wanted, &opts).await?;
+    copts.images.clear();
+    let (builds, warnings) = compile_platforms(&compilation, &copts, &resolved)?;
+    report_warnings(engine, &recipe, &warnings).await;
+
+    let images = solve_builds(engine, builds, &opts, &sessions).await?;
+    image_result(&images, opts.multi_platform, &engine.caps)
+}
+
+/// Run [`build`] and hand its outcome to the engine with `Return`. A panic
+/// in the build is caught and returned as an error too, so the client never
+/// sees a frontend that exited without saying why. Returns the process's
+/// exit status.
+pub async fn serve(client: LlbBridgeClient<Channel>, env: Environment) -> i32 {
+    let engine = match Engine::connect(client.clone()).await {
+        Ok(engine) => engine,
+        Err(failure) => {
+            eprintln!("kiln-frontend: {failure}");
+            return 1;
+        }
+    };
+    if !engine.caps.has_gateway(gateway_cap::RETURN) {
+        eprintln!(
+            "kiln-frontend: this engine has no `Return` call (BuildKit before 0.6); kiln needs a newer BuildKit"
+        );
+        return 1;
+    }
+
+    let task = {
+        let engine = engine.clone();
+        tokio::spawn(async move { build(&engine, &env).await })
+    };
+    let outcome = match task.await {
+        Ok(outcome) => outcome,
+        Err(e) => Err(Failure::Internal(format!(
+            "kiln-frontend stopped unexpectedly ({e}); this is a bug in kiln, please report it"
+        ))),
+    };
+    if let Err(failure) = &outcome {
+        eprintln!("kiln-frontend: {failure}");
+    }
+    if let Err(status) = engine.finish(&outcome).await {
+        eprintln!("kiln-frontend: could not return the result to the engine: {status}");
+        return 1;
+    }
+    i32::from(outcome.is_err())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_source_reads_one_file_from_the_dockerfile_local() {
+        let def = recipe_source("dockerfile", "env.kdl");
+        let head = head_digest(&def);
+        assert!(head.starts_with("sha256:"), "{head}");
+        let op = pb::Op::decode(def.def[0].as_slice()).expect("op");
+        match op.op {
+            Some(pb::op::Op::Source(src)) => {
+                assert_eq!(src.identifier, "local://dockerfile");
+                assert_eq!(src.attrs["local.followpaths"], r#"["env.kdl"]"#);
+                assert_eq!(src.attrs["local.sharedkeyhint"], "dockerfile");
+            }
+            other => panic!("unexpected op {other:?}"),
+        }
+        assert_eq!(
+            def.metadata[&head].description["llb.customname"],
+            "[internal] load recipe env.kdl"
+        );
+    }
+
+    #[test]
+    fn no_cache_marks_every_op() {
+        let mut def = recipe_source("dockerfile", "env.kdl");
+        ignore_cache(&mut def);
+        assert!(def.metadata.values().all(|m| m.ignore_cache));
+    }
+}

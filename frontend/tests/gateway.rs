@@ -1,0 +1,488 @@
+//! The frontend against a fake engine, over the same HTTP/2-on-a-pipe
+//! transport it uses on stdin/stdout: what it asks the engine, and what it
+//! returns.
+
+mod support;
+
+use kiln_frontend::failure::{SOURCE_DETAIL_TYPE, SourceDetail};
+use kiln_proto::gateway::{self as gw};
+use kiln_proto::google::rpc::Status as RpcStatus;
+use prost::Message;
+use support::{
+    BASE_DIGEST, FakeEngine, SESSION_ID, metadata_json, metadata_text, run_frontend, source_ids,
+    sources, the_return,
+};
+use tonic::Code;
+
+fn error_of(ret: &gw::ReturnRequest) -> RpcStatus {
+    ret.error.clone().expect("an error in Return")
+}
+
+#[tokio::test]
+async fn one_platform_returns_one_ref_and_the_image_config() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(&engine, &[("filename", "env.kdl"), ("target", "cpu")]).await;
+    assert_eq!(code, 0);
+
+    let ret = the_return(&engine);
+    assert!(ret.error.is_none(), "{:?}", ret.error);
+    let state = engine.recorded();
+
+    // First solve: the recipe file from the `dockerfile` local, then read.
+    let first = state.solves[0].definition.as_ref().expect("definition");
+    assert_eq!(source_ids(first), ["local://dockerfile"]);
+    assert_eq!(state.reads[0], ("ref-1".to_string(), "env.kdl".to_string()));
+
+    // The base image was resolved for the worker's platform.
+    assert!(
+        state
+            .resolves
+            .iter()
+            .any(|(r, p)| r.contains("python:3.11-slim") && p == "linux/amd64"),
+        "{:?}",
+        state.resolves
+    );
+
+    // The image's solve pins the resolved base by digest.
+    let image_solve = state
+        .solves
+        .iter()
+        .find(|s| {
+            !s.evaluate
+                && s.definition.as_ref().is_some_and(|d| {
+                    source_ids(d)
+                        .iter()
+                        .any(|i| i.starts_with("docker-image://"))
+                })
+        })
+        .expect("an image solve");
+    let ids = source_ids(image_solve.definition.as_ref().expect("def"));
+    assert!(ids.iter().any(|i| i.ends_with(BASE_DIGEST)), "{ids:?}");
+
+    // The checks (`verify`) were solved and evaluated now.
+    assert_eq!(state.solves.iter().filter(|s| s.evaluate).count(), 1);
+
+    let result = ret.result.as_ref().expect("result");
+    let image_ref = match &result.result {
+        Some(gw::result::Result::Ref(r)) => r.id.clone(),
+        other => panic!("expected one ref, got {other:?}"),
+    };
+    let image_index = state
+        .solves
+        .iter()
+        .position(|s| std::ptr::eq(s, image_solve))
+        .expect("index");
+    assert_eq!(image_ref, format!("ref-{}", image_index + 1));
+
+    let config = metadata_json(&ret, "containerimage.config");
+    assert_eq!(config["architecture"], "amd64");
+    assert_eq!(config["os"], "linux");
+    let env: Vec<String> = config["config"]["Env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e.as_str().map(str::to_string))
+        .collect();
+    assert!(
+        env.iter().any(|e| e == "LANG=C.UTF-8"),
+        "base env kept: {env:?}"
+    );
+    assert!(
+        env.iter().any(|e| e.starts_with("PATH=/opt/venv/bin")),
+        "venv first on PATH: {env:?}"
+    );
+    assert_eq!(
+        config["config"]["Cmd"],
+        serde_json::json!(["python", "train.py"])
+    );
+
+    assert_eq!(
+        metadata_json(&ret, "refs.platforms"),
+        serde_json::json!({"Platforms":[{"ID":"linux/amd64","Platform":{"architecture":"amd64","os":"linux"}}]})
+    );
+}
+
+#[tokio::test]
+async fn several_platforms_return_a_ref_per_platform() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(
+        &engine,
+        &[
+            ("filename", "env.kdl"),
+            ("platform", "linux/amd64,linux/arm64"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let ret = the_return(&engine);
+    assert!(ret.error.is_none(), "{:?}", ret.error);
+
+    let refs = match &ret.result.as_ref().expect("result").result {
+        Some(gw::result::Result::Refs(m)) => m.refs.clone(),
+        other => panic!("expected a ref map, got {other:?}"),
+    };
+    assert_eq!(
+        refs.keys().collect::<Vec<_>>(),
+        ["linux/amd64", "linux/arm64"]
+    );
+    assert_ne!(refs["linux/amd64"].id, refs["linux/arm64"].id);
+
+    assert_eq!(
+        metadata_json(&ret, "containerimage.config/linux/amd64")["architecture"],
+        "amd64"
+    );
+    assert_eq!(
+        metadata_json(&ret, "containerimage.config/linux/arm64")["architecture"],
+        "arm64"
+    );
+    assert!(
+        !ret.result
+            .as_ref()
+            .expect("result")
+            .metadata
+            .contains_key("containerimage.config")
+    );
+    let platforms = metadata_json(&ret, "refs.platforms");
+    assert_eq!(platforms["Platforms"][0]["ID"], "linux/amd64");
+    assert_eq!(platforms["Platforms"][1]["ID"], "linux/arm64");
+    assert_eq!(
+        platforms["Platforms"][1]["Platform"]["architecture"],
+        "arm64"
+    );
+
+    // Each platform's base was resolved for that platform.
+    let state = engine.recorded();
+    for p in ["linux/amd64", "linux/arm64"] {
+        assert!(
+            state.resolves.iter().any(|(_, rp)| rp == p),
+            "{p}: {:?}",
+            state.resolves
+        );
+    }
+    // One lazy image solve and one evaluated checks solve per platform.
+    assert_eq!(state.solves.iter().filter(|s| s.evaluate).count(), 2);
+}
+
+#[tokio::test]
+async fn a_bad_recipe_returns_a_located_error() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "bad.kdl");
+    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
+    assert_eq!(code, 1);
+
+    let ret = the_return(&engine);
+    let error = error_of(&ret);
+    assert_eq!(error.code, Code::Unknown as i32);
+    assert!(
+        error.message.starts_with("env.kdl:4:1: error["),
+        "message names FILE:LINE:COL: {}",
+        error.message
+    );
+    assert!(error.message.contains("frameworkk"), "{}", error.message);
+    assert!(
+        error.message.contains("framework"),
+        "suggests the fix: {}",
+        error.message
+    );
+
+    // The error carries the recipe and the range, so the client shows the line.
+    assert_eq!(error.details.len(), 1);
+    assert_eq!(error.details[0].type_url, SOURCE_DETAIL_TYPE);
+    let source = SourceDetail::decode(error.details[0].value.as_slice()).expect("detail");
+    assert_eq!(source.info.as_ref().expect("info").filename, "env.kdl");
+    assert_eq!(source.ranges[0].start.expect("start").line, 4);
+
+    // Nothing was built.
+    assert_eq!(
+        engine.recorded().solves.len(),
+        1,
+        "only the recipe was loaded"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_recipe_says_which_file() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(&engine, &[]).await;
+    assert_eq!(code, 1);
+    let error = error_of(&the_return(&engine));
+    // No `filename` option: kiln looks for kiln.kdl.
+    assert!(error.message.contains("`kiln.kdl`"), "{}", error.message);
+    assert!(error.message.contains("no such file"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn an_unknown_target_is_a_recipe_error() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(&engine, &[("filename", "env.kdl"), ("target", "gpuu")]).await;
+    assert_eq!(code, 1);
+    let error = error_of(&the_return(&engine));
+    assert!(error.message.contains("gpuu"), "{}", error.message);
+    assert!(
+        error.message.contains("did you mean `gpu`"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test]
+async fn bad_options_are_returned_as_errors() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(&engine, &[("filename", "env.kdl"), ("platform", "linux")]).await;
+    assert_eq!(code, 1);
+    let error = error_of(&the_return(&engine));
+    assert_eq!(error.code, Code::Unknown as i32);
+    assert!(
+        error.message.contains("option `platform`"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test]
+async fn engine_solve_errors_pass_through_with_their_details() {
+    let detail = prost_types::Any {
+        type_url: "errdefs.Vertex".into(),
+        value: b"\n\x07sha256x".to_vec(),
+    };
+    let inner = RpcStatus {
+        code: Code::Unknown as i32,
+        message: "process \"pip install\" did not complete successfully: exit code: 1".into(),
+        details: vec![detail.clone()],
+    };
+    let mut engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    engine.fail_solve = Some((
+        "numpy==1.26.4".into(),
+        tonic::Status::with_details(
+            Code::Unknown,
+            inner.message.clone(),
+            inner.encode_to_vec().into(),
+        ),
+    ));
+    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
+    assert_eq!(code, 1);
+    let error = error_of(&the_return(&engine));
+    assert_eq!(error.code, Code::Unknown as i32);
+    assert_eq!(error.message, inner.message);
+    assert_eq!(error.details, vec![detail]);
+}
+
+#[tokio::test]
+async fn targets_subrequest_lists_variants() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(
+        &engine,
+        &[("filename", "env.kdl"), ("requestid", "frontend.targets")],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let ret = the_return(&engine);
+    assert!(ret.error.is_none(), "{:?}", ret.error);
+    assert!(
+        ret.result.as_ref().expect("result").result.is_none(),
+        "no refs"
+    );
+    assert_eq!(
+        metadata_json(&ret, "result.json"),
+        serde_json::json!({"targets":[
+            {"name":"cpu","default":true,"description":"CPU-only build"},
+            {"name":"gpu","description":"CUDA build"}
+        ]})
+    );
+    assert_eq!(
+        metadata_text(&ret, "result.txt"),
+        "TARGET        DESCRIPTION\ncpu (default) CPU-only build\ngpu           CUDA build\n"
+    );
+    assert_eq!(metadata_text(&ret, "version"), "1.0.0");
+    // Answering needs no base image and builds nothing.
+    let state = engine.recorded();
+    assert!(state.resolves.is_empty());
+    assert_eq!(state.solves.len(), 1);
+}
+
+#[tokio::test]
+async fn outline_subrequest_lists_args_and_secrets() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(
+        &engine,
+        &[
+            ("filename", "env.kdl"),
+            ("requestid", "frontend.outline"),
+            ("target", "gpu"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let ret = the_return(&engine);
+    assert!(ret.error.is_none(), "{:?}", ret.error);
+    assert_eq!(
+        metadata_json(&ret, "result.json"),
+        serde_json::json!({
+            "name": "gpu",
+            "description": "CUDA build",
+            "args": [{"name": "NUMPY", "value": "1.26.4"}],
+            "secrets": [{"name": "ca-bundle"}, {"name": "pip-index", "required": true}]
+        })
+    );
+    let text = metadata_text(&ret, "result.txt");
+    assert!(
+        text.starts_with("TARGET:      gpu\nDESCRIPTION: CUDA build\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("BUILD ARG   VALUE    DESCRIPTION\nNUMPY       1.26.4"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn describe_subrequest_needs_no_recipe() {
+    let engine = FakeEngine::new();
+    let code = run_frontend(&engine, &[("requestid", "frontend.subrequests.describe")]).await;
+    assert_eq!(code, 0);
+    let ret = the_return(&engine);
+    let names: Vec<String> = metadata_json(&ret, "result.json")
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|r| r["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "frontend.outline",
+            "frontend.targets",
+            "frontend.subrequests.describe"
+        ]
+    );
+    assert!(engine.recorded().solves.is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_subrequest_is_unimplemented() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(
+        &engine,
+        &[("filename", "env.kdl"), ("requestid", "frontend.lint")],
+    )
+    .await;
+    assert_eq!(code, 1);
+    let error = error_of(&the_return(&engine));
+    assert_eq!(error.code, Code::Unimplemented as i32);
+    assert!(error.message.contains("frontend.lint"), "{}", error.message);
+}
+
+#[tokio::test]
+async fn an_engine_without_merge_op_gets_a_graph_without_it() {
+    let mut engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    engine.llb_caps.retain(|c| c != "mergeop" && c != "diffop");
+    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
+    assert_eq!(code, 0, "{:?}", engine.recorded().returns);
+    let state = engine.recorded();
+    for solve in &state.solves {
+        let def = solve.definition.as_ref().expect("def");
+        for md in def.metadata.values() {
+            assert!(
+                !md.caps.contains_key("mergeop"),
+                "mergeop used on an engine without it"
+            );
+            assert!(!md.caps.contains_key("diffop"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn source_meta_resolver_is_preferred_when_the_engine_has_it() {
+    let mut engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    engine.gateway_caps.push("source.metaresolver".into());
+    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
+    assert_eq!(code, 0);
+    let state = engine.recorded();
+    assert!(!state.resolves.is_empty());
+    assert!(
+        state.resolves.iter().all(|(r, _)| r.starts_with("meta:")),
+        "{:?}",
+        state.resolves
+    );
+}
+
+#[tokio::test]
+async fn no_cache_marks_every_op_of_the_build() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(&engine, &[("filename", "env.kdl"), ("no-cache", "")]).await;
+    assert_eq!(code, 0);
+    let state = engine.recorded();
+    // The recipe load is not part of the build; every solve after it is.
+    for solve in &state.solves[1..] {
+        let def = solve.definition.as_ref().expect("def");
+        assert!(def.metadata.values().all(|m| m.ignore_cache));
+    }
+}
+
+#[tokio::test]
+async fn a_recipe_without_variants_builds_with_the_default_name() {
+    let engine = FakeEngine::new().with_fixture("kiln.kdl", "plain.kdl");
+    let code = run_frontend(&engine, &[]).await;
+    assert_eq!(code, 0, "{:?}", engine.recorded().returns);
+    let code = run_frontend(&engine, &[("requestid", "frontend.targets")]).await;
+    assert_eq!(code, 0);
+    let state = engine.recorded();
+    let targets: serde_json::Value = serde_json::from_slice(
+        &state.returns[1].result.as_ref().expect("result").metadata["result.json"],
+    )
+    .expect("json");
+    assert_eq!(
+        targets,
+        serde_json::json!({"targets":[{"name":"default","default":true}]})
+    );
+}
+
+#[tokio::test]
+async fn every_local_source_belongs_to_the_build_session() {
+    // Without it, two builds of the same recipe running at once share the
+    // local vertex and can read each other's files.
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
+    assert_eq!(code, 0);
+    let state = engine.recorded();
+    let mut locals = 0;
+    for solve in &state.solves {
+        for src in sources(solve.definition.as_ref().expect("def")) {
+            if src.identifier.starts_with("local://") {
+                locals += 1;
+                assert_eq!(
+                    src.attrs.get("local.session").map(String::as_str),
+                    Some(SESSION_ID),
+                    "{}",
+                    src.identifier
+                );
+            }
+        }
+    }
+    assert!(locals >= 2, "the recipe and the context are locals");
+}
+
+#[tokio::test]
+async fn warnings_reach_the_build_output_at_the_recipe_line() {
+    let engine = FakeEngine::new().with_fixture("kiln.kdl", "warn.kdl");
+    let code = run_frontend(&engine, &[]).await;
+    assert_eq!(code, 0, "a warning does not fail the build");
+    let state = engine.recorded();
+    assert_eq!(state.warnings.len(), 1, "{:?}", state.warnings);
+    let warning = &state.warnings[0];
+    let short = String::from_utf8_lossy(&warning.short);
+    assert!(
+        short.starts_with("kiln.kdl:3:1: pytorch 2.99.0 is newer"),
+        "{short}"
+    );
+    // Attached to the op that loaded the recipe, with the recipe and range.
+    let load = state.solves[0].definition.as_ref().expect("def");
+    assert!(
+        load.metadata.contains_key(&warning.digest),
+        "{}",
+        warning.digest
+    );
+    assert_eq!(warning.info.as_ref().expect("info").filename, "kiln.kdl");
+    assert_eq!(warning.ranges[0].start.expect("start").line, 3);
+    drop(state);
+    assert!(the_return(&engine).error.is_none());
+}
