@@ -127,7 +127,7 @@ pub fn compile_options(
         caps: engine.caps.engine_caps(),
         images: BTreeMap::new(),
         context_name: opts.context_local.clone(),
-        host_network: false,
+        host_network: opts.host_network,
     }
 }
 

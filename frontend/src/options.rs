@@ -96,6 +96,9 @@ pub struct FrontendOptions {
     /// `local-sessionid:NAME`: the client session serving local NAME, when
     /// it is not the build's own (buildx with several clients).
     pub local_sessions: BTreeMap<String, String>,
+    /// `force-network-mode=host` (the client's `--network=host`): build
+    /// steps run on the host network, for engines without a bridge.
+    pub host_network: bool,
 }
 
 impl Default for FrontendOptions {
@@ -116,6 +119,7 @@ impl Default for FrontendOptions {
             cache_imports: Vec::new(),
             named_contexts: Vec::new(),
             local_sessions: BTreeMap::new(),
+            host_network: false,
         }
     }
 }
@@ -241,6 +245,18 @@ impl FrontendOptions {
         }
         o.named_contexts = with_prefix(raw, "context:").into_keys().collect();
         o.local_sessions = with_prefix(raw, "local-sessionid:");
+        o.host_network = match raw.get("force-network-mode").map(String::as_str) {
+            None | Some("") | Some("default") | Some("sandbox") => false,
+            Some("host") => true,
+            Some(other) => {
+                return Err(OptionError::Invalid {
+                    key: "force-network-mode".to_string(),
+                    message: format!(
+                        "`{other}` is not supported; kiln builds with the default network or `host`"
+                    ),
+                });
+            }
+        };
         Ok(o)
     }
 }
@@ -442,6 +458,23 @@ mod tests {
         assert!(e.to_string().contains("image-resolve-mode"), "{e}");
         let e = opts(&[("cache-imports", "{")]).expect_err("bad json");
         assert!(e.to_string().contains("cache-imports"), "{e}");
+    }
+
+    #[test]
+    fn host_network_follows_force_network_mode() {
+        assert!(!opts(&[]).expect("parses").host_network);
+        assert!(
+            opts(&[("force-network-mode", "host")])
+                .expect("parses")
+                .host_network
+        );
+        assert!(
+            !opts(&[("force-network-mode", "sandbox")])
+                .expect("parses")
+                .host_network
+        );
+        let e = opts(&[("force-network-mode", "bridge2")]).expect_err("unknown");
+        assert!(e.to_string().contains("force-network-mode"), "{e}");
     }
 
     #[test]

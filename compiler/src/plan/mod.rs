@@ -451,10 +451,16 @@ fn select_variant(
                     }
                     None => format!("the recipe's variants: {}", names.join(", ")),
                 };
+                // The mistake is on the command line; point at where the
+                // recipe declares its variants.
+                let span = recipe
+                    .variants
+                    .first()
+                    .map_or(SourceSpan::new(0.into(), 0), |v| v.span);
                 diags.push(
                     Diagnostic::error(
                         "kiln::unknown_target",
-                        SourceSpan::new(0.into(), 0),
+                        span,
                         format!("target `{t}` is not a variant of this recipe"),
                     )
                     .with_help(help),
