@@ -757,3 +757,88 @@ fn venv_listing(image: &Image) -> String {
     );
     listing
 }
+
+// ------------------------------------------------------------ engine errors
+
+#[test]
+fn a_failing_pip_step_shows_its_recipe_line() {
+    let Some(engine) = common::engine(EngineKind::New, "pip_failure") else {
+        return;
+    };
+    let build = engine.build(&Build::new(
+        fixture("pipfail").join("kiln.kdl"),
+        fixture("pipfail"),
+    ));
+    assert!(
+        !build.ok,
+        "a missing package installed:\n{}",
+        build.report()
+    );
+    let text = build.all_text();
+    // The op carries a source map into the recipe, so the engine's error
+    // shows the recipe line (buildx prints `kiln.kdl:9` and the line).
+    assert!(
+        text.contains("kiln.kdl:9"),
+        "the engine's error does not name kiln.kdl:9:\n{}",
+        build.report()
+    );
+    assert!(
+        text.contains("pip \"kiln-e2e-no-such-package-7f3a==0.0.1\""),
+        "the engine's error does not show the recipe line:\n{}",
+        build.report()
+    );
+}
+
+// ---------------------------------------------------------------- bake
+
+#[test]
+fn bake_builds_the_cpu_and_gpu_variants_of_one_recipe_in_parallel() {
+    let Some(engine) = common::engine(EngineKind::New, "bake") else {
+        return;
+    };
+    let n = nonce();
+    let cpu = engine.image(&format!("bake-cpu-{n}"));
+    let gpu = engine.image(&format!("bake-gpu-{n}"));
+    // The example bake file, pointed at the suite's small recipe (the
+    // example's own recipe downloads a few hundred MB of wheels).
+    let bake_file = common::repo().join("examples/docker-bake.hcl");
+    let context = fixture("ml");
+    let _serial = common::build_lock();
+    let out = engine
+        .docker()
+        .current_dir(common::repo())
+        .args(["buildx", "bake", "--builder", "default", "--progress=plain"])
+        .arg("-f")
+        .arg(&bake_file)
+        .args(["--set", &format!("*.context={}", context.display())])
+        .args(["--set", "*.dockerfile=kiln.kdl"])
+        .args(["--set", &format!("cpu.tags={}", cpu.tag)])
+        .args(["--set", &format!("gpu.tags={}", gpu.tag)])
+        .args([
+            "--set",
+            &format!("*.secrets=id=ca-bundle,src={}", secret().path.display()),
+        ])
+        .output()
+        .expect("docker buildx bake runs");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "bake failed:\n{log}");
+    // One bake, both targets: the ops of both variants are in its log.
+    assert!(log.contains("[cpu] "), "{log}");
+    assert!(log.contains("[gpu] "), "{log}");
+    for (image, variant) in [(&cpu, "cpu"), (&gpu, "gpu")] {
+        let out = image.run(&[]);
+        assert!(
+            out.contains(&format!("variant {variant};")),
+            "{variant}: {out}"
+        );
+        let freeze = image.exec(&["python", "-m", "pip", "freeze"]);
+        for pin in PINS {
+            assert!(
+                freeze.contains(pin),
+                "{variant}: {pin} missing from {freeze}"
+            );
+        }
+    }
+    let gpu_env = gpu.inspect()["Config"]["Env"].to_string();
+    assert!(gpu_env.contains("NVIDIA_VISIBLE_DEVICES=all"), "{gpu_env}");
+}

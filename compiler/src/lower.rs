@@ -140,11 +140,15 @@ impl Cx<'_> {
                 ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
                 ("PIP_NO_INPUT", "1"),
                 ("PIP_ROOT_USER_ACTION", "ignore"),
+                // Per-package steps download in parallel; pip's 15 s read
+                // timeout fails them on a busy link.
+                ("PIP_DEFAULT_TIMEOUT", "120"),
             ],
             Installer::Uv => &[
                 ("UV_CACHE_DIR", "/root/.cache/uv"),
                 ("UV_LINK_MODE", "copy"),
                 ("UV_PYTHON_DOWNLOADS", "never"),
+                ("UV_HTTP_TIMEOUT", "120"),
                 ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
                 ("PIP_ROOT_USER_ACTION", "ignore"),
             ],
