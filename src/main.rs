@@ -207,9 +207,16 @@ fn options(b: &BuildArgs) -> Result<Options> {
     })
 }
 
-fn load(b: &BuildArgs) -> Result<std::result::Result<Compilation, Diagnostics>> {
+/// Load the recipe; `None` when it has errors (reported on stderr).
+fn load(b: &BuildArgs) -> Result<Option<Compilation>> {
     let (name, text) = read_recipe(&b.recipe)?;
-    Ok(kiln_compiler::load(&name, &text))
+    Ok(match kiln_compiler::load(&name, &text) {
+        Ok(c) => Some(c),
+        Err(d) => {
+            report(&d);
+            None
+        }
+    })
 }
 
 /// Write `bytes` to stdout in one go: nothing half-written on error.
@@ -235,12 +242,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             checks,
         } => {
             let opts = options(&build)?;
-            let c = match load(&build)? {
-                Ok(c) => c,
-                Err(d) => {
-                    report(&d);
-                    return Ok(ExitCode::FAILURE);
-                }
+            let Some(c) = load(&build)? else {
+                return Ok(ExitCode::FAILURE);
             };
             let compiled = match c.compile(&opts) {
                 Ok(x) => x,
@@ -318,12 +321,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             all_variants,
         } => {
             let opts = options(&build)?;
-            let c = match load(&build)? {
-                Ok(c) => c,
-                Err(d) => {
-                    report(&d);
-                    return Ok(ExitCode::FAILURE);
-                }
+            let Some(c) = load(&build)? else {
+                return Ok(ExitCode::FAILURE);
             };
             let mut targets: Vec<Option<String>> = vec![opts.target.clone()];
             if all_variants && !c.recipe.variants.is_empty() {
@@ -373,12 +372,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Explain { build } => {
             let opts = options(&build)?;
-            let c = match load(&build)? {
-                Ok(c) => c,
-                Err(d) => {
-                    report(&d);
-                    return Ok(ExitCode::FAILURE);
-                }
+            let Some(c) = load(&build)? else {
+                return Ok(ExitCode::FAILURE);
             };
             match c.plan(&opts) {
                 Ok((plans, warnings)) => {
@@ -396,12 +391,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Graph { build } => {
             let opts = options(&build)?;
-            let c = match load(&build)? {
-                Ok(c) => c,
-                Err(d) => {
-                    report(&d);
-                    return Ok(ExitCode::FAILURE);
-                }
+            let Some(c) = load(&build)? else {
+                return Ok(ExitCode::FAILURE);
             };
             match c.compile(&opts) {
                 Ok(compiled) => {
