@@ -26,6 +26,9 @@ const CONTEXT_MOUNT: &str = "/kiln/context";
 const UV_TOOL: &str = "/opt/kiln-uv";
 /// The uv release kiln installs for `installer "uv"`.
 const UV_REQUIREMENT: &str = "uv==0.9.7";
+/// How many per-package install steps download at once (see
+/// `Cx::in_download_slot`).
+const DOWNLOAD_SLOTS: u64 = 2;
 /// The conda builder image for `conda` recipes.
 pub const CONDA_BUILDER: &str = "continuumio/miniconda3:24.7.1-0";
 
@@ -155,6 +158,25 @@ impl Cx<'_> {
         };
         env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         env
+    }
+
+    /// Per-package steps are independent, so BuildKit runs them all at
+    /// once; dozens of simultaneous downloads time out behind slow links and
+    /// proxies. Each step takes one of a few lock slots in the (shared)
+    /// installer cache mount for its download and install, so at most
+    /// `DOWNLOAD_SLOTS` run at a time. The slot is a function of the spec, so
+    /// the step's command (and cache key) never depends on other steps.
+    fn in_download_slot(&self, spec: &str, cmd: String) -> String {
+        let slot = spec.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        }) % DOWNLOAD_SLOTS;
+        let cache = match self.plan.installer {
+            Installer::Pip => "/root/.cache/pip",
+            Installer::Uv => "/root/.cache/uv",
+        };
+        format!(
+            "if command -v flock >/dev/null 2>&1; then exec 9>{cache}/.kiln-slot-{slot}; flock 9; fi\n{cmd}"
+        )
     }
 
     /// The install command line for `args` (already quoted).
@@ -464,7 +486,10 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         let mut package_layers = Vec::new();
         for step in &plan.pip {
             if let PipStep::Package { spec, span } = step {
-                let cmd = cx.install_command(&[quote(spec)], true, None, None, None);
+                let cmd = cx.in_download_slot(
+                    spec,
+                    cx.install_command(&[quote(spec)], true, None, None, None),
+                );
                 let next = deps
                     .run(cx.install_exec(
                         cmd,
