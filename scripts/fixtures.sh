@@ -103,9 +103,13 @@ host_cas_id() {
     (cd "$HOST_CA_DIR" && find . -name '*.crt' -type f | LC_ALL=C sort | xargs -r cat) | sha256sum | cut -c1-16
 }
 
+# Bump when the python rootfs recipe below changes: the cached tarball is
+# rebuilt when this (or the host CA set) differs.
+PY_ROOTFS_VERSION=2
+
 build_python_rootfs() {
     local cas_id
-    cas_id=$(host_cas_id)
+    cas_id="v$PY_ROOTFS_VERSION-$(host_cas_id)"
     [ -z "$REBUILD" ] && [ -s "$PY_TAR" ] && [ -s "$PY_TAR.sha256" ] &&
         [ "$(cat "$PY_TAR.cas" 2>/dev/null)" = "$cas_id" ] && return 0
     require_root
@@ -162,6 +166,16 @@ EOF
             die "update-ca-certificates in the fixture rootfs failed"
         log "added the host's local CA certificates ($HOST_CA_DIR) to the rootfs"
     fi
+    # The official Debian-based images ship apt's docker-clean hook: apt
+    # deletes downloaded .debs and its binary caches after every run, so a
+    # hand-written `RUN apt-get install` leaves no archives in its layer.
+    cat >"$root/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+// kiln fixture: as in the official Debian images.
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
     # Smaller and closer to the official image: no apt lists/caches, no
     # debootstrap leftovers.
     rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin \
@@ -284,19 +298,33 @@ want_sha() {
     { cat "$(tar_for "$1").sha256"; echo "$1"; changes_for "$1"; } | sha256sum | cut -c1-32
 }
 
-# ensure_image NAME KIND: make NAME point at an image carrying the wanted
-# kiln.fixture.sha label: nothing to do when it already does; re-tag an image
-# of the same identity when there is one (other names of the kind); import
-# otherwise.
+# identity IMAGE: the kiln.fixture.sha label of IMAGE when it is an imported
+# fixture itself (one layer); images built FROM a fixture inherit its labels
+# but have more layers, and must never be taken for it.
+identity() {
+    docker image inspect --format '{{len .RootFS.Layers}} {{with .Config.Labels}}{{index . "kiln.fixture.sha"}}{{end}}' "$1" 2>/dev/null |
+        awk '$1 == 1 { print $2 }'
+}
+
+# ensure_image NAME KIND: make NAME point at an imported image carrying the
+# wanted kiln.fixture.sha label: nothing to do when it already does; re-tag
+# an image of the same identity when there is one (other names of the
+# kind); import otherwise.
 ensure_image() {
-    local name=$1 kind=$2 want have id tarf
+    local name=$1 kind=$2 want have id tarf candidate
     want=$(want_sha "$kind")
-    have=$(docker image inspect --format '{{with .Config.Labels}}{{index . "kiln.fixture.sha"}}{{end}}' "$name" 2>/dev/null || true)
+    have=$(identity "$name")
     if [ "$have" = "$want" ]; then
         log "ok        $name"
         return
     fi
-    id=$(docker images -q --no-trunc --filter "label=kiln.fixture.sha=$want" | head -n1)
+    id=
+    for candidate in $(docker images -q --no-trunc --filter "label=kiln.fixture.sha=$want" | sort -u); do
+        if [ "$(identity "$candidate")" = "$want" ]; then
+            id=$candidate
+            break
+        fi
+    done
     if [ -n "$id" ]; then
         docker tag "$id" "$name"
         log "tagged    $name"
