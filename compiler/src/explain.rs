@@ -236,9 +236,13 @@ pub fn explain(plan: &Plan) -> String {
         let _ = writeln!(o, "  label {k}={v}");
     }
     if !plan.verify.is_empty() {
-        o.push_str("\nchecks (run after the build, not part of the image)\n");
+        o.push_str("\nchecks (run during the build, not part of the image)\n");
         for v in &plan.verify {
-            let _ = writeln!(o, "  python -c {:?}", v.value);
+            let on = match v.value.after {
+                crate::model::RunAfter::Deps => "on the environment",
+                crate::model::RunAfter::Copy => "on the image with the app files",
+            };
+            let _ = writeln!(o, "  python -c {:?}  ({on})", v.value.code);
         }
     }
     if !plan.notes.is_empty() {

@@ -28,7 +28,28 @@ const UV_TOOL: &str = "/opt/kiln-uv";
 const UV_REQUIREMENT: &str = "uv==0.9.7";
 /// How many per-package install steps download at once (see
 /// `Cx::in_download_slot`).
-const DOWNLOAD_SLOTS: u64 = 2;
+const DOWNLOAD_SLOTS: u64 = 3;
+/// How install steps call pip: a shell function (`PIP_FUNCTION`) that uses
+/// the environment's own pip when it has one (conda environments, bases
+/// whose pip predates `--python`), and the builder's pip pointed at the
+/// environment otherwise, so the venv carries no pip of its own.
+const PIP: &str = "kiln_pip";
+const PIP_FUNCTION: &str = "kiln_pip() {
+  if [ -x /opt/venv/bin/pip ]; then /opt/venv/bin/python -m pip \"$@\"
+  else python3 -m pip --python /opt/venv/bin/python \"$@\"; fi
+}
+";
+/// Creates the venv without pip; when the builder's pip cannot install into
+/// another interpreter (`--python`, pip 22.3+) or there is none, the venv
+/// gets pip from the interpreter's bundled wheel (no download).
+const VENV_SCRIPT: &str = "set -eu
+python3 -m venv --without-pip /opt/venv
+if ! python3 -m pip --python /opt/venv/bin/python --version >/dev/null 2>&1; then
+  /opt/venv/bin/python -m ensurepip --default-pip >/dev/null
+  echo 'kiln: the builder has no pip with --python (22.3+); the venv carries its own pip'
+fi
+";
+
 /// The conda builder image for `conda` recipes.
 pub const CONDA_BUILDER: &str = "continuumio/miniconda3:24.7.1-0";
 
@@ -162,20 +183,32 @@ impl Cx<'_> {
 
     /// Per-package steps are independent, so BuildKit runs them all at
     /// once; dozens of simultaneous downloads time out behind slow links and
-    /// proxies. Each step takes one of a few lock slots in the (shared)
-    /// installer cache mount for its download and install, so at most
-    /// `DOWNLOAD_SLOTS` run at a time. The slot is a function of the spec, so
-    /// the step's command (and cache key) never depends on other steps.
-    fn in_download_slot(&self, spec: &str, cmd: String) -> String {
-        let slot = spec.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        }) % DOWNLOAD_SLOTS;
+    /// proxies. Each step takes the first free one of `DOWNLOAD_SLOTS` lock
+    /// files in the (shared) installer cache mount for its download and
+    /// install, so at most that many run at a time. The command is the same
+    /// for every step (no slot is assigned at compile time), so a step's cache
+    /// key never depends on the other steps.
+    fn in_download_slot(&self, cmd: String) -> String {
         let cache = match self.plan.installer {
             Installer::Pip => "/root/.cache/pip",
             Installer::Uv => "/root/.cache/uv",
         };
+        let slots = (0..DOWNLOAD_SLOTS)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
         format!(
-            "if command -v flock >/dev/null 2>&1; then exec 9>{cache}/.kiln-slot-{slot}; flock 9; fi\n{cmd}"
+            "if command -v flock >/dev/null 2>&1; then
+  while :; do
+    for kiln_slot in {slots}; do
+      exec 9>{cache}/.kiln-slot-$kiln_slot
+      if flock -n 9; then break 2; fi
+      exec 9>&-
+    done
+    sleep 0.2
+  done
+fi
+{cmd}"
         )
     }
 
@@ -189,7 +222,7 @@ impl Cx<'_> {
         find_links: Option<&str>,
     ) -> String {
         let mut cmd = match self.plan.installer {
-            Installer::Pip => format!("{VENV}/bin/python -m pip install --no-warn-script-location"),
+            Installer::Pip => format!("{PIP} install --no-warn-script-location"),
             Installer::Uv => format!("{UV_TOOL}/bin/uv pip install --python {VENV}/bin/python"),
         };
         if no_deps {
@@ -214,9 +247,21 @@ impl Cx<'_> {
         cmd
     }
 
+    /// `pip check` (or uv's) on the environment.
+    fn check_command(&self) -> String {
+        match self.plan.installer {
+            Installer::Pip => format!("{PIP} check"),
+            Installer::Uv => format!("{UV_TOOL}/bin/uv pip check --python {VENV}/bin/python"),
+        }
+    }
+
     fn install_exec(&self, script: String, env: &[(String, String)], meta: OpMeta) -> Exec {
+        let pip = match self.plan.installer {
+            Installer::Pip => PIP_FUNCTION,
+            Installer::Uv => "",
+        };
         let exec = self
-            .shell(&format!("{}{script}", self.install_prelude()), meta)
+            .shell(&format!("{}{pip}{script}", self.install_prelude()), meta)
             .env(&self.install_env(env));
         self.pip_cache(self.install_mounts(exec))
     }
@@ -421,8 +466,8 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         None => b_ready
             .run(
                 cx.shell(
-                    &format!("python3 -m venv {VENV}\n"),
-                    cx.meta(&format!("python -m venv {VENV}"), None),
+                    VENV_SCRIPT,
+                    cx.meta(&format!("python -m venv --without-pip {VENV}"), None),
                 )
                 .env(&b_env),
             )
@@ -486,10 +531,8 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         let mut package_layers = Vec::new();
         for step in &plan.pip {
             if let PipStep::Package { spec, span } = step {
-                let cmd = cx.in_download_slot(
-                    spec,
-                    cx.install_command(&[quote(spec)], true, None, None, None),
-                );
+                let cmd =
+                    cx.in_download_slot(cx.install_command(&[quote(spec)], true, None, None, None));
                 let next = deps
                     .run(cx.install_exec(
                         cmd,
@@ -538,7 +581,8 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             let (cmd, what) = if only_pins {
                 (
                     format!(
-                        "if {VENV}/bin/python -m pip check >/dev/null 2>&1; then echo 'kiln: the pins are complete'; else {install}; fi"
+                        "if {} >/dev/null 2>&1; then echo 'kiln: the pins are complete'; else {install}; fi",
+                        cx.check_command()
                     ),
                     "pip: dependencies the pins did not name".to_string(),
                 )
@@ -657,9 +701,19 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         exec.cwd = workdir.clone().unwrap_or_else(|| "/".to_string());
         state.run(exec).root()
     };
-    let mut image = if merge {
-        let mut parts = vec![rt];
-        parts.extend(layers);
+    let after_deps: Vec<_> = plan
+        .runs
+        .iter()
+        .filter(|r| r.value.after == RunAfter::Deps)
+        .collect();
+    let app = (!app_actions.is_empty())
+        .then(|| State::scratch().file(app_actions.clone(), app_meta.clone()));
+    // The environment: runtime + installed packages + `run` steps after deps.
+    // Checks that need only the environment run on it, so an app edit
+    // re-runs none of them.
+    let environment = if merge {
+        let mut parts = vec![rt.clone()];
+        parts.extend(layers.iter().cloned());
         State::merge(&parts, cx.meta("join runtime + environment", None))
     } else {
         rt.file(
@@ -675,17 +729,28 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             cx.meta(&format!("copy {VENV} from the builder"), None),
         )
     };
-    for r in plan.runs.iter().filter(|r| r.value.after == RunAfter::Deps) {
-        image = run_step(image, r);
-    }
-    if !app_actions.is_empty() {
-        image = if merge {
-            let app = State::scratch().file(app_actions, app_meta);
-            State::merge(&[image, app], cx.meta("join app files", None))
-        } else {
-            image.file(app_actions, app_meta)
-        };
-    }
+    let environment = after_deps
+        .iter()
+        .fold(environment, |state, r| run_step(state, r));
+    let mut image = match &app {
+        // Nothing between the environment and the app files: one MergeOp of
+        // every layer, rather than a merge of a merge.
+        Some(app) if merge && after_deps.is_empty() => {
+            let mut parts = vec![rt];
+            parts.extend(layers);
+            parts.push(app.clone());
+            State::merge(
+                &parts,
+                cx.meta("join runtime + environment + app files", None),
+            )
+        }
+        Some(app) if merge => State::merge(
+            &[environment.clone(), app.clone()],
+            cx.meta("join app files", None),
+        ),
+        Some(_) => environment.file(app_actions, app_meta),
+        None => environment.clone(),
+    };
     for r in plan.runs.iter().filter(|r| r.value.after == RunAfter::Copy) {
         image = run_step(image, r);
     }
@@ -694,24 +759,55 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let checks = if plan.verify.is_empty() {
         None
     } else {
-        let mut state = image.clone();
         let mut env = image_env.clone();
         env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
-        for v in &plan.verify {
+        let check = |state: State, v: &crate::model::Spanned<crate::model::Verify>, cwd: &str| {
             let mut exec = Exec {
-                args: vec!["python".into(), "-c".into(), v.value.clone()],
+                args: vec!["python".into(), "-c".into(), v.value.code.clone()],
                 env: env.clone(),
-                cwd: workdir.clone().unwrap_or_else(|| "/".to_string()),
+                cwd: cwd.to_string(),
                 user: plan.user.as_ref().map(|u| u.value.name.clone()),
                 mounts: Vec::new(),
                 network: llb::Network::None,
                 platform: platform.clone(),
-                meta: cx.meta(&format!("verify: {}", first_line(&v.value)), Some(v.span)),
+                meta: cx.meta(
+                    &format!("verify: {}", first_line(&v.value.code)),
+                    Some(v.span),
+                ),
             };
             exec.mounts.push(Mount::Tmpfs {
                 target: "/tmp".into(),
             });
-            state = state.run(exec).root();
+            state.run(exec).root()
+        };
+        // Environment checks run from `/` (the workdir comes with the app
+        // files); checks after="copy" run in the finished image's workdir.
+        let on_env: Vec<_> = plan
+            .verify
+            .iter()
+            .filter(|v| v.value.after == RunAfter::Deps)
+            .collect();
+        let mut state = on_env
+            .iter()
+            .fold(environment, |state, v| check(state, v, "/"));
+        let on_image: Vec<_> = plan
+            .verify
+            .iter()
+            .filter(|v| v.value.after == RunAfter::Copy)
+            .collect();
+        if !on_image.is_empty() {
+            let mut s2 = image.clone();
+            let cwd = workdir.clone().unwrap_or_else(|| "/".to_string());
+            for v in on_image {
+                s2 = check(s2, v, &cwd);
+            }
+            // Both chains must pass: a merge of their results makes the
+            // engine solve them together.
+            state = if on_env.is_empty() {
+                s2
+            } else {
+                State::merge(&[state, s2], cx.meta("checks", None))
+            };
         }
         Some(llb::marshal(&state, source_info(cx.source, opts).as_ref()))
     };

@@ -81,7 +81,7 @@ pub struct Settings {
     pub env: Vec<Spanned<(String, String)>>,
     pub copy: Vec<Spanned<Copy>>,
     pub run: Vec<Spanned<Run>>,
-    pub verify: Vec<Spanned<String>>,
+    pub verify: Vec<Spanned<Verify>>,
     pub label: Vec<Spanned<(String, String)>>,
     pub expose: Vec<Spanned<String>>,
 }
@@ -159,6 +159,15 @@ pub enum RunAfter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Run {
     pub command: String,
+    pub after: RunAfter,
+}
+
+/// A `verify` check: python run on the environment (runtime + installed
+/// packages + `run` steps after deps), or on the finished image with the app
+/// files when `after="copy"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verify {
+    pub code: String,
     pub after: RunAfter,
 }
 
@@ -848,22 +857,7 @@ impl Decoder {
                 let Some(cmd) = self.one_string(node, "shell command") else {
                     return;
                 };
-                let after = match self.string_prop(node, "after") {
-                    None => RunAfter::Deps,
-                    Some(v) => match v.value.as_str() {
-                        "deps" => RunAfter::Deps,
-                        "copy" => RunAfter::Copy,
-                        other => {
-                            self.err(
-                                "kiln::invalid_value",
-                                v.span,
-                                format!("unknown `after=\"{other}\"`"),
-                            )
-                            .help = Some("write `after=\"copy\"` to run after the app files are copied, or leave it out".into());
-                            RunAfter::Deps
-                        }
-                    },
-                };
+                let after = self.after_prop(node);
                 s.run.push(Spanned::new(
                     Run {
                         command: cmd.value,
@@ -873,9 +867,16 @@ impl Decoder {
                 ));
             }
             "verify" => {
-                self.allow_props(node, &["variant"]);
+                self.allow_props(node, &["variant", "after"]);
+                let after = self.after_prop(node);
                 if let Some(code) = self.one_string(node, "python snippet") {
-                    s.verify.push(Spanned::new(code.value, span));
+                    s.verify.push(Spanned::new(
+                        Verify {
+                            code: code.value,
+                            after,
+                        },
+                        span,
+                    ));
                 }
             }
             "kiln" | "variant" | "arg" => {}
@@ -1287,6 +1288,29 @@ impl Decoder {
     fn string_prop(&mut self, node: &KdlNode, key: &str) -> Option<Spanned<String>> {
         let e = self.prop(node, key)?;
         self.string(e, key)
+    }
+
+    /// `after="deps"` (the default) or `after="copy"`, on `run` and `verify`.
+    fn after_prop(&mut self, node: &KdlNode) -> RunAfter {
+        match self.string_prop(node, "after") {
+            None => RunAfter::Deps,
+            Some(v) => match v.value.as_str() {
+                "deps" => RunAfter::Deps,
+                "copy" => RunAfter::Copy,
+                other => {
+                    self.err(
+                        "kiln::invalid_value",
+                        v.span,
+                        format!("unknown `after=\"{other}\"`"),
+                    )
+                    .help = Some(
+                        "write `after=\"copy\"` to run after the app files are copied, or leave it out"
+                            .into(),
+                    );
+                    RunAfter::Deps
+                }
+            },
+        }
     }
 
     fn version_prop(&mut self, node: &KdlNode, key: &str) -> Option<String> {

@@ -137,7 +137,7 @@ pub struct Plan {
     pub workdir: Option<String>,
     pub copies: Vec<Spanned<model::Copy>>,
     pub runs: Vec<Spanned<model::Run>>,
-    pub verify: Vec<Spanned<String>>,
+    pub verify: Vec<Spanned<crate::model::Verify>>,
     pub config: ImageConfig,
     /// Lines for `kiln explain`: what was chosen and why.
     pub notes: Vec<String>,
@@ -372,7 +372,16 @@ pub fn plan(
     if let Some(fw) = &framework
         && let Some(v) = &fw.verify
     {
-        verify.insert(0, Spanned::new(v.clone(), fw.span));
+        verify.insert(
+            0,
+            Spanned::new(
+                crate::model::Verify {
+                    code: v.clone(),
+                    after: crate::model::RunAfter::Deps,
+                },
+                fw.span,
+            ),
+        );
     }
 
     let multi_platform = opts.platforms().len() > 1;
@@ -620,6 +629,10 @@ fn image_config(
     };
     c.set_env("PATH", &path);
     c.set_env("VIRTUAL_ENV", VENV);
+    // The venv has no pip of its own when the builder's pip can install into
+    // it (`--python`, pip 22.3+): `pip` in `run` steps and in containers is
+    // then the base's, and this makes it act on the environment too.
+    c.set_env("PIP_PYTHON", &format!("{VENV}/bin/python"));
     if gpu.is_some() {
         if c.env("NVIDIA_VISIBLE_DEVICES").is_none() {
             c.set_env("NVIDIA_VISIBLE_DEVICES", "all");
