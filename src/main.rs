@@ -183,13 +183,19 @@ fn options(b: &BuildArgs) -> Result<Options> {
         let bytes = std::fs::read(&file).with_context(|| format!("reading {file}"))?;
         let config = ImageConfig::from_json(&bytes)
             .with_context(|| format!("{file} is not an OCI image config"))?;
-        images.insert(
-            r.to_string(),
-            ResolvedImage {
-                digest: r.digest.clone(),
-                config,
-            },
-        );
+        let resolved = ResolvedImage {
+            digest: r.digest.clone(),
+            config,
+        };
+        // The compiler looks a base up by the reference the recipe writes
+        // (`python:3.11-slim`); `REF:TAG@sha256:…` also answers for that tag
+        // and pins the digest, as the frontend's resolution does.
+        if r.tag.is_some() && r.digest.is_some() {
+            let mut by_tag = r.clone();
+            by_tag.digest = None;
+            images.insert(by_tag.to_string(), resolved.clone());
+        }
+        images.insert(r.to_string(), resolved);
     }
     Ok(Options {
         target: b.target.clone(),

@@ -92,6 +92,49 @@ fn config_out_holds_the_image_config() {
 }
 
 #[test]
+fn base_config_with_a_digest_pins_the_tag_the_recipe_names() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-base-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let base: PathBuf = dir.join("base.json");
+    std::fs::write(
+        &base,
+        r#"{"architecture":"amd64","os":"linux","created":"2020-01-02T03:04:05Z","config":{"Env":["PATH=/usr/local/bin:/usr/bin:/bin","LANG=C.UTF-8"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )
+    .expect("write");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let arg = format!(
+        "docker.io/library/python:3.11-slim@{digest}={}",
+        base.to_str().expect("utf8")
+    );
+    let o = kiln(&[
+        "compile",
+        "--format",
+        "json",
+        "examples/sklearn-service/kiln.kdl",
+        "--base-config",
+        &arg,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!(
+            "docker-image://docker.io/library/python:3.11-slim@{digest}"
+        )),
+        "the base is pinned: {text}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let env = v["config"]["config"]["Env"].as_array().expect("env");
+    assert!(env.iter().any(|e| e == "LANG=C.UTF-8"), "{env:?}");
+    assert_eq!(
+        v["config"]["config"]["Labels"]["org.opencontainers.image.base.digest"],
+        digest.as_str()
+    );
+    // The base's creation time is not the image's (the exporter stamps it).
+    assert!(v["config"].get("created").is_none(), "{}", v["config"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn check_reports_located_errors_and_exits_1() {
     let o = kiln(&["check", "compiler/tests/diagnostics/many_errors.kdl"]);
     assert_eq!(o.status.code(), Some(1));

@@ -620,6 +620,9 @@ fn image_config(
     c.os = platform.os.clone();
     c.variant = platform.variant.clone();
     c.rootfs = Default::default();
+    // The base's creation time is not the image's: without
+    // SOURCE_DATE_EPOCH (below) the exporter stamps the newest layer's time.
+    c.created = None;
     let base_path = c.env("PATH").unwrap_or(DEFAULT_PATH).to_string();
     let venv_bin = format!("{VENV}/bin");
     let path = if base_path.split(':').any(|p| p == venv_bin) {
