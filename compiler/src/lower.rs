@@ -255,6 +255,16 @@ fi
         }
     }
 
+    /// `cmd`, then a dependency check: pip reports a conflict its resolver
+    /// left (a later requirement replacing what an earlier one needs) and
+    /// still exits 0; the step says so where the build log shows it.
+    fn checked(&self, cmd: String) -> String {
+        format!(
+            "{cmd}\nif ! {}; then echo 'kiln: warning: the environment has conflicting requirements (above)' >&2; fi",
+            self.check_command()
+        )
+    }
+
     fn install_exec(&self, script: String, env: &[(String, String)], meta: OpMeta) -> Exec {
         let pip = match self.plan.installer {
             Installer::Pip => PIP_FUNCTION,
@@ -505,6 +515,18 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         deps = next;
     }
 
+    // Every later install names the framework again: pip's resolver only
+    // honours the constraints of the packages it is asked for, so without
+    // this a dependency of a later requirement may replace what the
+    // framework needs (protobuf 5+ under TensorFlow) or pull a second build
+    // of it (`tf-keras` -> `tensorflow` next to `tensorflow-cpu`). Already
+    // installed, the framework itself is not downloaded again.
+    let fw_pins: Vec<String> = plan
+        .framework
+        .iter()
+        .flat_map(|fw| fw.packages.iter().map(|p| quote(p)))
+        .collect();
+
     let req_ctx = {
         let files: Vec<String> = plan
             .pip
@@ -570,7 +592,8 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                     .collect::<Vec<_>>(),
                 cx.meta("pip: the pinned packages together", None),
             );
-            let install = cx.install_command(&args, false, None, None, None);
+            let with_fw: Vec<String> = fw_pins.iter().cloned().chain(args).collect();
+            let install = cx.install_command(&with_fw, false, None, None, None);
             let only_pins = plan
                 .pip
                 .iter()
@@ -578,10 +601,11 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             // With every requirement pinned the pins are usually complete (a
             // lock): then this step only checks, installs nothing and takes a
             // second; it installs what a pin's dependencies need otherwise.
+            let install = cx.checked(install);
             let (cmd, what) = if only_pins {
                 (
                     format!(
-                        "if {} >/dev/null 2>&1; then echo 'kiln: the pins are complete'; else {install}; fi",
+                        "if {} >/dev/null 2>&1; then echo 'kiln: the pins are complete'; else\n{install}\nfi",
                         cx.check_command()
                     ),
                     "pip: dependencies the pins did not name".to_string(),
@@ -603,7 +627,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             ));
         }
     } else {
-        for step in &plan.pip {
+        for (i, step) in plan.pip.iter().enumerate() {
             let (args, what) = match step {
                 PipStep::Package { spec, .. } => (vec![quote(spec)], format!("pip install {spec}")),
                 PipStep::Group { specs, .. } => (
@@ -615,7 +639,11 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                     format!("pip install -r {path}"),
                 ),
             };
-            let cmd = cx.install_command(&args, false, None, None, None);
+            let with_fw: Vec<String> = fw_pins.iter().cloned().chain(args).collect();
+            let mut cmd = cx.install_command(&with_fw, false, None, None, None);
+            if i + 1 == plan.pip.len() {
+                cmd = cx.checked(cmd);
+            }
             deps = deps
                 .run(with_requirements(cx.install_exec(
                     cmd,
