@@ -158,7 +158,7 @@ fn assert_no_secret(image: &Image, recipe: &Path, target: &str) {
 
 #[track_caller]
 fn assert_pip_freeze(image: &Image, pins: &[&str]) {
-    let freeze = image.exec(&["python", "-m", "pip", "freeze", "--all", "--exclude", "pip"]);
+    let freeze = image.exec(&["pip", "freeze", "--all", "--exclude", "pip"]);
     let mut got: Vec<&str> = freeze
         .lines()
         .map(str::trim)
@@ -166,7 +166,7 @@ fn assert_pip_freeze(image: &Image, pins: &[&str]) {
         .collect();
     got.sort_unstable();
     assert_eq!(got, pins, "pip freeze:\n{freeze}");
-    image.exec(&["python", "-m", "pip", "check"]);
+    image.exec(&["pip", "check"]);
 }
 
 // ----------------------------------------------------------------- CPU
@@ -199,6 +199,12 @@ fn cpu_image_runs_imports_work_and_the_config_is_the_recipes() {
         "import numpy, six, sys; print(numpy.ones(3).sum(), six.PY3, sys.executable)",
     ]);
     assert_eq!(imports.trim(), "3.0 True /opt/venv/bin/python");
+    // The venv carries no pip of its own (the builder's pip installed into
+    // it); `pip` is the base's, pointed at the venv by PIP_PYTHON.
+    assert_eq!(
+        image.sh("test -e /opt/venv/bin/pip && echo pip || echo none").trim(),
+        "none"
+    );
     assert_pip_freeze(&image, PINS);
 
     let inspect = assert_common_config(&image, "cpu");
@@ -744,7 +750,7 @@ fn the_old_engine_builds_the_fallback_with_the_same_environment() {
 
     // Per-package layers joined by MergeOp and the sequential copies give
     // the same environment: the same distributions, the same files.
-    let freeze = |i: &Image| i.exec(&["python", "-m", "pip", "freeze", "--all"]);
+    let freeze = |i: &Image| i.exec(&["pip", "freeze", "--all"]);
     assert_eq!(freeze(&merged), freeze(&fallback));
     assert_eq!(venv_listing(&merged), venv_listing(&fallback));
     assert_eq!(
@@ -821,7 +827,7 @@ fn bake_builds_the_cpu_and_gpu_variants_of_one_recipe_in_parallel() {
             out.contains(&format!("variant {variant};")),
             "{variant}: {out}"
         );
-        let freeze = image.exec(&["python", "-m", "pip", "freeze"]);
+        let freeze = image.exec(&["pip", "freeze"]);
         for pin in PINS {
             assert!(
                 freeze.contains(pin),
