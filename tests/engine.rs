@@ -202,7 +202,9 @@ fn cpu_image_runs_imports_work_and_the_config_is_the_recipes() {
     // The venv carries no pip of its own (the builder's pip installed into
     // it); `pip` is the base's, pointed at the venv by PIP_PYTHON.
     assert_eq!(
-        image.sh("test -e /opt/venv/bin/pip && echo pip || echo none").trim(),
+        image
+            .sh("test -e /opt/venv/bin/pip && echo pip || echo none")
+            .trim(),
         "none"
     );
     assert_pip_freeze(&image, PINS);
@@ -554,6 +556,75 @@ fn adding_one_pinned_dependency_runs_only_its_install() {
         );
     }
     assert_pip_freeze(&image, &["idna==3.7", "numpy==1.26.4", "six==1.16.0"]);
+}
+
+/// Pins that leave out a dependency (python-dateutil needs six): the last
+/// step sees the pinned packages where their own steps put them, installs
+/// only what is missing, and the pins are not installed twice.
+#[test]
+fn pins_that_leave_out_a_dependency_get_it_and_only_it() {
+    let Some(engine) = common::engine(EngineKind::New, "incomplete_pins") else {
+        return;
+    };
+    let ctx = TempDir::new("incomplete-pins");
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        "kiln 1\npython \"3.11\"\npip \"python-dateutil==2.9.0.post0\"\n\
+         ca-bundle secret=\"ca-bundle\"\n\
+         verify \"import dateutil.tz, six; print(dateutil.__version__)\"\n",
+    )
+    .expect("write");
+    let image = engine.image("incomplete-pins");
+    let build = engine.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image));
+    build.expect_ok();
+    let last = build.named("pip: dependencies the pins did not name");
+    assert_eq!(last.len(), 1, "{}", build.summary());
+    let log = &last[0].log;
+    assert!(
+        log.contains(
+            "Requirement already satisfied: python-dateutil==2.9.0.post0 in /kiln/pins/0/"
+        ),
+        "the last step must see the pin where its step installed it:\n{log}"
+    );
+    assert!(log.contains("Successfully installed six-"), "{log}");
+    assert!(
+        !log.contains("Successfully installed python-dateutil"),
+        "{log}"
+    );
+    let freeze = image.exec(&["pip", "freeze", "--all"]);
+    assert!(freeze.contains("python-dateutil==2.9.0.post0"), "{freeze}");
+    assert!(freeze.contains("six=="), "{freeze}");
+    // The last step's layer holds six, not a second copy of dateutil
+    // (about 800 kB with its bytecode).
+    let history = image.history();
+    let last_layer = history
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|h| {
+            h["CreatedBy"]
+                .as_str()
+                .is_some_and(|c| c.contains("kiln_pins="))
+        })
+        .unwrap_or_else(|| panic!("no layer of the last pip step in the history:\n{history}"));
+    let size = last_layer["Size"].as_str().unwrap_or_default().to_string();
+    let kb = parse_size_kb(&size).unwrap_or_else(|| panic!("layer size {size:?}"));
+    assert!(kb < 300.0, "the last step's layer is {size}:\n{history}");
+    image.exec(&["pip", "check"]);
+}
+
+/// `docker history` sizes ("45.1kB", "2.73MB", "0B") in kB.
+fn parse_size_kb(s: &str) -> Option<f64> {
+    let split = s.find(|c: char| c.is_ascii_alphabetic())?;
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    let scale = match unit {
+        "B" => 0.001,
+        "kB" => 1.0,
+        "MB" => 1000.0,
+        "GB" => 1_000_000.0,
+        _ => return None,
+    };
+    Some(n * scale)
 }
 
 // ----------------------------------------------------------------- errors

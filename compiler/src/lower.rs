@@ -50,6 +50,66 @@ if ! python3 -m pip --python /opt/venv/bin/python --version >/dev/null 2>&1; the
 fi
 ";
 
+/// A python that can import pip's vendored `packaging`: the venv's when it
+/// has its own pip, the builder's otherwise.
+const KILN_PY: &str = "kiln_py() {
+  if [ -x /opt/venv/bin/pip ]; then /opt/venv/bin/python \"$@\"; else python3 \"$@\"; fi
+}
+";
+/// Whether the installed distributions (the venv and the pins on
+/// PYTHONPATH) meet each other's requirements, markers and extras included:
+/// a fast stand-in for `pip check` (no pip start-up) that only says "complete"
+/// when it is sure; any doubt, or an error, sends the step to pip install,
+/// which decides.
+const PINS_CHECK: &str = r#"import glob, os, sys
+from importlib.metadata import distributions
+try:
+    try:
+        from pip._vendor.packaging.requirements import Requirement
+        from pip._vendor.packaging.utils import canonicalize_name
+    except ImportError:
+        from packaging.requirements import Requirement
+        from packaging.utils import canonicalize_name
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
+    paths += glob.glob("/opt/venv/lib/python*/site-packages")
+    installed = {}
+    for d in distributions(path=paths):
+        if d.metadata["Name"]:
+            installed.setdefault(canonicalize_name(d.metadata["Name"]), d)
+    todo, seen, problems = [(n, "") for n in installed], set(), []
+    while todo:
+        item = todo.pop()
+        if item in seen:
+            continue
+        seen.add(item)
+        dist = installed[item[0]]
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is not None and not req.marker.evaluate({"extra": item[1]}):
+                continue
+            dep = installed.get(canonicalize_name(req.name))
+            if dep is None:
+                problems.append("%s needs %s, which no pin names" % (dist.metadata["Name"], req))
+            elif not req.specifier.contains(dep.version, prereleases=True):
+                problems.append("%s needs %s, the pins have %s" % (dist.metadata["Name"], req, dep.version))
+            else:
+                todo.extend((canonicalize_name(req.name), e) for e in req.extras)
+except Exception as e:
+    problems = ["cannot check the pins here (%s)" % e]
+for p in problems:
+    print("kiln:", p)
+sys.exit(1 if problems else 0)
+"#;
+/// Where the remaining-requirements step mounts each package step's venv.
+const PINS_MOUNT: &str = "/kiln/pins";
+/// Puts the mounted pins' site-packages on PYTHONPATH (see `lower`).
+const PINS_PATH: &str = "kiln_pins=
+for d in /kiln/pins/*/lib/python*/site-packages; do
+  if [ -d \"$d\" ]; then kiln_pins=\"$kiln_pins${kiln_pins:+:}$d\"; fi
+done
+export PYTHONPATH=\"$kiln_pins\"
+";
+
 /// The conda builder image for `conda` recipes.
 pub const CONDA_BUILDER: &str = "continuumio/miniconda3:24.7.1-0";
 
@@ -551,6 +611,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     if merge {
         // One op per pinned package on the same state, each kept as a diff.
         let mut package_layers = Vec::new();
+        let mut package_states = Vec::new();
         for step in &plan.pip {
             if let PipStep::Package { spec, span } = step {
                 let cmd =
@@ -567,6 +628,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                     &next,
                     cx.meta(&format!("layer: {spec}"), Some(*span)),
                 ));
+                package_states.push(next);
             }
         }
         // Then one step with dependencies for everything: it installs what the
@@ -586,12 +648,24 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         }
         layers.extend(package_layers.iter().cloned());
         if !args.is_empty() {
-            let joined = State::merge(
-                &std::iter::once(deps.clone())
-                    .chain(package_layers)
-                    .collect::<Vec<_>>(),
-                cx.meta("pip: the pinned packages together", None),
-            );
+            // pip sees the pinned packages where they are: each package
+            // step's venv mounted read-only and put on PYTHONPATH, so its
+            // check and resolver count them as installed, and it installs
+            // only what is missing into the venv. No MergeOp of the pins is
+            // materialized for this step. uv looks at the venv alone, so it
+            // gets the pins merged into its root.
+            let (base, pins_path) = match plan.installer {
+                Installer::Pip => (deps.clone(), PINS_PATH),
+                Installer::Uv => (
+                    State::merge(
+                        &std::iter::once(deps.clone())
+                            .chain(package_layers)
+                            .collect::<Vec<_>>(),
+                        cx.meta("pip: the pinned packages together", None),
+                    ),
+                    "",
+                ),
+            };
             let with_fw: Vec<String> = fw_pins.iter().cloned().chain(args).collect();
             let install = cx.install_command(&with_fw, false, None, None, None);
             let only_pins = plan
@@ -605,23 +679,32 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             let (cmd, what) = if only_pins {
                 (
                     format!(
-                        "if {} >/dev/null 2>&1; then echo 'kiln: the pins are complete'; else\n{install}\nfi",
-                        cx.check_command()
+                        "{KILN_PY}if kiln_py -c {}; then echo 'kiln: the pins are complete'; else\n{install}\nfi",
+                        quote(PINS_CHECK)
                     ),
                     "pip: dependencies the pins did not name".to_string(),
                 )
             } else {
                 (install, "pip install: remaining requirements".to_string())
             };
-            let done = joined
-                .run(with_requirements(cx.install_exec(
-                    cmd,
-                    &b_env,
-                    cx.meta(&what, first_span),
-                )))
-                .root();
+            let mut exec = with_requirements(cx.install_exec(
+                format!("{pins_path}{cmd}"),
+                &b_env,
+                cx.meta(&what, first_span),
+            ));
+            if plan.installer == Installer::Pip {
+                for (i, state) in package_states.iter().enumerate() {
+                    exec = exec.mount(Mount::Bind {
+                        target: format!("{PINS_MOUNT}/{i}"),
+                        source: state.clone(),
+                        selector: Some(VENV.to_string()),
+                        readonly: true,
+                    });
+                }
+            }
+            let done = base.run(exec).root();
             layers.push(State::diff(
-                &joined,
+                &base,
                 &done,
                 cx.meta("layer: remaining requirements", None),
             ));
