@@ -30,25 +30,31 @@ const UV_REQUIREMENT: &str = "uv==0.9.7";
 /// `Cx::in_download_slot`).
 const DOWNLOAD_SLOTS: u64 = 3;
 /// How install steps call pip: a shell function (`PIP_FUNCTION`) that uses
-/// the environment's own pip when it has one (conda environments, bases
-/// whose pip predates `--python`), and the builder's pip pointed at the
-/// environment otherwise, so the venv carries no pip of its own.
+/// the environment's own pip (a venv seeds pip, and setuptools up to python
+/// 3.11, as users expect of a venv), and the builder's pip pointed at the
+/// environment when it has none (a conda environment without pip).
 const PIP: &str = "kiln_pip";
 const PIP_FUNCTION: &str = "kiln_pip() {
   if [ -x /opt/venv/bin/pip ]; then /opt/venv/bin/python -m pip \"$@\"
   else python3 -m pip --python /opt/venv/bin/python \"$@\"; fi
 }
 ";
-/// Creates the venv without pip; when the builder's pip cannot install into
-/// another interpreter (`--python`, pip 22.3+) or there is none, the venv
-/// gets pip from the interpreter's bundled wheel (no download).
-const VENV_SCRIPT: &str = "set -eu
-python3 -m venv --without-pip /opt/venv
-if ! python3 -m pip --python /opt/venv/bin/python --version >/dev/null 2>&1; then
-  /opt/venv/bin/python -m ensurepip --default-pip >/dev/null
-  echo 'kiln: the builder has no pip with --python (22.3+); the venv carries its own pip'
-fi
+/// Installs run a second time after a failure: a download cut off half-way
+/// (a read timeout behind a busy proxy) fails pip's install without a retry
+/// of its own. A real error (no such package) fails twice, a few seconds
+/// later, with the same message.
+const RETRY_FUNCTION: &str = "kiln_retry() {
+  \"$@\" && return 0
+  echo \"kiln: the install failed; trying once more in 3 s\" >&2
+  sleep 3
+  \"$@\"
+}
 ";
+/// A standard venv: what `python -m venv` seeds for this python (pip, and
+/// setuptools up to 3.11). A venv made `--without-pip` is 26 MB smaller, but
+/// packages that import `pkg_resources` without declaring setuptools
+/// (tensorflow-hub 0.15, among many) then fail, and `python -m pip` is gone.
+const VENV_SCRIPT: &str = "python3 -m venv /opt/venv\n";
 
 /// A python that can import pip's vendored `packaging`: the venv's when it
 /// has its own pip, the builder's otherwise.
@@ -282,8 +288,10 @@ fi
         find_links: Option<&str>,
     ) -> String {
         let mut cmd = match self.plan.installer {
-            Installer::Pip => format!("{PIP} install --no-warn-script-location"),
-            Installer::Uv => format!("{UV_TOOL}/bin/uv pip install --python {VENV}/bin/python"),
+            Installer::Pip => format!("kiln_retry {PIP} install --no-warn-script-location"),
+            Installer::Uv => {
+                format!("kiln_retry {UV_TOOL}/bin/uv pip install --python {VENV}/bin/python")
+            }
         };
         if no_deps {
             cmd.push_str(" --no-deps");
@@ -331,7 +339,10 @@ fi
             Installer::Uv => "",
         };
         let exec = self
-            .shell(&format!("{}{pip}{script}", self.install_prelude()), meta)
+            .shell(
+                &format!("{}{RETRY_FUNCTION}{pip}{script}", self.install_prelude()),
+                meta,
+            )
             .env(&self.install_env(env));
         self.pip_cache(self.install_mounts(exec))
     }
@@ -537,7 +548,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             .run(
                 cx.shell(
                     VENV_SCRIPT,
-                    cx.meta(&format!("python -m venv --without-pip {VENV}"), None),
+                    cx.meta(&format!("python -m venv {VENV}"), None),
                 )
                 .env(&b_env),
             )

@@ -632,10 +632,6 @@ fn image_config(
     };
     c.set_env("PATH", &path);
     c.set_env("VIRTUAL_ENV", VENV);
-    // The venv has no pip of its own when the builder's pip can install into
-    // it (`--python`, pip 22.3+): `pip` in `run` steps and in containers is
-    // then the base's, and this makes it act on the environment too.
-    c.set_env("PIP_PYTHON", &format!("{VENV}/bin/python"));
     if gpu.is_some() {
         if c.env("NVIDIA_VISIBLE_DEVICES").is_none() {
             c.set_env("NVIDIA_VISIBLE_DEVICES", "all");
