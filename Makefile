@@ -22,7 +22,7 @@ DEMO_IMAGE ?= kiln-demo/$(DEMO):$(DEMO_TARGET)
 CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
 OLD_DOCKER_HOST := unix:///var/run/kiln-old-docker.sock
 
-.PHONY: help build engine old-engine fixtures old-fixtures frontend-image demo test unit e2e lint bench engine-down
+.PHONY: help build engine old-engine fixtures old-fixtures frontend-image demo test test-examples unit e2e lint bench engine-down
 
 help:
 	@echo "make demo    build examples/$(DEMO) through the kiln frontend and run it"
@@ -67,6 +67,11 @@ unit:
 # KILN_E2E=1 makes them run (and fail, not skip, without an engine in CI).
 test: fixtures old-fixtures frontend-image
 	KILN_E2E=1 cargo test --workspace -- --test-threads=2
+
+# The TensorFlow examples' CPU variants too (several hundred MB of wheels
+# each, so not part of `make test`).
+test-examples: fixtures frontend-image
+	KILN_E2E=1 KILN_E2E_EXAMPLES=1 cargo test --test examples -- --test-threads=1
 
 lint:
 	cargo fmt --all -- --check

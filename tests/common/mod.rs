@@ -917,6 +917,7 @@ pub struct Image {
 // (`Engine::remove_leftover_images`).
 
 /// What a `docker run` printed.
+#[derive(Debug)]
 pub struct Run {
     pub ok: bool,
     pub stdout: String,
