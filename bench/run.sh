@@ -32,6 +32,8 @@
 #   --logs DIR    keep the --progress=plain log of every build in DIR
 #                 (default: a new /tmp/kiln-bench-logs.XXXXXX, printed at the end)
 #   --no-results  do not write bench/results.md
+#   --uv          build the recipe with `installer "uv"` (kiln's other
+#                 installer; the Dockerfile keeps pip)
 #   --no-verify   build the recipe without its `verify` lines (the Dockerfile
 #                 runs no import check, so both then do the same work)
 # Needs: make fixtures frontend-image (the engine, python:3.11-slim, kiln/frontend:dev)
@@ -73,6 +75,7 @@ repeat=1
 logs=
 write_results=1
 no_verify=
+use_uv=
 while [ $# -gt 0 ]; do
     case $1 in
         --repeat)
@@ -89,6 +92,7 @@ while [ $# -gt 0 ]; do
         --logs=*) logs=${1#--logs=}; shift ;;
         --no-results) write_results=; shift ;;
         --no-verify) no_verify=1; shift ;;
+        --uv) use_uv=1; shift ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" 2 ;;
     esac
@@ -149,6 +153,10 @@ fresh_context() {
                 grep -v '^verify ' "$example/kiln.kdl" >"$ctx/kiln.kdl"
             else
                 cp "$example/kiln.kdl" "$ctx/kiln.kdl"
+            fi
+            if [ -n "$use_uv" ]; then
+                sed -i 's/^python "\(.*\)"$/python "\1"\ninstaller "uv"/' "$ctx/kiln.kdl"
+                grep -q '^installer "uv"$' "$ctx/kiln.kdl" || die "could not set installer uv" 2
             fi
             ;;
         dockerfile)
@@ -383,6 +391,9 @@ report=$work/report.md
     echo "- image store: $store"
     echo "- buildx: $buildx"
     echo "- kiln frontend: $frontend ($(echo "$frontend_id" | cut -c1-19), pinned for the run); base $base_image ($(mb "$base_size") MB .Size, $(mb "$base_unpacked") MB root filesystem)"
+    if [ -n "$use_uv" ]; then
+        echo "- kiln installs with uv (--uv: \`installer \"uv\"\` added to the recipe); the Dockerfile with pip"
+    fi
     if [ -n "$no_verify" ]; then
         echo "- recipe: examples/sklearn-service --target $target without its \`verify\` line (--no-verify; the Dockerfile runs no import check); Dockerfile: bench/sklearn-service.Dockerfile"
     else

@@ -237,6 +237,10 @@ impl Cx<'_> {
             Installer::Uv => &[
                 ("UV_CACHE_DIR", "/root/.cache/uv"),
                 ("UV_LINK_MODE", "copy"),
+                // pip writes bytecode at install time; so does uv with this,
+                // so the image starts as fast whichever installer built it
+                // (its user cannot write bytecode into /opt/venv later).
+                ("UV_COMPILE_BYTECODE", "1"),
                 ("UV_PYTHON_DOWNLOADS", "never"),
                 ("UV_HTTP_TIMEOUT", "120"),
                 ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
