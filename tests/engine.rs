@@ -156,6 +156,18 @@ fn assert_no_secret(image: &Image, recipe: &Path, target: &str) {
     }
 }
 
+/// Neither the build's output nor the image of `variant` holds the secret,
+/// and no layer holds apt's or pip's caches.
+#[track_caller]
+fn assert_nothing_leaked(build: &BuildResult, image: &Image, variant: &str) {
+    assert!(
+        !build.all_text().contains(&secret().marker),
+        "secret in the build output"
+    );
+    assert_no_caches(image);
+    assert_no_secret(image, &ml_recipe(), variant);
+}
+
 #[track_caller]
 fn assert_pip_freeze(image: &Image, pins: &[&str]) {
     let freeze = image.exec(&["pip", "freeze", "--all", "--exclude", "pip"]);
@@ -300,12 +312,7 @@ fn cpu_image_holds_no_cache_and_no_secret() {
         "--no-cache must run the installs:\n{}",
         build.summary()
     );
-    assert!(
-        !build.all_text().contains(&secret().marker),
-        "secret in the build output"
-    );
-    assert_no_caches(&image);
-    assert_no_secret(&image, &ml_recipe(), "cpu");
+    assert_nothing_leaked(&build, &image, "cpu");
 }
 
 // ----------------------------------------------------------------- GPU
@@ -361,12 +368,7 @@ fn gpu_image_on_the_cuda_base_runs_with_its_config() {
     assert_eq!(image.sh("id -un").trim(), "app");
     assert_eq!(image.sh("pwd").trim(), "/app");
 
-    assert!(
-        !build.all_text().contains(&secret().marker),
-        "secret in the build output"
-    );
-    assert_no_caches(&image);
-    assert_no_secret(&image, &ml_recipe(), "gpu");
+    assert_nothing_leaked(&build, &image, "gpu");
 }
 
 // ----------------------------------------------------------------- cache
