@@ -433,6 +433,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             plan.runtime.span,
         ),
     );
+    let rt_base = rt.clone();
     let mut rt_packages: Vec<String> = Vec::new();
     let mut rt_spans = Vec::new();
     if plan.runtime.python_from_apt {
@@ -476,11 +477,16 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         .next()
         .unwrap_or(&builder_ref)
         .to_string();
-    let mut b = State::image(
-        &builder_ref,
-        platform,
-        cx.meta(&format!("builder {builder_name}"), plan.builder.span),
-    );
+    // The same image as the runtime base is the same vertex (one name).
+    let mut b = if builder_ref == plan.runtime.pinned().to_string() {
+        rt_base.clone()
+    } else {
+        State::image(
+            &builder_ref,
+            platform,
+            cx.meta(&format!("builder {builder_name}"), plan.builder.span),
+        )
+    };
     let mut b_packages: Vec<String> = Vec::new();
     let mut b_spans = Vec::new();
     if plan.builder.python_from_apt && conda.is_none() {
@@ -517,6 +523,17 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         b = b.run(cx.install_mounts(exec)).root();
     }
     let b_ready = b.clone();
+    // When the builder is the runtime base itself (same image, nothing
+    // added for the build), the environment's chain (base, venv, framework)
+    // is a chain of the runtime too: the joins then start from it and add
+    // the runtime's own steps on top, so the engine mounts that chain as it
+    // is and hard-links only the other layers into a join a check runs on
+    // (a framework's gigabytes among what it does not link).
+    let env_first = merge
+        && conda.is_none()
+        && plan.installer == Installer::Pip
+        && b_packages.is_empty()
+        && builder_ref == plan.runtime.pinned().to_string();
 
     // The environment: a venv, or a conda environment at the same path.
     let env_state = match conda {
@@ -566,6 +583,8 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
 
     // The framework, alone, before anything else.
     let mut deps = env_state.clone();
+    // How many of `layers` the chain up to `deps` holds (see `env_first`).
+    let mut chained = layers.len();
     if let Some(fw) = &plan.framework {
         let args: Vec<String> = fw.packages.iter().map(|p| quote(p)).collect();
         let cmd = cx.install_command(
@@ -588,7 +607,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             cx.meta(&format!("layer: {}", fw.name), None),
         ));
         deps = next;
+        chained = layers.len();
     }
+    let env_chain = deps.clone();
 
     // Every later install names the framework again: pip's resolver only
     // honours the constraints of the packages it is asked for, so without
@@ -834,13 +855,34 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         .collect();
     let app = (!app_actions.is_empty())
         .then(|| State::scratch().file(app_actions.clone(), app_meta.clone()));
+    // The parts of a join, in order: the runtime, then the environment's
+    // layers; or, where the environment's chain starts from the runtime base
+    // (`env_first`), that chain, the other layers, then what the runtime
+    // branch added to its base (apt packages, the user).
+    let rt_steps = !rt_packages.is_empty() || plan.user.is_some();
+    let join_parts = || -> Vec<State> {
+        if env_first {
+            let mut parts = vec![env_chain.clone()];
+            parts.extend(layers.iter().skip(chained).cloned());
+            if rt_steps {
+                parts.push(State::diff(
+                    &rt_base,
+                    &rt,
+                    cx.meta("layer: runtime steps", None),
+                ));
+            }
+            parts
+        } else {
+            let mut parts = vec![rt.clone()];
+            parts.extend(layers.iter().cloned());
+            parts
+        }
+    };
     // The environment: runtime + installed packages + `run` steps after deps.
     // Checks that need only the environment run on it, so an app edit
     // re-runs none of them.
     let environment = if merge {
-        let mut parts = vec![rt.clone()];
-        parts.extend(layers.iter().cloned());
-        State::merge(&parts, cx.meta("join runtime + environment", None))
+        State::merge(&join_parts(), cx.meta("join runtime + environment", None))
     } else {
         rt.file(
             FileActions::new().then(FileAction::Copy {
@@ -862,8 +904,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         // Nothing between the environment and the app files: one MergeOp of
         // every layer, rather than a merge of a merge.
         Some(app) if merge && after_deps.is_empty() => {
-            let mut parts = vec![rt];
-            parts.extend(layers);
+            let mut parts = join_parts();
             parts.push(app.clone());
             State::merge(
                 &parts,

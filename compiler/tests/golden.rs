@@ -206,3 +206,67 @@ fn same_recipe_same_bytes() {
         }
     }
 }
+
+/// The inputs of the graph's last MergeOp (the image's join), by op name.
+fn final_join_inputs(value: &Value) -> Vec<String> {
+    let ops = value["builds"][0]["llb"]["ops"].as_array().expect("ops");
+    let name_of = |input: &Value| -> String {
+        let digest = input
+            .as_str()
+            .expect("input")
+            .split(':')
+            .next()
+            .unwrap_or("");
+        ops.iter()
+            .find(|o| o["digest"] == digest)
+            .and_then(|o| o["name"].as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let join = ops
+        .iter()
+        .rev()
+        .find(|o| o.get("merge").is_some())
+        .expect("a MergeOp");
+    join["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(name_of)
+        .collect()
+}
+
+#[test]
+fn joins_start_from_the_environment_chain_when_the_builder_is_the_runtime_base() {
+    let compile = |text: &str| {
+        let opts = Options {
+            images: slim_config(),
+            ..Options::default()
+        };
+        snapshot("join-order", text, &opts)
+    };
+    // Builder = runtime base: the venv's chain first (the engine mounts it
+    // as it is), the runtime's own steps as one layer after the packages.
+    let same = compile(
+        "kiln 1\npython \"3.11\"\npip \"six==1.16.0\" \"idna==3.7\"\nuser \"app\" uid=1000\ncopy \"app\" \"/app\"\n",
+    );
+    let inputs = final_join_inputs(&same);
+    assert!(
+        inputs[0].ends_with("python -m venv /opt/venv"),
+        "{inputs:?}"
+    );
+    assert!(inputs[1].ends_with("layer: six==1.16.0"), "{inputs:?}");
+    assert!(
+        inputs[inputs.len() - 2].ends_with("layer: runtime steps"),
+        "{inputs:?}"
+    );
+    assert!(!inputs.iter().any(|i| i.ends_with("layer: environment")));
+    // A builder with packages of its own: the runtime first, the venv as a
+    // diff of the builder, so nothing of the builder's packages is joined.
+    let other = compile(
+        "kiln 1\npython \"3.11\"\napt \"build-essential\" stage=\"build\"\npip \"six==1.16.0\"\nuser \"app\" uid=1000\ncopy \"app\" \"/app\"\n",
+    );
+    let inputs = final_join_inputs(&other);
+    assert!(inputs[0].ends_with("user app (1000:1000)"), "{inputs:?}");
+    assert!(inputs[1].ends_with("layer: environment"), "{inputs:?}");
+}
