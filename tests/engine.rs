@@ -684,7 +684,7 @@ fn two_variants_built_in_parallel_share_the_caches_without_corruption() {
         Build::new(&recipe, ctx.path()).target("gpu").tag(&gpu),
     ];
     // Both at once, on purpose: their apt and pip steps share the cache
-    // mounts (kiln-apt-* locked, kiln-pip shared).
+    // mounts (kiln-apt locked, kiln-pip shared).
     let results: Vec<BuildResult> = {
         let _serial = common::build_lock();
         std::thread::scope(|s| {

@@ -193,7 +193,7 @@ pub fn explain(plan: &Plan) -> String {
     if !plan.apt_runtime.is_empty() || !plan.apt_build.is_empty() || plan.runtime.python_from_apt {
         let _ = writeln!(
             o,
-            "  apt: /var/cache/apt and /var/lib/apt/lists (cache mounts kiln-apt-*-{pid}, locked)"
+            "  apt: archives and package lists in /kiln/apt/<distro-release> (cache mount kiln-apt-{pid}, locked); none in the image"
         );
     }
     if plan.conda.is_some() {

@@ -116,6 +116,19 @@ done
 export PYTHONPATH=\"$kiln_pins\"
 ";
 
+/// Where apt steps mount their cache (see `APT_DIRS`).
+const APT_CACHE: &str = "/kiln/apt";
+/// apt's package lists and downloaded archives, one folder per distro
+/// release (from the image's os-release) in the cache mount: a Debian and an
+/// Ubuntu stage never read each other's lists or `.deb` files, and releases
+/// of one distro keep theirs apart. The image's own /var/cache/apt and
+/// /var/lib/apt/lists are left as the base had them.
+const APT_DIRS: &str = "kiln_release=$( (. /etc/os-release 2>/dev/null; echo \"${ID:-unknown}-${VERSION_CODENAME:-${VERSION_ID:-unknown}}\") | tr -cd 'A-Za-z0-9._-')
+kiln_apt_dir=/kiln/apt/$kiln_release
+mkdir -p \"$kiln_apt_dir/archives\" \"$kiln_apt_dir/lists\"
+kiln_apt=\"-o Dir::Cache=$kiln_apt_dir -o Dir::State::lists=$kiln_apt_dir/lists\"
+";
+
 /// The conda builder image for `conda` recipes.
 pub const CONDA_BUILDER: &str = "continuumio/miniconda3:24.7.1-0";
 
@@ -363,7 +376,7 @@ fi
     ) -> State {
         let quoted: Vec<String> = packages.iter().map(|p| quote(p)).collect();
         let script = format!(
-            "{}apt-get update -q\napt-get install -y -q --no-install-recommends -o APT::Keep-Downloaded-Packages=true {}\n",
+            "{}{APT_DIRS}apt-get $kiln_apt update -q\napt-get $kiln_apt install -y -q --no-install-recommends -o APT::Keep-Downloaded-Packages=true {}\n",
             self.install_prelude(),
             quoted.join(" ")
         );
@@ -386,13 +399,8 @@ fi
             .shell(&script, meta)
             .env(&env)
             .mount(Mount::Cache {
-                target: "/var/cache/apt".into(),
-                id: format!("kiln-apt-archives-{pid}"),
-                sharing: Sharing::Locked,
-            })
-            .mount(Mount::Cache {
-                target: "/var/lib/apt/lists".into(),
-                id: format!("kiln-apt-lists-{pid}"),
+                target: APT_CACHE.into(),
+                id: format!("kiln-apt-{pid}"),
                 sharing: Sharing::Locked,
             })
             .mount(Mount::Bind {
