@@ -310,11 +310,17 @@ tool_round() {
 # A network stall: pip retrying a request (a name lookup that failed, a read
 # that timed out) or kiln running an install again. Such a round times the
 # network, not the tools.
-stall_pattern='Retrying (Retry(|Temporary failure in name resolution|Read timed out|kiln: the install failed; trying once more'
+stall_patterns=(-e 'Retrying (Retry(' -e 'Temporary failure in name resolution'
+    -e 'Read timed out' -e 'kiln: the install failed; trying once more')
 
 # stalled TOOL ROUND: whether a build log of that round shows a stall.
 stalled() {
-    grep -l -E "$stall_pattern" "$logs/$1"-*-"$2".log 2>/dev/null | head -n1 | grep -q .
+    local f
+    for f in "$logs/$1"-*-"$2".log; do
+        [ -f "$f" ] || continue
+        if grep -q -F "${stall_patterns[@]}" "$f"; then return 0; fi
+    done
+    return 1
 }
 
 # Rounds with a stall are done again (at most this many times per tool and
