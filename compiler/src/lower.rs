@@ -485,8 +485,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         .next()
         .unwrap_or(&builder_ref)
         .to_string();
+    let same_base = builder_ref == plan.runtime.pinned().to_string();
     // The same image as the runtime base is the same vertex (one name).
-    let mut b = if builder_ref == plan.runtime.pinned().to_string() {
+    let mut b = if same_base {
         rt_base.clone()
     } else {
         State::image(
@@ -541,7 +542,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         && conda.is_none()
         && plan.installer == Installer::Pip
         && b_packages.is_empty()
-        && builder_ref == plan.runtime.pinned().to_string();
+        && same_base;
 
     // The environment: a venv, or a conda environment at the same path.
     let env_state = match conda {
