@@ -11,12 +11,15 @@ mod common;
 
 use common::{Build, EngineKind, Image};
 
-fn heavy_examples_wanted(test: &str) -> bool {
+/// The engine for a heavy example, when both the engine tests and the
+/// heavy examples are asked for.
+fn heavy_example_engine(test: &str) -> Option<&'static common::Engine> {
+    let engine = common::engine(EngineKind::New, test)?;
     let on = std::env::var("KILN_E2E_EXAMPLES").as_deref() == Ok("1");
     if !on {
         eprintln!("*** {test}: SKIPPED: set KILN_E2E_EXAMPLES=1 (make test-examples) ***");
     }
-    on
+    on.then_some(engine)
 }
 
 /// Build `examples/NAME` for `target` and check the config every example
@@ -77,12 +80,9 @@ fn sklearn_service_cpu_builds_and_serves() {
 
 #[test]
 fn tf_gpu_training_cpu_trains_with_tensorflow_cpu() {
-    let Some(engine) = common::engine(EngineKind::New, "example_tf_training") else {
+    let Some(engine) = heavy_example_engine("example_tf_training") else {
         return;
     };
-    if !heavy_examples_wanted("example_tf_training") {
-        return;
-    }
     let image = build_example(engine, "tf-gpu-training", "cpu", "trainer", "/app");
     let out = image.run(&["python", "train.py", "--epochs", "2"]);
     assert!(out.contains("GPUs: []"), "{out}");
@@ -101,12 +101,9 @@ fn tf_gpu_training_cpu_trains_with_tensorflow_cpu() {
 
 #[test]
 fn tf_object_detection_cpu_has_opencv_and_tensorflow() {
-    let Some(engine) = common::engine(EngineKind::New, "example_tf_detection") else {
+    let Some(engine) = heavy_example_engine("example_tf_detection") else {
         return;
     };
-    if !heavy_examples_wanted("example_tf_detection") {
-        return;
-    }
     let image = build_example(engine, "tf-object-detection", "cpu", "app", "/app");
     // entrypoint python /app/detect.py, cmd --help.
     let out = image.run(&[]);
