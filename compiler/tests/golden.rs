@@ -270,3 +270,53 @@ fn joins_start_from_the_environment_chain_when_the_builder_is_the_runtime_base()
     assert!(inputs[0].ends_with("user app (1000:1000)"), "{inputs:?}");
     assert!(inputs[1].ends_with("layer: environment"), "{inputs:?}");
 }
+
+#[test]
+fn the_pins_check_mounts_each_package_layer_not_its_install_step() {
+    let opts = Options {
+        images: slim_config(),
+        ..Options::default()
+    };
+    let value = snapshot(
+        "pins-mounts",
+        "kiln 1\npython \"3.11\"\npip \"six==1.16.0\" \"idna==3.7\"\n",
+        &opts,
+    );
+    let ops = value["builds"][0]["llb"]["ops"].as_array().expect("ops");
+    let name_of = |input: &Value| -> String {
+        let digest = input
+            .as_str()
+            .expect("input")
+            .split(':')
+            .next()
+            .unwrap_or("");
+        ops.iter()
+            .find(|o| o["digest"] == digest)
+            .and_then(|o| o["name"].as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let check = ops
+        .iter()
+        .find(|o| {
+            o["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("pip: dependencies the pins did not name"))
+        })
+        .expect("the pins check");
+    let inputs = check["inputs"].as_array().expect("inputs");
+    let pins: Vec<String> = check["exec"]["mounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter(|m| {
+            m["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("/kiln/pins/"))
+        })
+        .map(|m| name_of(&inputs[m["input"].as_u64().expect("input") as usize]))
+        .collect();
+    assert_eq!(pins.len(), 2, "{pins:?}");
+    assert!(pins[0].ends_with("layer: six==1.16.0"), "{pins:?}");
+    assert!(pins[1].ends_with("layer: idna==3.7"), "{pins:?}");
+}
