@@ -1628,7 +1628,8 @@ pub fn exact_pin(r: &str) -> Option<(String, String)> {
 
 impl Settings {
     /// This level's settings overlaid by a variant's: the variant's single
-    /// values win, lists add up (env and labels by key, later wins).
+    /// values win, lists add up (env and labels by key, later wins; pip
+    /// requirements by package, see `overlay_pip`).
     pub fn overlay(&self, v: &Settings) -> Settings {
         fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
             b.clone().or_else(|| a.clone())
@@ -1651,7 +1652,7 @@ impl Settings {
             entrypoint: pick(&self.entrypoint, &v.entrypoint),
             ca_bundle: pick(&self.ca_bundle, &v.ca_bundle),
             apt: cat(&self.apt, &v.apt),
-            pip: cat(&self.pip, &v.pip),
+            pip: overlay_pip(&self.pip, &v.pip),
             env: cat(&self.env, &v.env),
             copy: cat(&self.copy, &v.copy),
             run: cat(&self.run, &v.run),
@@ -1660,6 +1661,37 @@ impl Settings {
             expose: cat(&self.expose, &v.expose),
         }
     }
+}
+
+/// The top-level `pip` entries, then the variant's; a requirement the
+/// variant names replaces the top-level requirement of the same package
+/// (`pip "numpy==2.0.2"` in a variant over a top-level `numpy==1.26.4`).
+fn overlay_pip(top: &[Spanned<Pip>], variant: &[Spanned<Pip>]) -> Vec<Spanned<Pip>> {
+    let names: Vec<String> = variant
+        .iter()
+        .filter_map(|p| match &p.value {
+            Pip::Packages(specs) => Some(specs),
+            _ => None,
+        })
+        .flatten()
+        .map(|s| requirement_name(s))
+        .collect();
+    let mut out: Vec<Spanned<Pip>> = top
+        .iter()
+        .filter_map(|p| match &p.value {
+            Pip::Packages(specs) => {
+                let kept: Vec<String> = specs
+                    .iter()
+                    .filter(|s| !names.contains(&requirement_name(s)))
+                    .cloned()
+                    .collect();
+                (!kept.is_empty()).then(|| Spanned::new(Pip::Packages(kept), p.span))
+            }
+            _ => Some(p.clone()),
+        })
+        .collect();
+    out.extend(variant.iter().cloned());
+    out
 }
 
 impl Recipe {

@@ -320,3 +320,25 @@ fn the_pins_check_mounts_each_package_layer_not_its_install_step() {
     assert!(pins[0].ends_with("layer: six==1.16.0"), "{pins:?}");
     assert!(pins[1].ends_with("layer: idna==3.7"), "{pins:?}");
 }
+
+#[test]
+fn a_variant_pin_replaces_the_top_level_pin_of_the_same_package() {
+    let text = "kiln 1\npython \"3.11\"\npip \"numpy==1.26.4\" \"pandas==2.2.2\"\nvariant \"old\" default=#true\nvariant \"new\" {\n    pip \"NumPy==2.0.2\"\n}\n";
+    let installs = |target: &str| -> Vec<String> {
+        let opts = Options {
+            images: slim_config(),
+            target: Some(target.to_string()),
+            ..Options::default()
+        };
+        let value = snapshot("variant-pins", text, &opts);
+        value["builds"][0]["llb"]["ops"]
+            .as_array()
+            .expect("ops")
+            .iter()
+            .filter_map(|o| o["name"].as_str())
+            .filter_map(|n| n.split_once("] pip install ").map(|(_, s)| s.to_string()))
+            .collect()
+    };
+    assert_eq!(installs("old"), vec!["numpy==1.26.4", "pandas==2.2.2"]);
+    assert_eq!(installs("new"), vec!["pandas==2.2.2", "NumPy==2.0.2"]);
+}

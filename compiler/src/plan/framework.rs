@@ -42,6 +42,29 @@ impl FrameworkPlan {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The projects that are this framework itself (one of its builds), as
+    /// pip names them: a `pip` requirement for one of them would install a
+    /// second build over the one the framework step chose.
+    pub fn is_itself(&self, spec: &str) -> bool {
+        let name = model::requirement_name(spec);
+        let family: &[&str] = match self.name.as_str() {
+            "pytorch" => &["torch"],
+            "tensorflow" => &[
+                "tensorflow",
+                "tensorflow-cpu",
+                "tensorflow-gpu",
+                "tensorflow-intel",
+            ],
+            "jax" => &["jax", "jaxlib"],
+            _ => &[],
+        };
+        family.contains(&name.as_str())
+            || self
+                .packages
+                .first()
+                .is_some_and(|p| model::requirement_name(p) == name)
+    }
+
     /// Take `spec` into the framework step if it names a companion project.
     pub fn adopt_companion(&mut self, spec: &str) -> bool {
         let name = model::requirement_name(spec);

@@ -289,11 +289,66 @@ pub fn plan(
             }),
         }
     }
+    // One pin per package: two builds of numpy in two layers would leave
+    // both versions' files in the venv. The same pin twice is kept once.
+    let mut pinned: Vec<(String, String)> = Vec::new();
+    pip_inline.retain(|(spec, span)| {
+        let Some((name, version)) = model::exact_pin(spec) else {
+            return true;
+        };
+        match pinned.iter().find(|(n, _)| *n == name) {
+            None => {
+                pinned.push((name, version));
+                true
+            }
+            Some((_, first)) => {
+                if *first != version {
+                    diags.push(
+                        Diagnostic::error(
+                            "kiln::conflicting_pins",
+                            *span,
+                            format!("{name} is pinned twice: to {first} and to {version}"),
+                        )
+                        .with_help(
+                            "keep one pin; a variant's `pip` replaces the top-level requirement of the same package",
+                        ),
+                    );
+                }
+                false
+            }
+        }
+    });
+
     // Companions of the framework (torchvision next to torch) must come
     // from the framework's index: they move into its step.
     let mut framework = framework;
     if let Some(fw) = framework.as_mut() {
         pip_inline.retain(|(spec, span)| {
+            // The framework itself: its step installs the build that fits
+            // the variant (CPU, or the CUDA asked for), from the right index.
+            // A pin of the same release adds nothing; any other would put a
+            // second build over it.
+            if fw.is_itself(spec) {
+                let same = model::exact_pin(spec).is_some_and(|(_, v)| v == fw.version)
+                    || spec
+                        .trim()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                let message = format!(
+                    "`{spec}` is the framework: `framework \"{}\" \"{}\"` installs it, built for this variant",
+                    fw.name, fw.version
+                );
+                diags.push(if same {
+                    Diagnostic::warning("kiln::framework_in_pip", *span, message)
+                        .with_help("remove it from `pip`; kiln installs the framework once, in its own step")
+                } else {
+                    Diagnostic::error("kiln::framework_in_pip", *span, message).with_help(format!(
+                        "remove it from `pip`; to change the release, change the `framework` line (now {} {})",
+                        fw.name, fw.version
+                    ))
+                });
+                return false;
+            }
             // A companion pinned to another framework release's version is
             // the wrong-build mistake again, one package over.
             if let Some((name, version)) = model::exact_pin(spec)
