@@ -123,3 +123,44 @@ fn kdl_v1_recipes_are_read_and_located() {
     let d = kiln_compiler::compile("v1.kdl", bad, &Options::default()).expect_err("unknown node");
     assert_eq!(d.location(&d.items[0]), "v1.kdl:4:1");
 }
+
+#[test]
+fn warnings_name_the_line_and_the_build_goes_on() {
+    use kiln_compiler::{ImageConfig, ResolvedImage};
+    let config = ImageConfig::from_json(
+        br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin:/bin","LANG=C.UTF-8"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )
+    .expect("config");
+    let opts = Options {
+        images: [(
+            "docker.io/library/python:3.11-slim".to_string(),
+            ResolvedImage {
+                digest: None,
+                config,
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Options::default()
+    };
+    let text = "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\npip \"torch==2.4.1\" \"six==1.16.0\"\nenv LD_LIBRARY_PATH=\"/usr/local/cuda/lib64:$LD_LIBRARY_PATH\" LC_ALL=\"$LANG\"\n";
+    let compiled = kiln_compiler::compile("w.kdl", text, &opts).expect("compiles with warnings");
+    let got: Vec<String> = compiled
+        .warnings
+        .items
+        .iter()
+        .map(|d| format!("{} {}", compiled.warnings.location(d), d.code))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            "w.kdl:4:1 kiln::framework_in_pip",
+            "w.kdl:5:5 kiln::unset_variable"
+        ]
+    );
+    let build = &compiled.builds[0];
+    let env = build.config.env_pairs();
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(get("LD_LIBRARY_PATH"), Some("/usr/local/cuda/lib64:"));
+    assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
+}

@@ -449,6 +449,7 @@ pub fn plan(
         source,
         opts,
         platform,
+        diags,
     );
     if gpu.is_some() {
         notes.push("GPU: the image declares NVIDIA_VISIBLE_DEVICES=all and NVIDIA_DRIVER_CAPABILITIES=compute,utility for the NVIDIA container runtime".to_string());
@@ -543,6 +544,17 @@ fn select_variant(
     }
 }
 
+/// The declared build arguments' values: `--build-arg`, else the default.
+fn arg_values(recipe: &Recipe, opts: &Options) -> BTreeMap<String, String> {
+    let mut values: BTreeMap<String, String> = BTreeMap::new();
+    for a in &recipe.args {
+        if let Some(v) = opts.build_args.get(&a.name.value).or(a.default.as_ref()) {
+            values.insert(a.name.value.clone(), v.clone());
+        }
+    }
+    values
+}
+
 /// `${NAME}` in string values takes the build argument's value (or the
 /// declared default). Only declared arguments are substituted.
 fn substitute_args(
@@ -551,12 +563,7 @@ fn substitute_args(
     opts: &Options,
     diags: &mut Diagnostics,
 ) -> Settings {
-    let mut values: BTreeMap<String, String> = BTreeMap::new();
-    for a in &recipe.args {
-        if let Some(v) = opts.build_args.get(&a.name.value).or(a.default.as_ref()) {
-            values.insert(a.name.value.clone(), v.clone());
-        }
-    }
+    let values = arg_values(recipe, opts);
     let declared: Vec<String> = recipe.args.iter().map(|a| a.name.value.clone()).collect();
     let mut sub = |text: &str, span: SourceSpan| -> String {
         match expand(text, &values, &declared) {
@@ -603,10 +610,8 @@ fn substitute_args(
             model::Pip::Requirements(_) => {}
         }
     }
-    for e in &mut out.env {
-        let span = e.span;
-        e.value.1 = sub(&e.value.1, span);
-    }
+    // `env` values are expanded in `image_config`, where the image's
+    // environment is known as well as the arguments.
     for l in &mut out.label {
         let span = l.span;
         l.value.1 = sub(&l.value.1, span);
@@ -653,6 +658,78 @@ fn expand(
     Ok(out)
 }
 
+/// An `env` value as a Dockerfile's `ENV` reads it: `$NAME` and `${NAME}`
+/// take a declared build argument's value, else the variable's value in the
+/// image's environment so far (the base image's, kiln's own, the recipe's
+/// earlier `env`); `${NAME:-WORD}` gives WORD where NAME is unset or empty,
+/// `${NAME:+WORD}` WORD where it is set; `$$` is a `$`. Also returns the
+/// names that were unset (they expand to nothing, as in a Dockerfile).
+fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, Vec<String>) {
+    fn is_name(s: &str) -> bool {
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut unset = Vec::new();
+    let get = |name: &str, unset: &mut Vec<String>| -> Option<String> {
+        let v = lookup(name);
+        if v.is_none() && !unset.iter().any(|u| u == name) {
+            unset.push(name.to_string());
+        }
+        v
+    };
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{')
+            && let Some(end) = body.find('}')
+        {
+            let inner = &body[..end];
+            let (name, op) = match inner.find(":-").or_else(|| inner.find(":+")) {
+                Some(k) => (&inner[..k], Some((&inner[k..k + 2], &inner[k + 2..]))),
+                None => (inner, None),
+            };
+            if !is_name(name) {
+                out.push_str(&rest[i..i + 2 + end + 1]);
+            } else {
+                match op {
+                    None => out.push_str(&get(name, &mut unset).unwrap_or_default()),
+                    Some((":-", word)) => match lookup(name).filter(|v| !v.is_empty()) {
+                        Some(v) => out.push_str(&v),
+                        None => out.push_str(word),
+                    },
+                    Some((_, word)) => {
+                        if lookup(name).is_some_and(|v| !v.is_empty()) {
+                            out.push_str(word);
+                        }
+                    }
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            let len = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..len];
+            if is_name(name) {
+                out.push_str(&get(name, &mut unset).unwrap_or_default());
+                rest = &after[len..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    (out, unset)
+}
+
 /// The image config: the base's, with the venv first on PATH, the GPU
 /// runtime variables, the recipe's env, user, workdir, command and labels.
 #[allow(clippy::too_many_arguments)]
@@ -665,6 +742,7 @@ fn image_config(
     source: &SourceFile,
     opts: &Options,
     platform: &Platform,
+    diags: &mut Diagnostics,
 ) -> ImageConfig {
     let mut c = runtime
         .resolved
@@ -695,8 +773,41 @@ fn image_config(
             c.set_env("NVIDIA_DRIVER_CAPABILITIES", "compute,utility");
         }
     }
+    let args = arg_values(recipe, opts);
+    let declared: Vec<&str> = recipe.args.iter().map(|a| a.name.value.as_str()).collect();
     for e in &s.env {
-        c.set_env(&e.value.0, &e.value.1);
+        let (value, unset) = {
+            let lookup = |name: &str| -> Option<String> {
+                if declared.contains(&name) {
+                    return Some(args.get(name).cloned().unwrap_or_default());
+                }
+                c.env(name).map(str::to_string)
+            };
+            expand_env(&e.value.1, &lookup)
+        };
+        // Without the base's config (`kiln compile` with no --base-config)
+        // its variables are unknown, not unset.
+        if runtime.resolved.is_some() {
+            for name in unset {
+                let help = match nearest(&name, declared.iter().copied()) {
+                    Some(n) => format!("did you mean the build argument `${{{n}}}`?"),
+                    None => {
+                        "set it in an earlier `env`, or write `$$` for a literal `$`".to_string()
+                    }
+                };
+                diags.push(
+                    Diagnostic::warning(
+                        "kiln::unset_variable",
+                        e.span,
+                        format!(
+                            "`${name}` is not set in the image's environment (the base image's ENV, kiln's, the recipe's earlier `env`) nor a build argument: it expands to nothing"
+                        ),
+                    )
+                    .with_help(help),
+                );
+            }
+        }
+        c.set_env(&e.value.0, &value);
     }
     if let Some(u) = &s.user {
         c.config.user = u.value.name.clone();
@@ -794,6 +905,34 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn env_values_expand_like_a_dockerfile_env() {
+        let vars: BTreeMap<&str, &str> =
+            [("PATH", "/opt/venv/bin:/usr/bin"), ("A", "x"), ("E", "")]
+                .into_iter()
+                .collect();
+        let lookup = |n: &str| vars.get(n).map(|v| v.to_string());
+        let x = |t: &str| expand_env(t, &lookup);
+        assert_eq!(
+            x("/usr/local/cuda/bin:$PATH").0,
+            "/usr/local/cuda/bin:/opt/venv/bin:/usr/bin"
+        );
+        assert_eq!(x("${A}/$A/${A}b/$Ab").0, "x/x/xb/");
+        assert_eq!(x("$Ab").1, vec!["Ab".to_string()]);
+        assert_eq!(
+            x("${E:-d} ${NO:-d} ${A:-d} ${A:+s} ${E:+s}|${NO:+s}").0,
+            "d d x s |"
+        );
+        assert_eq!(x("${NO:-d}").1, Vec::<String>::new());
+        assert_eq!(
+            x("$$A $${A} 5$ $1 ${not a name} ${open").0,
+            "$A ${A} 5$ $1 ${not a name} ${open"
+        );
+        let (v, unset) = x("/cuda/lib64:$LD_LIBRARY_PATH:$LD_LIBRARY_PATH");
+        assert_eq!(v, "/cuda/lib64::");
+        assert_eq!(unset, vec!["LD_LIBRARY_PATH".to_string()]);
     }
 
     #[test]
