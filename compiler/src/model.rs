@@ -540,6 +540,18 @@ impl Decoder {
                             format!("`{}` is not a python version", v.value),
                         )
                         .help = Some("write major.minor, e.g. `python \"3.11\"`".into());
+                    } else if !python_supported(&v.value) {
+                        // The venv, pip's wheels and the frameworks need a
+                        // python 3 that pip still installs for.
+                        self.err(
+                            "kiln::unsupported_python",
+                            v.span,
+                            format!(
+                                "python {} is not supported: kiln builds a python 3.8+ venv",
+                                v.value
+                            ),
+                        )
+                        .help = Some("pick python 3.8 or newer, e.g. `python \"3.11\"`".into());
                     }
                     self.set_once(&mut s.python, v, node, level);
                 }
@@ -1587,6 +1599,13 @@ fn without_arg_refs(r: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Python 3.8 or newer (`3.11`, `3.9.18`): what current pip and the
+/// frameworks' wheels still support.
+fn python_supported(v: &str) -> bool {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    matches!((parts.next(), parts.next()), (Some(Some(3)), Some(Some(m))) if m >= 8)
 }
 
 /// The project name of a requirement, normalised as pip does (PEP 503).
