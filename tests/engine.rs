@@ -59,6 +59,15 @@ fn assert_common_config(image: &Image, variant: &str) -> serde_json::Value {
         Some("/opt/venv")
     );
     assert_eq!(env_value(config, "PYTHONUNBUFFERED").as_deref(), Some("1"));
+    if variant == "cpu" {
+        // `${LANG}` in the recipe's env is the base image's LANG: the
+        // frontend hands the compiler the base's config.
+        assert_eq!(
+            env_value(config, "KILN_E2E_LANG").as_deref(),
+            Some("lang=C.UTF-8"),
+            "{config:#}"
+        );
+    }
     assert_eq!(
         env_value(config, "KILN_E2E_VARIANT").as_deref(),
         Some(variant),
@@ -352,6 +361,12 @@ fn gpu_image_on_the_cuda_base_runs_with_its_config() {
     let config = &inspect["Config"];
     // kiln keeps the base's config: its env and entrypoint.
     assert_eq!(env_value(config, "CUDA_VERSION").as_deref(), Some("12.4.1"));
+    // `$LD_LIBRARY_PATH` in the recipe's env is the base's value.
+    assert_eq!(
+        env_value(config, "LD_LIBRARY_PATH").as_deref(),
+        Some("/opt/kiln-e2e/lib:/usr/local/nvidia/lib:/usr/local/nvidia/lib64"),
+        "{config:#}"
+    );
     assert_eq!(
         env_value(config, "NVIDIA_VISIBLE_DEVICES").as_deref(),
         Some("all")
