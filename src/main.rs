@@ -91,6 +91,11 @@ struct BuildArgs {
     /// A base image's OCI config JSON, as `REF=FILE`, so the image inherits it.
     #[arg(long, value_name = "REF=FILE")]
     base_config: Vec<String>,
+    /// The build context directory, read for its `.dockerignore` (the
+    /// recipe's `<recipe>.dockerignore` next to it comes first); default:
+    /// the recipe's directory.
+    #[arg(long, value_name = "DIR")]
+    context: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -210,7 +215,45 @@ fn options(b: &BuildArgs) -> Result<Options> {
         images,
         context_name: b.context_name.clone(),
         host_network: b.network_host,
+        exclude: ignore_patterns(b)?,
     })
+}
+
+/// The patterns of the ignore file a build of this recipe would use, as the
+/// frontend finds it: `<recipe>.dockerignore` beside the recipe, else the
+/// context's `.dockerignore`.
+fn ignore_patterns(b: &BuildArgs) -> Result<Vec<String>> {
+    let from_stdin = b.recipe.as_os_str() == "-";
+    let recipe_dir = || {
+        b.recipe
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default()
+    };
+    let mut candidates = Vec::new();
+    if !from_stdin && let Some(name) = b.recipe.file_name() {
+        let mut beside = name.to_os_string();
+        beside.push(".dockerignore");
+        candidates.push(recipe_dir().join(beside));
+    }
+    let context = match &b.context {
+        Some(c) => c.clone(),
+        None if from_stdin => PathBuf::from("."),
+        None => recipe_dir(),
+    };
+    candidates.push(context.join(".dockerignore"));
+    for path in candidates {
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                return Ok(kiln_compiler::ignore::parse(&String::from_utf8_lossy(
+                    &bytes,
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+    Ok(Vec::new())
 }
 
 /// Load the recipe; `None` when it has errors (reported on stderr).

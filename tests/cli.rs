@@ -218,3 +218,53 @@ fn no_merge_compiles_for_old_engines() {
     assert!(!text.contains("\"diff\""));
     assert!(text.contains("copy /opt/venv from the builder"));
 }
+
+#[test]
+fn compile_reads_the_contexts_dockerignore() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-ignore-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let recipe = dir.join("kiln.kdl");
+    std::fs::write(&recipe, "kiln 1\npython \"3.11\"\ncopy \"app\" \"/app\"\n").expect("write");
+    let excludes = |o: &Output| -> Vec<Vec<String>> {
+        assert!(o.status.success(), "{}", stderr(o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        v["definition"]["ops"]
+            .as_array()
+            .expect("ops")
+            .iter()
+            .filter(|op| op["source"]["identifier"] == "local://context")
+            .map(|op| {
+                op["source"]["attrs"]["local.excludepatterns"]
+                    .as_str()
+                    .map(|s| serde_json::from_str(s).expect("a JSON list"))
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let compile = || {
+        kiln(&[
+            "compile",
+            "--format",
+            "json",
+            recipe.to_str().expect("utf8"),
+        ])
+    };
+    assert_eq!(excludes(&compile()), vec![Vec::<String>::new()]);
+    // The context's (here: the recipe's directory) .dockerignore, cleaned.
+    std::fs::write(
+        dir.join(".dockerignore"),
+        "# scratch\n/app/*.local\n!app/keep.local\n",
+    )
+    .expect("write");
+    assert_eq!(
+        excludes(&compile()),
+        vec![vec![
+            "app/*.local".to_string(),
+            "!app/keep.local".to_string()
+        ]]
+    );
+    // The recipe's own ignore file comes first, as Docker's does.
+    std::fs::write(dir.join("kiln.kdl.dockerignore"), "data\n").expect("write");
+    assert_eq!(excludes(&compile()), vec![vec!["data".to_string()]]);
+    let _ = std::fs::remove_dir_all(dir);
+}

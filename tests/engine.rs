@@ -420,6 +420,47 @@ fn a_second_build_is_fully_cached() {
 }
 
 #[test]
+fn the_contexts_dockerignore_keeps_files_out_of_the_build() {
+    let Some(engine) = common::engine(EngineKind::New, "dockerignore") else {
+        return;
+    };
+    let ctx = TempDir::with_fixture("ml");
+    std::fs::write(
+        ctx.path().join(".dockerignore"),
+        "# scratch files\napp/*.local\n!app/keep.local\n",
+    )
+    .expect("write");
+    let notes = ctx.path().join("app/notes.local");
+    std::fs::write(&notes, "not for the image\n").expect("write");
+    std::fs::write(ctx.path().join("app/keep.local"), "kept\n").expect("write");
+    let recipe = ctx.path().join("kiln.kdl");
+    let image = engine.image("dockerignore");
+    let build = Build::new(&recipe, ctx.path()).target("cpu").tag(&image);
+    engine.build(&build).expect_ok();
+    let files = image.sh("ls /app/app");
+    assert!(files.contains("main.py"), "{files}");
+    assert!(
+        files.contains("keep.local"),
+        "a `!` pattern re-includes: {files}"
+    );
+    assert!(
+        !files.contains("notes.local"),
+        "an ignored file was copied: {files}"
+    );
+
+    // An edit to an ignored file is no change to the build.
+    std::fs::write(&notes, format!("edited {}\n", nonce())).expect("write");
+    let rebuilt = engine.build(&build);
+    rebuilt.expect_ok();
+    let ran = rebuilt.executed_names();
+    assert!(
+        !ran.iter().any(|n| n.contains("copy app")),
+        "an ignored file's edit copied the app again:\n{}",
+        rebuilt.summary()
+    );
+}
+
+#[test]
 fn a_context_change_rebuilds_only_the_app_branch() {
     let Some(engine) = common::engine(EngineKind::New, "context_change") else {
         return;

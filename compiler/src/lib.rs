@@ -13,6 +13,7 @@ pub mod compat;
 pub mod diag;
 pub mod explain;
 pub mod graph;
+pub mod ignore;
 pub mod image;
 pub mod image_ref;
 pub mod llb;
@@ -81,6 +82,9 @@ pub struct Options {
     /// Run build steps on the host network (the client's `--network=host`,
     /// which BuildKit hands frontends as `force-network-mode=host`).
     pub host_network: bool,
+    /// What of the context no build step reads: the context's
+    /// `.dockerignore` patterns (see [`ignore::parse`]).
+    pub exclude: Vec<String>,
 }
 
 impl Default for Options {
@@ -94,6 +98,7 @@ impl Default for Options {
             images: BTreeMap::new(),
             context_name: "context".to_string(),
             host_network: false,
+            exclude: Vec::new(),
         }
     }
 }

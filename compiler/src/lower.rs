@@ -417,6 +417,7 @@ fi
             &self.opts.context_name,
             &LocalOpts {
                 include,
+                exclude: self.opts.exclude.clone(),
                 shared_key_hint: Some(hint.to_string()),
                 ..Default::default()
             },

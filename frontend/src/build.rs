@@ -34,17 +34,57 @@ pub struct RecipeFile {
 /// engine reuse the transfer BuildKit's Dockerfile frontend already made
 /// before it forwarded to kiln (`frontend/dockerui/config.go`).
 pub fn recipe_source(local: &str, filename: &str) -> pb::Definition {
+    file_source(
+        local,
+        filename,
+        local,
+        &format!("[internal] load recipe {filename}"),
+    )
+}
+
+/// One file of a local source, as its own definition.
+fn file_source(local: &str, filename: &str, hint: &str, name: &str) -> pb::Definition {
     let opts = LocalOpts {
         follow_paths: vec![filename.to_string()],
-        shared_key_hint: Some(local.to_string()),
+        shared_key_hint: Some(hint.to_string()),
         ..LocalOpts::default()
     };
-    let state = State::local(
-        local,
-        &opts,
-        OpMeta::named(format!("[internal] load recipe {filename}")),
-    );
+    let state = State::local(local, &opts, OpMeta::named(name.to_string()));
     marshal(&state, None).definition
+}
+
+/// The context's ignore patterns, as Docker reads them: the recipe's own
+/// `<recipe>.dockerignore` next to it, else `.dockerignore` at the root of
+/// the context; no file (or one the engine cannot read) is no patterns.
+pub async fn read_ignore(
+    engine: &Engine,
+    opts: &FrontendOptions,
+    sessions: &Sessions,
+) -> Vec<String> {
+    let beside_recipe = format!("{}.dockerignore", opts.filename);
+    let candidates = [
+        (
+            opts.dockerfile_local.as_str(),
+            beside_recipe.as_str(),
+            "dockerignore",
+        ),
+        (
+            opts.context_local.as_str(),
+            ".dockerignore",
+            "context-dockerignore",
+        ),
+    ];
+    for (local, file, hint) in candidates {
+        let mut def = file_source(local, file, hint, &format!("[internal] load {file}"));
+        bind_to_session(&mut def, sessions);
+        let Ok(id) = engine.solve(def, false, &[]).await else {
+            continue;
+        };
+        if let Ok(data) = engine.read_file(&id, file).await {
+            return kiln_compiler::ignore::parse(&String::from_utf8_lossy(&data));
+        }
+    }
+    Vec::new()
 }
 
 /// The digest of the op a definition ends with (the terminal op's input).
@@ -128,6 +168,7 @@ pub fn compile_options(
         images: BTreeMap::new(),
         context_name: opts.context_local.clone(),
         host_network: opts.host_network,
+        exclude: Vec::new(),
     }
 }
 
@@ -342,7 +383,12 @@ pub async fn build(engine: &Engine, env: &Environment) -> Result<gateway::Result
     let wanted = compilation
         .images_to_resolve(&copts)
         .map_err(Failure::Recipe)?;
-    let resolved = resolve_images(engine, wanted, &opts).await?;
+    let (resolved, exclude) = tokio::join!(
+        resolve_images(engine, wanted, &opts),
+        read_ignore(engine, &opts, &sessions)
+    );
+    let resolved = resolved?;
+    copts.exclude = exclude;
     copts.images.clear();
     let (builds, warnings) = compile_platforms(&compilation, &copts, &resolved)?;
     report_warnings(engine, &recipe, &warnings).await;

@@ -411,11 +411,22 @@ async fn no_cache_marks_every_op_of_the_build() {
     let code = run_frontend(&engine, &[("filename", "env.kdl"), ("no-cache", "")]).await;
     assert_eq!(code, 0);
     let state = engine.recorded();
-    // The recipe load is not part of the build; every solve after it is.
-    for solve in &state.solves[1..] {
+    // The recipe's and the ignore file's loads are not part of the build;
+    // every other solve is.
+    let mut built = 0;
+    for solve in &state.solves {
         let def = solve.definition.as_ref().expect("def");
-        assert!(def.metadata.values().all(|m| m.ignore_cache));
+        let internal = def.metadata.values().any(|m| {
+            m.description
+                .get("llb.customname")
+                .is_some_and(|n| n.starts_with("[internal] load"))
+        });
+        if !internal {
+            built += 1;
+            assert!(def.metadata.values().all(|m| m.ignore_cache));
+        }
     }
+    assert!(built > 0, "no build solve recorded");
 }
 
 #[tokio::test]
@@ -485,4 +496,52 @@ async fn warnings_reach_the_build_output_at_the_recipe_line() {
     assert_eq!(warning.ranges[0].start.expect("start").line, 3);
     drop(state);
     assert!(the_return(&engine).error.is_none());
+}
+
+#[tokio::test]
+async fn the_dockerignore_becomes_the_contexts_exclude_patterns() {
+    let excludes = |engine: &FakeEngine| -> Vec<String> {
+        let state = engine.recorded();
+        let mut found = Vec::new();
+        for solve in &state.solves {
+            for src in sources(solve.definition.as_ref().expect("def")) {
+                // (The ignore file's own load reads the context too.)
+                if src.identifier == "local://context"
+                    && !src.attrs.contains_key("local.followpaths")
+                {
+                    found.push(
+                        src.attrs
+                            .get("local.excludepatterns")
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        found
+    };
+    let plain = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    assert_eq!(run_frontend(&plain, &[("filename", "env.kdl")]).await, 0);
+    let without = excludes(&plain);
+    assert!(!without.is_empty(), "no context source was solved");
+    assert!(without.iter().all(String::is_empty), "{without:?}");
+
+    let ignored = FakeEngine::new()
+        .with_fixture("env.kdl", "env.kdl")
+        .with_file(".dockerignore", b"# scratch\n/data/**\n*.local\n");
+    assert_eq!(run_frontend(&ignored, &[("filename", "env.kdl")]).await, 0);
+    let with = excludes(&ignored);
+    assert!(
+        with.iter().all(|e| e == r#"["data/**","*.local"]"#),
+        "{with:?}"
+    );
+
+    // The recipe's own ignore file comes first.
+    let own = FakeEngine::new()
+        .with_fixture("env.kdl", "env.kdl")
+        .with_file(".dockerignore", b"*.local\n")
+        .with_file("env.kdl.dockerignore", b"notebooks\n");
+    assert_eq!(run_frontend(&own, &[("filename", "env.kdl")]).await, 0);
+    let with = excludes(&own);
+    assert!(with.iter().all(|e| e == r#"["notebooks"]"#), "{with:?}");
 }
