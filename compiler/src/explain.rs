@@ -28,9 +28,12 @@ pub fn explain(plan: &Plan) -> String {
                     .as_ref()
                     .map(|c| format!(", cuDNN {c}"))
                     .unwrap_or_default(),
-                match g.from {
-                    crate::model::CudaFrom::Base => "CUDA libraries from the base image",
-                    crate::model::CudaFrom::Wheels => "CUDA libraries from the framework's wheels",
+                match (g.from, &plan.framework) {
+                    (crate::model::CudaFrom::Base, _) => "CUDA libraries from the base image",
+                    (crate::model::CudaFrom::Wheels, Some(_)) =>
+                        "CUDA libraries from the framework's wheels",
+                    (crate::model::CudaFrom::Wheels, None) =>
+                        "CUDA libraries only from what the pip requirements install (no framework)",
                 }
             );
         }

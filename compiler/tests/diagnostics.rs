@@ -164,3 +164,35 @@ fn warnings_name_the_line_and_the_build_goes_on() {
     assert_eq!(get("LD_LIBRARY_PATH"), Some("/usr/local/cuda/lib64:"));
     assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
 }
+
+#[test]
+fn a_gpu_variant_that_nothing_brings_cuda_to_is_a_warning() {
+    let warnings = |text: &str| -> Vec<String> {
+        let c = kiln_compiler::compile("g.kdl", text, &Options::default()).expect("compiles");
+        c.warnings
+            .items
+            .iter()
+            .map(|d| format!("{} {}", c.warnings.location(d), d.code))
+            .collect()
+    };
+    let gpu = "variant \"gpu\" {\n    cuda \"12.4\"\n}\n";
+    assert_eq!(
+        warnings(&format!(
+            "kiln 1\npython \"3.11\"\npip \"cupy-cuda12x==13.3.0\"\n{gpu}"
+        )),
+        vec!["g.kdl:5:5 kiln::no_cuda"]
+    );
+    // The framework's GPU wheels bring CUDA; so do NVIDIA's own wheels.
+    assert!(
+        warnings(&format!(
+            "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\n{gpu}"
+        ))
+        .is_empty()
+    );
+    assert!(
+        warnings(&format!(
+            "kiln 1\npython \"3.11\"\npip \"cupy-cuda12x==13.3.0\" \"nvidia-cuda-runtime-cu12==12.4.127\"\n{gpu}"
+        ))
+        .is_empty()
+    );
+}

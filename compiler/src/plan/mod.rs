@@ -222,6 +222,35 @@ pub fn plan(
         &mut notes,
     )?;
 
+    // A GPU variant on the slim base with no framework: nothing brings the
+    // CUDA libraries unless the recipe's own requirements do.
+    if let Some(g) = &gpu
+        && g.from == CudaFrom::Wheels
+        && settings.framework.is_none()
+        && settings.base.is_none()
+        && !settings.pip.iter().any(|p| match &p.value {
+            model::Pip::Packages(specs) => specs
+                .iter()
+                .any(|s| model::requirement_name(s).starts_with("nvidia-")),
+            _ => false,
+        })
+    {
+        diags.push(
+            Diagnostic::warning(
+                "kiln::no_cuda",
+                g.span,
+                format!(
+                    "CUDA {} is asked for, but no framework installs its libraries: the variant runs on {} without CUDA",
+                    g.cuda,
+                    runtime.reference.familiar_name_tag()
+                ),
+            )
+            .with_help(
+                "add a `framework` (its GPU wheels bring CUDA), write `cuda … from=\"base\"` for the nvidia/cuda runtime image, or pip the CUDA wheels your packages load (nvidia-cuda-runtime-cu12, …)",
+            ),
+        );
+    }
+
     // The classic mistake: a CUDA base image under a framework whose wheels
     // bring CUDA again. It builds and runs, at twice the size.
     if let Some(fw) = &framework
