@@ -207,22 +207,25 @@ fn same_recipe_same_bytes() {
     }
 }
 
+/// The name of the op an input (`DIGEST:INDEX`) refers to.
+fn input_name(ops: &[Value], input: &Value) -> String {
+    let digest = input
+        .as_str()
+        .expect("input")
+        .split(':')
+        .next()
+        .unwrap_or("");
+    ops.iter()
+        .find(|o| o["digest"] == digest)
+        .and_then(|o| o["name"].as_str())
+        .unwrap_or("?")
+        .to_string()
+}
+
 /// The inputs of the graph's last MergeOp (the image's join), by op name.
 fn final_join_inputs(value: &Value) -> Vec<String> {
     let ops = value["builds"][0]["llb"]["ops"].as_array().expect("ops");
-    let name_of = |input: &Value| -> String {
-        let digest = input
-            .as_str()
-            .expect("input")
-            .split(':')
-            .next()
-            .unwrap_or("");
-        ops.iter()
-            .find(|o| o["digest"] == digest)
-            .and_then(|o| o["name"].as_str())
-            .unwrap_or("?")
-            .to_string()
-    };
+    let name_of = |input: &Value| input_name(ops, input);
     let join = ops
         .iter()
         .rev()
@@ -283,19 +286,6 @@ fn the_pins_check_mounts_each_package_layer_not_its_install_step() {
         &opts,
     );
     let ops = value["builds"][0]["llb"]["ops"].as_array().expect("ops");
-    let name_of = |input: &Value| -> String {
-        let digest = input
-            .as_str()
-            .expect("input")
-            .split(':')
-            .next()
-            .unwrap_or("");
-        ops.iter()
-            .find(|o| o["digest"] == digest)
-            .and_then(|o| o["name"].as_str())
-            .unwrap_or("?")
-            .to_string()
-    };
     let check = ops
         .iter()
         .find(|o| {
@@ -314,7 +304,7 @@ fn the_pins_check_mounts_each_package_layer_not_its_install_step() {
                 .as_str()
                 .is_some_and(|t| t.starts_with("/kiln/pins/"))
         })
-        .map(|m| name_of(&inputs[m["input"].as_u64().expect("input") as usize]))
+        .map(|m| input_name(ops, &inputs[m["input"].as_u64().expect("input") as usize]))
         .collect();
     assert_eq!(pins.len(), 2, "{pins:?}");
     assert!(pins[0].ends_with("layer: six==1.16.0"), "{pins:?}");
