@@ -533,7 +533,9 @@ impl Decoder {
             "python" => {
                 self.allow_props(node, &["variant"]);
                 if let Some(v) = self.one_string(node, "python version") {
-                    if !is_version(&v.value, 2) {
+                    if has_arg_ref(&v.value) {
+                        // Checked once the build argument is substituted.
+                    } else if !is_version(&v.value, 2) {
                         self.err(
                             "kiln::invalid_version",
                             v.span,
@@ -949,7 +951,7 @@ impl Decoder {
         let version = match args.get(1) {
             Some(e) => {
                 let v = self.string(e, "framework version")?;
-                if !is_version(&v.value, 1) {
+                if !has_arg_ref(&v.value) && !is_version(&v.value, 1) {
                     self.err(
                         "kiln::invalid_version",
                         v.span,
@@ -969,7 +971,7 @@ impl Decoder {
 
     fn cuda(&mut self, node: &KdlNode) -> Option<CudaReq> {
         let version = self.one_string(node, "CUDA version")?;
-        if !is_version(&version.value, 2) {
+        if !has_arg_ref(&version.value) && !is_version(&version.value, 2) {
             self.err(
                 "kiln::invalid_version",
                 version.span,
@@ -1601,9 +1603,14 @@ fn without_arg_refs(r: &str) -> String {
     out
 }
 
+/// Whether a value names a build argument (`${NAME}`), substituted later.
+pub fn has_arg_ref(v: &str) -> bool {
+    v.contains("${") && !v.contains("$${")
+}
+
 /// Python 3.8 or newer (`3.11`, `3.9.18`): what current pip and the
 /// frameworks' wheels still support.
-fn python_supported(v: &str) -> bool {
+pub fn python_supported(v: &str) -> bool {
     let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
     matches!((parts.next(), parts.next()), (Some(Some(3)), Some(Some(m))) if m >= 8)
 }

@@ -196,3 +196,49 @@ fn a_gpu_variant_that_nothing_brings_cuda_to_is_a_warning() {
         .is_empty()
     );
 }
+
+#[test]
+fn versions_may_come_from_build_arguments() {
+    let text = "kiln 1\narg \"PY\" default=\"3.11\"\narg \"TORCH\" default=\"2.4.1\"\npython \"${PY}\"\nframework \"pytorch\" \"${TORCH}\"\n";
+    let with = |args: &[(&str, &str)]| Options {
+        build_args: args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Options::default()
+    };
+    let compiled = kiln_compiler::compile("a.kdl", text, &with(&[])).expect("the defaults");
+    let explain = |c: &kiln_compiler::Compiled| kiln_compiler::explain::explain(&c.builds[0].plan);
+    assert!(
+        explain(&compiled).contains("python:3.11-slim"),
+        "{}",
+        explain(&compiled)
+    );
+    let compiled =
+        kiln_compiler::compile("a.kdl", text, &with(&[("PY", "3.12"), ("TORCH", "2.5.1")]))
+            .expect("a matrix entry");
+    let e = explain(&compiled);
+    assert!(
+        e.contains("python:3.12-slim") && e.contains("torch==2.5.1"),
+        "{e}"
+    );
+    let errors = |args: &[(&str, &str)]| -> Vec<String> {
+        let d = kiln_compiler::compile("a.kdl", text, &with(args)).expect_err("fails");
+        d.items
+            .iter()
+            .map(|x| format!("{} {}: {}", d.location(x), x.code, x.message))
+            .collect()
+    };
+    assert_eq!(
+        errors(&[("PY", "2.7")]),
+        vec![
+            "a.kdl:4:8 kiln::invalid_version: `${PY}` is `2.7` here, which is not a python 3.8+ version"
+        ]
+    );
+    assert_eq!(
+        errors(&[("TORCH", "latest")]),
+        vec![
+            "a.kdl:5:1 kiln::invalid_version: `${TORCH}` is `latest` here, which is not a framework version"
+        ]
+    );
+}

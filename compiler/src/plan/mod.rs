@@ -191,6 +191,11 @@ pub fn plan(
             return None;
         }
     };
+    // An invalid python (reported where it was read or substituted) would
+    // only add follow-on errors about wheels for it.
+    if !model::is_version(&python, 2) || !model::python_supported(&python) {
+        return None;
+    }
 
     let gpu = settings.cuda.as_ref().map(|c| Gpu {
         cuda: c.value.version.clone(),
@@ -200,6 +205,15 @@ pub fn plan(
     });
 
     let framework = match &settings.framework {
+        // An invalid version was reported where it was read or substituted.
+        Some(f)
+            if f.value
+                .version
+                .as_ref()
+                .is_some_and(|v| !model::is_version(v, 1)) =>
+        {
+            None
+        }
         Some(f) => framework::resolve(
             f,
             &python,
@@ -627,6 +641,37 @@ fn substitute_args(
     fix(&mut out.base, &mut sub);
     fix(&mut out.builder, &mut sub);
     fix(&mut out.workdir, &mut sub);
+    // Versions may come from build arguments too (a CI matrix); they are
+    // checked here, once they have their values.
+    let mut bad_versions = Vec::new();
+    if let Some(p) = &mut out.python
+        && model::has_arg_ref(&p.value)
+    {
+        let written = p.value.clone();
+        p.value = sub(&written, p.span);
+        if !model::is_version(&p.value, 2) || !model::python_supported(&p.value) {
+            bad_versions.push((p.span, written, p.value.clone(), "a python 3.8+ version"));
+        }
+    }
+    if let Some(f) = &mut out.framework
+        && let Some(v) = f.value.version.as_mut()
+        && model::has_arg_ref(v)
+    {
+        let written = v.clone();
+        *v = sub(&written, f.span);
+        if !model::is_version(v, 1) {
+            bad_versions.push((f.span, written, v.clone(), "a framework version"));
+        }
+    }
+    if let Some(c) = &mut out.cuda
+        && model::has_arg_ref(&c.value.version)
+    {
+        let written = c.value.version.clone();
+        c.value.version = sub(&written, c.span);
+        if !model::is_version(&c.value.version, 2) {
+            bad_versions.push((c.span, written, c.value.version.clone(), "a CUDA version"));
+        }
+    }
     for a in &mut out.apt {
         let span = a.span;
         a.value.packages = a.value.packages.iter().map(|p| sub(p, span)).collect();
@@ -644,6 +689,23 @@ fn substitute_args(
     for l in &mut out.label {
         let span = l.span;
         l.value.1 = sub(&l.value.1, span);
+    }
+    // (A name that is no argument was reported by `sub` already.)
+    for (span, written, value, what) in bad_versions {
+        if model::has_arg_ref(&value) {
+            continue;
+        }
+        let message = if value.is_empty() {
+            format!(
+                "`{written}` is empty here (no --build-arg and no default), and {what} is needed"
+            )
+        } else {
+            format!("`{written}` is `{value}` here, which is not {what}")
+        };
+        diags.push(
+            Diagnostic::error("kiln::invalid_version", span, message)
+                .with_help("pass a version with --build-arg, or give the argument a default"),
+        );
     }
     out
 }
