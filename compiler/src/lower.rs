@@ -657,6 +657,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     if merge {
         // One op per pinned package on the same state, each kept as a diff.
         let mut package_layers = Vec::new();
+        let mut package_states = Vec::new();
         for step in &plan.pip {
             if let PipStep::Package { spec, span } = step {
                 let cmd =
@@ -673,6 +674,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                     &next,
                     cx.meta(&format!("layer: {spec}"), Some(*span)),
                 ));
+                package_states.push(next);
             }
         }
         // Then one step with dependencies for everything: it installs what the
@@ -692,18 +694,17 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         }
         layers.extend(package_layers.iter().cloned());
         if !args.is_empty() {
-            // pip sees the pinned packages where they are: each package's
-            // layer (its diff, so just the package's files under the venv)
-            // mounted read-only and put on PYTHONPATH, so its check and
-            // resolver count them as installed, and it installs only what is
-            // missing into the venv. No MergeOp of the pins is materialized
-            // for this step. The layers, not the install steps' own results:
-            // the join needs the layers anyway, while a cached install step
-            // that is mounted must be loaded too, and on an engine that has
-            // just exported a cold build that takes about 0.1 s each, one
-            // after another, before a new install step may start (adding one
-            // pin waited 1.1 s on it). uv looks at the venv alone, so it gets
-            // the pins merged into its root.
+            // pip sees the pinned packages where they are: each package
+            // step's venv mounted read-only and put on PYTHONPATH, so its
+            // check and resolver count them as installed, and it installs
+            // only what is missing into the venv. No MergeOp of the pins is
+            // materialized for this step. The install steps, not their
+            // layers: mounting a DiffOp's result with a selector made
+            // BuildKit 0.13 (docker 26) fail the step's cache key ("failed
+            // to walk …/opt") when the layer came from cache and its install
+            // step did not, although the layers would save the first add
+            // after a cold build about 1 s of loading cached steps. uv looks
+            // at the venv alone, so it gets the pins merged into its root.
             let (base, pins_path) = match plan.installer {
                 Installer::Pip => (deps.clone(), PINS_PATH),
                 Installer::Uv => (
@@ -743,7 +744,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 cx.meta(&what, first_span),
             ));
             if plan.installer == Installer::Pip {
-                for (i, state) in package_layers.iter().enumerate() {
+                for (i, state) in package_states.iter().enumerate() {
                     exec = exec.mount(Mount::Bind {
                         target: format!("{PINS_MOUNT}/{i}"),
                         source: state.clone(),
