@@ -620,6 +620,15 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         chained = layers.len();
     }
     let env_chain = deps.clone();
+    // What the runtime branch added to its base (apt packages, the user), as
+    // one layer: where the environment's chain starts from the runtime base
+    // (`env_first`) the joins take it after the environment's layers.
+    let rt_steps = (!rt_packages.is_empty() || plan.user.is_some())
+        .then(|| State::diff(&rt_base, &rt, cx.meta("layer: runtime steps", None)));
+    // The last pip step's layer, and (with `env_first`) its result, which
+    // is then the whole environment: see below.
+    let mut remaining: Option<State> = None;
+    let mut remaining_on_join: Option<State> = None;
 
     // Every later install names the framework again: pip's resolver only
     // honours the constraints of the packages it is asked for, so without
@@ -705,7 +714,22 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             // step did not, although the layers would save the first add
             // after a cold build about 1 s of loading cached steps. uv looks
             // at the venv alone, so it gets the pins merged into its root.
+            //
+            // Where the environment's chain starts from the runtime base
+            // (`env_first`), the step runs on the join of runtime and pins
+            // instead: pip sees the pins installed where they are in the
+            // image, nothing is mounted (a mounted cached install step must
+            // be loaded, about 0.1 s each, one after another, right after a
+            // cold build), and the checks run on its result, so that join
+            // is the only one materialized.
+            let pins_join = || {
+                let mut parts = vec![deps.clone()];
+                parts.extend(package_layers.iter().cloned());
+                parts.extend(rt_steps.iter().cloned());
+                State::merge(&parts, cx.meta("join runtime + environment", None))
+            };
             let (base, pins_path) = match plan.installer {
+                Installer::Pip if env_first => (pins_join(), ""),
                 Installer::Pip => (deps.clone(), PINS_PATH),
                 Installer::Uv => (
                     State::merge(
@@ -743,7 +767,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 &b_env,
                 cx.meta(&what, first_span),
             ));
-            if plan.installer == Installer::Pip {
+            if plan.installer == Installer::Pip && !env_first {
                 for (i, state) in package_states.iter().enumerate() {
                     exec = exec.mount(Mount::Bind {
                         target: format!("{PINS_MOUNT}/{i}"),
@@ -754,11 +778,14 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 }
             }
             let done = base.run(exec).root();
-            layers.push(State::diff(
+            remaining = Some(State::diff(
                 &base,
                 &done,
                 cx.meta("layer: remaining requirements", None),
             ));
+            if plan.installer == Installer::Pip && env_first {
+                remaining_on_join = Some(done);
+            }
         }
     } else {
         for (i, step) in plan.pip.iter().enumerate() {
@@ -874,29 +901,28 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // layers; or, where the environment's chain starts from the runtime base
     // (`env_first`), that chain, the other layers, then what the runtime
     // branch added to its base (apt packages, the user).
-    let rt_steps = !rt_packages.is_empty() || plan.user.is_some();
     let join_parts = || -> Vec<State> {
-        if env_first {
+        let mut parts = if env_first {
             let mut parts = vec![env_chain.clone()];
             parts.extend(layers.iter().skip(chained).cloned());
-            if rt_steps {
-                parts.push(State::diff(
-                    &rt_base,
-                    &rt,
-                    cx.meta("layer: runtime steps", None),
-                ));
-            }
+            parts.extend(rt_steps.iter().cloned());
             parts
         } else {
             let mut parts = vec![rt.clone()];
             parts.extend(layers.iter().cloned());
             parts
-        }
+        };
+        parts.extend(remaining.iter().cloned());
+        parts
     };
     // The environment: runtime + installed packages + `run` steps after deps.
     // Checks that need only the environment run on it, so an app edit
     // re-runs none of them.
-    let environment = if merge {
+    let environment = if let Some(done) = &remaining_on_join {
+        // The last pip step ran on the join of runtime and pins: its result
+        // holds the same files as the join of every layer.
+        done.clone()
+    } else if merge {
         State::merge(&join_parts(), cx.meta("join runtime + environment", None))
     } else {
         rt.file(

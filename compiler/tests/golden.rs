@@ -260,7 +260,11 @@ fn joins_start_from_the_environment_chain_when_the_builder_is_the_runtime_base()
     );
     assert!(inputs[1].ends_with("layer: six==1.16.0"), "{inputs:?}");
     assert!(
-        inputs[inputs.len() - 2].ends_with("layer: runtime steps"),
+        inputs[inputs.len() - 3].ends_with("layer: runtime steps"),
+        "{inputs:?}"
+    );
+    assert!(
+        inputs[inputs.len() - 2].ends_with("layer: remaining requirements"),
         "{inputs:?}"
     );
     assert!(!inputs.iter().any(|i| i.ends_with("layer: environment")));
@@ -274,20 +278,18 @@ fn joins_start_from_the_environment_chain_when_the_builder_is_the_runtime_base()
     assert!(inputs[1].ends_with("layer: environment"), "{inputs:?}");
 }
 
-#[test]
-fn the_pins_check_mounts_each_install_step_not_its_layer() {
-    // A mounted DiffOp result broke the step's cache key on BuildKit 0.13
-    // when the layer was cached and its install step was not (see lower).
+/// The pins check op of a compiled recipe, with the names of the states
+/// its root and its `/kiln/pins/*` mounts come from.
+fn pins_check(text: &str) -> (String, Vec<String>, Value) {
     let opts = Options {
         images: slim_config(),
         ..Options::default()
     };
-    let value = snapshot(
-        "pins-mounts",
-        "kiln 1\npython \"3.11\"\npip \"six==1.16.0\" \"idna==3.7\"\n",
-        &opts,
-    );
-    let ops = value["builds"][0]["llb"]["ops"].as_array().expect("ops");
+    let value = snapshot("pins-check", text, &opts);
+    let ops = value["builds"][0]["llb"]["ops"]
+        .as_array()
+        .expect("ops")
+        .clone();
     let check = ops
         .iter()
         .find(|o| {
@@ -295,9 +297,11 @@ fn the_pins_check_mounts_each_install_step_not_its_layer() {
                 .as_str()
                 .is_some_and(|n| n.ends_with("pip: dependencies the pins did not name"))
         })
-        .expect("the pins check");
+        .expect("the pins check")
+        .clone();
     let inputs = check["inputs"].as_array().expect("inputs");
-    let pins: Vec<String> = check["exec"]["mounts"]
+    let root = input_name(&ops, &inputs[0]);
+    let pins = check["exec"]["mounts"]
         .as_array()
         .expect("mounts")
         .iter()
@@ -306,8 +310,48 @@ fn the_pins_check_mounts_each_install_step_not_its_layer() {
                 .as_str()
                 .is_some_and(|t| t.starts_with("/kiln/pins/"))
         })
-        .map(|m| input_name(ops, &inputs[m["input"].as_u64().expect("input") as usize]))
+        .map(|m| input_name(&ops, &inputs[m["input"].as_u64().expect("input") as usize]))
         .collect();
+    (root, pins, value)
+}
+
+#[test]
+fn the_pins_check_runs_on_the_join_when_the_builder_is_the_runtime_base() {
+    // Nothing mounted: pip sees the pins installed as the image has them,
+    // and the checks run on the step's result, the one join materialized.
+    let (root, pins, value) = pins_check(
+        "kiln 1\npython \"3.11\"\npip \"six==1.16.0\" \"idna==3.7\"\nuser \"app\"\nverify \"import six\"\n",
+    );
+    assert!(root.ends_with("join runtime + environment"), "{root}");
+    assert!(pins.is_empty(), "{pins:?}");
+    let checks = value["builds"][0]["checks"]["ops"]
+        .as_array()
+        .expect("checks");
+    let verify = checks
+        .iter()
+        .find(|o| {
+            o["name"]
+                .as_str()
+                .is_some_and(|n| n.contains("verify: import six"))
+        })
+        .expect("the verify op");
+    let on = input_name(checks, &verify["inputs"][0]);
+    assert!(
+        on.ends_with("pip: dependencies the pins did not name"),
+        "{on}"
+    );
+}
+
+#[test]
+fn a_separate_builder_mounts_each_install_step_for_the_pins_check() {
+    // A builder with packages of its own: the check runs there, with each
+    // install step mounted (not its layer: a mounted DiffOp result broke the
+    // step's cache key on BuildKit 0.13 when the layer was cached and its
+    // install step was not).
+    let (root, pins, _) = pins_check(
+        "kiln 1\npython \"3.11\"\napt \"build-essential\" stage=\"build\"\npip \"six==1.16.0\" \"idna==3.7\"\n",
+    );
+    assert!(root.ends_with("python -m venv /opt/venv"), "{root}");
     assert_eq!(pins.len(), 2, "{pins:?}");
     assert!(pins[0].ends_with("pip install six==1.16.0"), "{pins:?}");
     assert!(pins[1].ends_with("pip install idna==3.7"), "{pins:?}");
