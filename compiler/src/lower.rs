@@ -783,7 +783,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 &done,
                 cx.meta("layer: remaining requirements", None),
             ));
-            if plan.installer == Installer::Pip && env_first {
+            if env_first {
                 remaining_on_join = Some(done);
             }
         }
