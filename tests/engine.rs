@@ -611,8 +611,9 @@ fn adding_one_pinned_dependency_runs_only_its_install() {
 }
 
 /// Pins that leave out a dependency (python-dateutil needs six): the last
-/// step sees the pinned packages where their own steps put them, installs
-/// only what is missing, and the pins are not installed twice.
+/// step sees the pinned packages (here, with the builder as the runtime
+/// base, installed in the join it runs on), installs only what is missing,
+/// and the pins are not installed twice.
 #[test]
 fn pins_that_leave_out_a_dependency_get_it_and_only_it() {
     let Some(engine) = common::engine(EngineKind::New, "incomplete_pins") else {
