@@ -106,7 +106,8 @@ for p in problems:
     print("kiln:", p)
 sys.exit(1 if problems else 0)
 "#;
-/// Where the remaining-requirements step mounts each package step's venv.
+/// Where the remaining-requirements step mounts each package step's venv
+/// (with a separate builder; see `lower`).
 const PINS_MOUNT: &str = "/kiln/pins";
 /// Puts the mounted pins' site-packages on PYTHONPATH (see `lower`).
 const PINS_PATH: &str = "kiln_pins=
