@@ -301,6 +301,57 @@ fn cpu_image_files_user_and_permissions() {
     );
 }
 
+/// ubuntu:24.04 (and so nvidia/cuda's ubuntu24.04 images) ships a user
+/// `ubuntu` with uid and gid 1000, the recipe's default: `useradd -u 1000`
+/// then fails. kiln renames that account instead.
+#[test]
+fn a_base_that_has_the_users_uid_gets_it_renamed() {
+    let Some(engine) = common::engine(EngineKind::New, "uid_taken") else {
+        return;
+    };
+    let base = Image {
+        engine,
+        tag: format!("kiln-e2e-base:uid-{}", nonce()),
+    };
+    let dir = TempDir::new("uid-base");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM python:3.11-slim\nRUN groupadd -g 1000 ubuntu && useradd -m -u 1000 -g 1000 ubuntu\n",
+    )
+    .expect("write");
+    let o = engine
+        .docker()
+        .args(["build", "-q", "-t", &base.tag])
+        .arg(dir.path())
+        .output()
+        .expect("docker build");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let ctx = TempDir::new("uid-ctx");
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        format!(
+            "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nbase \"{}\"\nuser \"app\" uid=1000\nworkdir \"/app\"\ncmd \"id\"\n",
+            base.tag
+        ),
+    )
+    .expect("write");
+    let image = engine.image("uid-taken");
+    engine
+        .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
+        .expect_ok();
+    assert_eq!(
+        image.run(&[]).trim(),
+        "uid=1000(app) gid=1000(app) groups=1000(app)"
+    );
+    assert_eq!(
+        image
+            .sh("echo $HOME; stat -c '%U %G' /app /home/app; ls /home")
+            .trim(),
+        "/home/app\napp app\napp app\napp"
+    );
+}
+
 #[test]
 fn cpu_image_holds_no_cache_and_no_secret() {
     let Some(engine) = common::engine(EngineKind::New, "cpu_image_no_cache_no_secret") else {

@@ -376,8 +376,19 @@ fi
         meta: OpMeta,
     ) -> State {
         let quoted: Vec<String> = packages.iter().map(|p| quote(p)).collect();
+        // apt's https method reads its CA file from its own option, not
+        // from SSL_CERT_FILE (nvidia/cuda images have an https source).
+        let apt_ca = match &self.plan.ca_bundle {
+            Some(id) => {
+                let p = secret_path(id);
+                format!(
+                    "if [ -s {p} ]; then kiln_apt=\"$kiln_apt -o Acquire::https::CAInfo={p}\"; fi\n"
+                )
+            }
+            None => String::new(),
+        };
         let script = format!(
-            "{}{APT_DIRS}apt-get $kiln_apt update -q\napt-get $kiln_apt install -y -q --no-install-recommends -o APT::Keep-Downloaded-Packages=true {}\n",
+            "{}{APT_DIRS}{apt_ca}apt-get $kiln_apt update -q\napt-get $kiln_apt install -y -q --no-install-recommends -o APT::Keep-Downloaded-Packages=true {}\n",
             self.install_prelude(),
             quoted.join(" ")
         );
@@ -1084,8 +1095,19 @@ fn user_script(name: &str, uid: u32, gid: u32) -> String {
     format!(
         "set -eu
 if command -v useradd >/dev/null 2>&1; then
+  old=$(getent passwd {uid} | cut -d: -f1) || old=
+  if [ -n \"$old\" ] && [ \"$old\" != {name} ] && ! getent passwd {name} >/dev/null; then
+    usermod -l {name} -d /home/{name} -m \"$old\"
+    if [ \"$(getent group \"$old\" | cut -d: -f3)\" = {gid} ]; then groupmod -n {name} \"$old\"; fi
+    echo \"kiln: the base's account $old had uid {uid}; it is now {name}\"
+  fi
   getent group {gid} >/dev/null || groupadd -g {gid} {name}
   getent passwd {name} >/dev/null || useradd -l -m -u {uid} -g {gid} -s /bin/sh {name}
+  if [ \"$(id -u {name})\" != {uid} ]; then
+    echo \"kiln: the base already has a user {name} with uid $(id -u {name}), not {uid}\" >&2
+    exit 1
+  fi
+  [ \"$(id -g {name})\" = {gid} ] || usermod -g {gid} {name}
 else
   grep -q '^{name}:' /etc/group || echo '{name}:x:{gid}:' >> /etc/group
   grep -q '^{name}:' /etc/passwd || echo '{name}:x:{uid}:{gid}::/home/{name}:/bin/sh' >> /etc/passwd
