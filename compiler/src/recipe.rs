@@ -44,11 +44,11 @@ pub fn parse(name: &str, text: &str) -> Result<Syntax, Diagnostics> {
         return Err(diags);
     }
     let (kdl_text, directive) = strip_directives(text);
-    if let Some(offset) = too_deep(&kdl_text) {
+    if let Some((offset, what)) = too_deep(&kdl_text) {
         diags.push(Diagnostic::error(
             "kiln::too_deep",
             SourceSpan::new(offset.into(), 1),
-            format!("blocks nest deeper than {MAX_NESTING} levels; a recipe needs one or two"),
+            format!("{what} deeper than {MAX_NESTING} levels here; a recipe needs one or two"),
         ));
         return Err(diags);
     }
@@ -169,13 +169,22 @@ fn blank(line: &str) -> String {
     s
 }
 
-/// The offset of the first `{` that opens a block nested deeper than
-/// [`MAX_NESTING`], skipping strings and comments.
-fn too_deep(text: &str) -> Option<usize> {
+/// Where a recipe nests deeper than [`MAX_NESTING`], and how: blocks,
+/// block comments (they nest in KDL), or a run of prefixes (`/-`
+/// slashdashes, `(type)` annotations, stray `}`). The KDL parser recurses
+/// on each of them, and a stack overflow cannot be caught: it would abort
+/// kiln (and the frontend) on a few kilobytes of input. Strings and line
+/// comments are skipped.
+fn too_deep(text: &str) -> Option<(usize, &'static str)> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
+    // Prefixes since the last other token, and `}` that closed no block.
+    let mut prefixes = 0usize;
+    let mut stray = 0usize;
     let mut i = 0;
     while i < bytes.len() {
+        let start = i;
+        let mut prefix = false;
         match bytes[i] {
             b'"' => {
                 i += 1;
@@ -192,20 +201,63 @@ fn too_deep(text: &str) -> Option<usize> {
                 }
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                let mut comments = 0usize;
+                while i < bytes.len() {
+                    if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
+                        comments += 1;
+                        if comments > MAX_NESTING {
+                            return Some((i, "block comments `/* */` nest"));
+                        }
+                        i += 2;
+                    } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
+                        comments -= 1;
+                        i += 2;
+                        if comments == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                // Comments are whitespace: they neither start nor end a run.
+                continue;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'-') => {
+                prefix = true;
+                i += 1;
+            }
+            b'(' => {
+                prefix = true;
+                while i < bytes.len() && bytes[i] != b')' {
                     i += 1;
                 }
-                i += 1;
             }
             b'{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
-                    return Some(i);
+                    return Some((i, "blocks `{ }` nest"));
                 }
             }
-            b'}' => depth = depth.saturating_sub(1),
+            b'}' if depth == 0 => {
+                stray += 1;
+                if stray > MAX_NESTING {
+                    return Some((i, "`}` that close no block repeat"));
+                }
+            }
+            b'}' => depth -= 1,
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                i += 1;
+                continue;
+            }
             _ => {}
+        }
+        if prefix {
+            prefixes += 1;
+            if prefixes > MAX_NESTING {
+                return Some((start, "`/-` slashdashes or `(type)` annotations chain"));
+            }
+        } else {
+            prefixes = 0;
         }
         i += 1;
     }
@@ -251,6 +303,26 @@ mod tests {
         let deep = format!("kiln 1\n{}{}", "a {".repeat(10_000), "}".repeat(10_000));
         let err = parse("r.kdl", &deep).expect_err("too deep");
         assert!(err.render_plain().contains("kiln::too_deep"));
+        // Each of these overflowed the parser's stack (an abort, not a
+        // panic) at a few thousand repeats.
+        for bomb in [
+            "/*".repeat(4000),
+            format!("{}x", "/-".repeat(3000)),
+            format!("x {}\"a\"", "/-".repeat(3000)),
+            "}".repeat(20_000),
+            format!("x {}\"a\"", "(a)".repeat(40_000)),
+        ] {
+            let err = parse("r.kdl", &format!("kiln 1\n{bomb}\n")).expect_err("too deep");
+            assert!(
+                err.render_plain().contains("kiln::too_deep"),
+                "{}",
+                err.render_plain()
+            );
+        }
+        // Ordinary comments, slashdashes and annotations are fine.
+        let text =
+            "kiln 1\n/* a /* nested */ comment */\n/-pip \"x\"\npython (v)\"3.11\" /- \"y\"\n";
+        parse("r.kdl", text).expect("parses");
         let huge = "// x\n".repeat(MAX_RECIPE_BYTES);
         let err = parse("r.kdl", &huge).expect_err("too large");
         assert!(err.render_plain().contains("kiln::too_large"));
