@@ -276,10 +276,35 @@ fn write_stdout(bytes: &[u8]) -> Result<()> {
 }
 
 /// Write a file through a temporary sibling, so a failure leaves no partial file.
+/// Write an output file whole or not at all: a regular file (or a new one)
+/// is written next to itself and renamed into place; a symlink is followed;
+/// a FIFO, a device (`/dev/stdout`) or a process substitution is written
+/// through, since replacing it would break whoever reads it.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("kiln-tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    let target = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(_) => path.to_path_buf(),
+    };
+    match std::fs::metadata(&target) {
+        Ok(m) if m.is_dir() => bail!("{} is a directory", path.display()),
+        Ok(m) if !m.is_file() => {
+            return std::fs::write(&target, bytes)
+                .with_context(|| format!("writing {}", path.display()));
+        }
+        _ => {}
+    }
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = target.with_file_name(format!(".{name}.{}.kiln-tmp", std::process::id()));
+    let written = std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, &target))
+        .with_context(|| format!("writing {}", path.display()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

@@ -91,6 +91,51 @@ fn config_out_holds_the_image_config() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--config-out` writes through a symlink (the link stays), refuses a
+/// directory, and leaves no temporary file behind either way.
+#[test]
+fn config_out_follows_links_and_leaves_nothing_behind() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-cfglink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+    std::fs::write(dir.join("real.json"), "old").expect("write");
+    std::os::unix::fs::symlink("real.json", dir.join("link.json")).expect("symlink");
+    let link = dir.join("link.json");
+    let o = kiln(&[
+        "compile",
+        "examples/sklearn-service/kiln.kdl",
+        "--config-out",
+        link.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .expect("link")
+            .file_type()
+            .is_symlink()
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("real.json")).expect("read")).expect("json");
+    assert_eq!(v["config"]["User"], "app");
+
+    let sub = dir.join("sub");
+    let o = kiln(&[
+        "compile",
+        "examples/sklearn-service/kiln.kdl",
+        "--config-out",
+        sub.to_str().expect("utf8"),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .expect("list")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["link.json", "real.json", "sub"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn base_config_with_a_digest_pins_the_tag_the_recipe_names() {
     let dir = std::env::temp_dir().join(format!("kiln-cli-base-{}", std::process::id()));
