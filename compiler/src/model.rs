@@ -616,7 +616,7 @@ impl Decoder {
                         }
                     }
                     "workdir" => {
-                        if !value.value.starts_with('/') {
+                        if !value.value.starts_with('/') && !has_arg_ref(&value.value) {
                             self.err(
                                 "kiln::invalid_path",
                                 value.span,
@@ -695,7 +695,7 @@ impl Decoder {
                     return;
                 }
                 for p in &packages {
-                    if !valid_apt_package(p) {
+                    if !valid_apt_package(p) && !has_arg_ref(p) {
                         let e = find_arg(node, p).unwrap_or(span);
                         self.err(
                             "kiln::invalid_value",
@@ -1393,6 +1393,10 @@ impl Decoder {
     }
 
     fn check_image_ref(&mut self, value: &Spanned<String>) {
+        // With a build argument in it, it is checked once substituted.
+        if has_arg_ref(&value.value) {
+            return;
+        }
         if let Err(why) = crate::image_ref::ImageRef::parse(&value.value) {
             self.err(
                 "kiln::invalid_image",
@@ -1520,7 +1524,7 @@ fn valid_user_name(n: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
-fn valid_apt_package(p: &str) -> bool {
+pub fn valid_apt_package(p: &str) -> bool {
     let name = p.split('=').next().unwrap_or("");
     name.len() >= 2
         && name
@@ -1565,15 +1569,132 @@ pub fn check_requirement(r: &str) -> Result<(), &'static str> {
     if name_end == 0 {
         return Err("it does not start with a project name");
     }
-    let rest = r[name_end..].trim_start();
-    if rest.ends_with(['=', '<', '>', '!', '~', ',']) {
-        return Err("a version specifier needs a version after its operator");
+    check_requirement_rest(r[name_end..].trim_start())
+}
+
+/// What follows a requirement's name (PEP 508): `[extras]`, version
+/// clauses (`>=1.2, <2`, or in parentheses), `; marker`, or `@ url`.
+fn check_requirement_rest(rest: &str) -> Result<(), &'static str> {
+    let mut rest = rest;
+    if let Some(r) = rest.strip_prefix('[') {
+        let Some(end) = r.find(']') else {
+            return Err("its `[extras]` are not closed");
+        };
+        let ok = r[..end].split(',').all(|e| {
+            let e = e.trim();
+            !e.is_empty()
+                && e.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        });
+        if !ok {
+            return Err("`[extras]` are names separated by commas");
+        }
+        rest = r[end + 1..].trim_start();
     }
-    if rest.is_empty() || rest.starts_with(['[', '=', '<', '>', '!', '~', '@', ';', '(']) {
-        Ok(())
-    } else {
-        Err("write one requirement per value")
+    if rest.starts_with('@') {
+        return Ok(());
     }
+    let (spec, marker) = match rest.split_once(';') {
+        Some((a, b)) => (a.trim(), Some(b.trim())),
+        None => (rest.trim(), None),
+    };
+    let spec = match spec.strip_prefix('(') {
+        Some(inner) => match inner.strip_suffix(')') {
+            Some(inner) => inner.trim(),
+            None => return Err("its `(` is not closed"),
+        },
+        None => spec,
+    };
+    if !spec.is_empty() {
+        for clause in spec.split(',') {
+            let clause = clause.trim();
+            let op_len = clause
+                .find(|c: char| !"=<>!~".contains(c))
+                .unwrap_or(clause.len());
+            let (op, version) = (&clause[..op_len], clause[op_len..].trim());
+            if op.is_empty() {
+                return Err("write one requirement per value");
+            }
+            if !["==", "===", "!=", "<=", ">=", "~=", "<", ">"].contains(&op) {
+                return Err(
+                    "its version operator is not one of ==, !=, <=, >=, ~=, <, >, ===; `=` alone is not pip's",
+                );
+            }
+            if version.is_empty() {
+                return Err("a version specifier needs a version after its operator");
+            }
+            if !version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".*+!-_".contains(c))
+            {
+                return Err("write one requirement per value");
+            }
+        }
+    }
+    match marker {
+        Some(m) => check_marker(m),
+        None => Ok(()),
+    }
+}
+
+/// An environment marker's names must be PEP 508's: a misspelt one makes
+/// pip reject the requirement.
+fn check_marker(m: &str) -> Result<(), &'static str> {
+    const NAMES: &[&str] = &[
+        "python_version",
+        "python_full_version",
+        "os_name",
+        "sys_platform",
+        "platform_release",
+        "platform_system",
+        "platform_version",
+        "platform_machine",
+        "platform_python_implementation",
+        "implementation_name",
+        "implementation_version",
+        "extra",
+        "and",
+        "or",
+        "in",
+        "not",
+        // Accepted by pip for old packages.
+        "os.name",
+        "sys.platform",
+        "platform.version",
+        "platform.machine",
+        "platform.python_implementation",
+        "python_implementation",
+    ];
+    if m.is_empty() {
+        return Err("its `;` is followed by no marker");
+    }
+    let mut chars = m.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '"' || c == '\'' {
+            // A quoted value: skip to its end.
+            if !chars.by_ref().any(|(_, d)| d == c) {
+                return Err("a quoted value in its marker is not closed");
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let mut end = i + c.len_utf8();
+            while let Some(&(j, d)) = chars.peek() {
+                if d.is_ascii_alphanumeric() || d == '_' || d == '.' {
+                    end = j + d.len_utf8();
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            if !NAMES.contains(&&m[i..end]) {
+                return Err(
+                    "its marker names a variable PEP 508 does not have (e.g. python_version, sys_platform)",
+                );
+            }
+        } else if !(c.is_whitespace() || "()<>=!~".contains(c)) {
+            return Err("its marker is not a PEP 508 marker");
+        }
+    }
+    Ok(())
 }
 
 /// `numpy==${V}` → `numpy==0`: build argument references stand for a value.
@@ -1638,6 +1759,33 @@ pub fn requirement_name(r: &str) -> String {
 }
 
 /// `name==version` exactly (no wildcard), the form per-package layers need.
+/// Whether two versions are the same release under PEP 440's equality:
+/// `1.16` is `1.16.0`, `01.2` is `1.2`, case and a leading `v` do not
+/// count.
+pub fn same_version(a: &str, b: &str) -> bool {
+    fn norm(v: &str) -> (Vec<u64>, String) {
+        let v = v.trim().to_ascii_lowercase();
+        let v = v.strip_prefix('v').unwrap_or(&v);
+        let end = v
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(v.len());
+        let (release, rest) = v.split_at(end);
+        let (release, rest) = match release.strip_suffix('.') {
+            Some(r) => (r, format!(".{rest}")),
+            None => (release, rest.to_string()),
+        };
+        let mut parts: Vec<u64> = release
+            .split('.')
+            .map(|p| p.parse().unwrap_or(u64::MAX))
+            .collect();
+        while parts.len() > 1 && parts.last() == Some(&0) {
+            parts.pop();
+        }
+        (parts, rest)
+    }
+    norm(a) == norm(b)
+}
+
 pub fn exact_pin(r: &str) -> Option<(String, String)> {
     let r = r.trim();
     if r.contains([';', '@', '[', ',']) {

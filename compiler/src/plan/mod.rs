@@ -345,7 +345,7 @@ pub fn plan(
                 true
             }
             Some((_, first)) => {
-                if *first != version {
+                if !model::same_version(first, &version) {
                     diags.push(
                         Diagnostic::error(
                             "kiln::conflicting_pins",
@@ -641,6 +641,29 @@ fn substitute_args(
     fix(&mut out.base, &mut sub);
     fix(&mut out.builder, &mut sub);
     fix(&mut out.workdir, &mut sub);
+    // What came from an argument is checked as the literal would have
+    // been, once it has its value.
+    let mut bad_values: Vec<(SourceSpan, String, String)> = Vec::new();
+    for (written, now) in [(&s.base, &out.base), (&s.builder, &out.builder)] {
+        if let (Some(w), Some(n)) = (written, now)
+            && model::has_arg_ref(&w.value)
+            && !model::has_arg_ref(&n.value)
+            && let Err(why) = crate::image_ref::ImageRef::parse(&n.value)
+        {
+            bad_values.push((
+                n.span,
+                w.value.clone(),
+                format!("not an image reference: {why}"),
+            ));
+        }
+    }
+    if let (Some(w), Some(n)) = (&s.workdir, &out.workdir)
+        && model::has_arg_ref(&w.value)
+        && !model::has_arg_ref(&n.value)
+        && !n.value.starts_with('/')
+    {
+        bad_values.push((n.span, w.value.clone(), "not an absolute path".to_string()));
+    }
     // Versions may come from build arguments too (a CI matrix); they are
     // checked here, once they have their values.
     let mut bad_versions = Vec::new();
@@ -674,12 +697,55 @@ fn substitute_args(
     }
     for a in &mut out.apt {
         let span = a.span;
-        a.value.packages = a.value.packages.iter().map(|p| sub(p, span)).collect();
+        let mut packages = Vec::new();
+        for p in &a.value.packages {
+            if !model::has_arg_ref(p) {
+                packages.push(p.clone());
+                continue;
+            }
+            let now = sub(p, span);
+            if model::has_arg_ref(&now) {
+                packages.push(now);
+                continue;
+            }
+            // One argument may name several packages (`apt "${EXTRA}"`).
+            let names: Vec<&str> = now.split_whitespace().collect();
+            if names.is_empty() {
+                continue;
+            }
+            for n in names {
+                if !model::valid_apt_package(n) {
+                    bad_values.push((
+                        span,
+                        p.clone(),
+                        format!("`{n}` is not a Debian package name"),
+                    ));
+                }
+                packages.push(n.to_string());
+            }
+        }
+        a.value.packages = packages;
     }
     for p in &mut out.pip {
         let span = p.span;
         match &mut p.value {
-            model::Pip::Packages(specs) => *specs = specs.iter().map(|x| sub(x, span)).collect(),
+            model::Pip::Packages(specs) => {
+                let mut now = Vec::new();
+                for x in specs.iter() {
+                    let v = sub(x, span);
+                    if model::has_arg_ref(x) && !model::has_arg_ref(&v) {
+                        if let Err(why) = model::check_requirement(&v) {
+                            bad_values.push((
+                                span,
+                                x.clone(),
+                                format!("not a pip requirement: {why}"),
+                            ));
+                        }
+                    }
+                    now.push(v);
+                }
+                *specs = now;
+            }
             model::Pip::Index { url, .. } => *url = sub(url, span),
             model::Pip::Requirements(_) => {}
         }
@@ -689,6 +755,19 @@ fn substitute_args(
     for l in &mut out.label {
         let span = l.span;
         l.value.1 = sub(&l.value.1, span);
+    }
+    for (span, written, why) in bad_values {
+        diags.push(
+            Diagnostic::error(
+                "kiln::invalid_value",
+                span,
+                format!(
+                    "`{written}` is `{}` here: {why}",
+                    expand(&written, &values, &declared).unwrap_or_default()
+                ),
+            )
+            .with_help("check the --build-arg value or the argument's default"),
+        );
     }
     // (A name that is no argument was reported by `sub` already.)
     for (span, written, value, what) in bad_versions {
