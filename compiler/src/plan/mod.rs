@@ -641,6 +641,13 @@ fn substitute_args(
     fix(&mut out.base, &mut sub);
     fix(&mut out.builder, &mut sub);
     fix(&mut out.workdir, &mut sub);
+    fix(&mut out.name, &mut sub);
+    fix(&mut out.conda, &mut sub);
+    for c in &mut out.copy {
+        let span = c.span;
+        c.value.src = sub(&c.value.src, span);
+        c.value.dest = sub(&c.value.dest, span);
+    }
     // What came from an argument is checked as the literal would have
     // been, once it has its value.
     let mut bad_values: Vec<(SourceSpan, String, String)> = Vec::new();
@@ -655,6 +662,36 @@ fn substitute_args(
                 w.value.clone(),
                 format!("not an image reference: {why}"),
             ));
+        }
+    }
+    // Context paths must stay in the context once substituted.
+    let mut context_paths: Vec<(SourceSpan, &String, &mut String)> = Vec::new();
+    if let (Some(w), Some(n)) = (&s.conda, &mut out.conda) {
+        context_paths.push((n.span, &w.value, &mut n.value));
+    }
+    for (w, n) in s.copy.iter().zip(out.copy.iter_mut()) {
+        context_paths.push((n.span, &w.value.src, &mut n.value.src));
+    }
+    for (w, n) in s.pip.iter().zip(out.pip.iter_mut()) {
+        if let (model::Pip::Requirements(wp), model::Pip::Requirements(np)) =
+            (&w.value, &mut n.value)
+        {
+            let now = sub(wp, n.span);
+            *np = now;
+            context_paths.push((n.span, wp, np));
+        }
+    }
+    for (span, written, now) in context_paths {
+        if !model::has_arg_ref(written) || model::has_arg_ref(now) {
+            continue;
+        }
+        match model::normalize_context_path(now) {
+            Ok(p) => *now = p,
+            Err(why) => bad_values.push((
+                span,
+                written.clone(),
+                format!("not a path in the build context: {why}"),
+            )),
         }
     }
     if let (Some(w), Some(n)) = (&s.workdir, &out.workdir)
@@ -756,6 +793,7 @@ fn substitute_args(
         let span = l.span;
         l.value.1 = sub(&l.value.1, span);
     }
+    bad_values.sort_by_key(|(span, _, _)| span.offset());
     for (span, written, why) in bad_values {
         diags.push(
             Diagnostic::error(
