@@ -47,7 +47,8 @@ enum Command {
     Check {
         #[command(flatten)]
         build: BuildArgs,
-        /// Check every variant, not just the one `--target` names.
+        /// Check every variant even when `--target` names one (without
+        /// `--target`, every variant is checked).
         #[arg(long)]
         all_variants: bool,
     },
@@ -398,8 +399,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let Some(c) = load(&build)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            // Every variant, unless `--target` names one: a broken gpu
+            // variant must not pass because cpu is the default.
             let mut targets: Vec<Option<String>> = vec![opts.target.clone()];
-            if all_variants && !c.recipe.variants.is_empty() {
+            if (all_variants || opts.target.is_none()) && !c.recipe.variants.is_empty() {
                 targets = c
                     .recipe
                     .variants
@@ -407,20 +410,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|v| Some(v.name.value.clone()))
                     .collect();
             }
+            let many = targets.len() > 1;
             let mut failed = false;
-            let mut shown_warnings = false;
-            for t in targets {
+            // Each problem once, with the variants it concerns when that is
+            // not all of them.
+            let mut found: Vec<(kiln_compiler::diag::Diagnostic, Vec<String>)> = Vec::new();
+            let mut oks = Vec::new();
+            let mut add = |d: &kiln_compiler::diag::Diagnostic, variant: &str| match found
+                .iter_mut()
+                .find(|(f, _)| f == d)
+            {
+                Some((_, vs)) => vs.push(variant.to_string()),
+                None => found.push((d.clone(), vec![variant.to_string()])),
+            };
+            for t in &targets {
                 let o = Options {
                     target: t.clone(),
                     ..opts.clone()
                 };
+                let name = t.clone().unwrap_or_else(|| "default".to_string());
                 match c.compile(&o) {
                     Ok(compiled) => {
-                        if !shown_warnings {
-                            report(&compiled.warnings);
-                            shown_warnings = true;
-                        }
-                        eprintln!(
+                        compiled.warnings.items.iter().for_each(|d| add(d, &name));
+                        oks.push(format!(
                             "{}: variant {} ok ({})",
                             c.source.name,
                             compiled.variant,
@@ -430,13 +442,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                                 .map(|b| b.platform.to_string())
                                 .collect::<Vec<_>>()
                                 .join(", ")
-                        );
+                        ));
                     }
                     Err(d) => {
-                        report(&d);
+                        d.items.iter().for_each(|x| add(x, &name));
                         failed = true;
                     }
                 }
+            }
+            let mut all = kiln_compiler::diag::Diagnostics::new(c.source.clone());
+            for (mut d, vs) in found {
+                if many && vs.len() < targets.len() {
+                    let which = if vs.len() == 1 { "variant" } else { "variants" };
+                    d.message = format!("[{which} {}] {}", vs.join(", "), d.message);
+                }
+                all.push(d);
+            }
+            report(&all);
+            for ok in oks {
+                eprintln!("{ok}");
             }
             Ok(if failed {
                 ExitCode::FAILURE

@@ -190,6 +190,41 @@ fn check_reports_located_errors_and_exits_1() {
     assert!(o.stdout.is_empty(), "errors never reach stdout");
 }
 
+/// Without `--target`, `check` checks every variant: an impossible gpu
+/// variant fails it although cpu is the default. A problem of every
+/// variant is reported once; one of some variants names them.
+#[test]
+fn check_checks_every_variant_and_names_the_ones_a_problem_concerns() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-variants-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let recipe = dir.join("kiln.kdl");
+    std::fs::write(
+        &recipe,
+        "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\npip \"numpy==1.26.4\" \"numpy==2.0.0\"\nvariant \"cpu\" default=#true\nvariant \"gpu\" {\n    cuda \"10.2\"\n}\nvariant \"gpu2\" {\n    cuda \"12.4\"\n}\n",
+    )
+    .expect("write");
+    let path = recipe.to_str().expect("utf8");
+    let o = kiln(&["check", path]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.matches("numpy is pinned twice").count(), 1, "{e}");
+    assert!(
+        e.contains("kiln.kdl:7:5: [variant gpu] pytorch 2.4.1 has no build for CUDA 10.2"),
+        "{e}"
+    );
+    // Naming the default target checks only it.
+    let fixed = std::fs::read_to_string(&recipe)
+        .expect("read")
+        .replace("\"numpy==2.0.0\"", "");
+    std::fs::write(&recipe, fixed).expect("write");
+    let o = kiln(&["check", path, "--target", "cpu"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = kiln(&["check", path]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("variant gpu2 ok"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn compile_of_a_bad_recipe_writes_nothing_to_stdout() {
     let o = kiln(&["compile", "compiler/tests/diagnostics/unknown_node.kdl"]);
