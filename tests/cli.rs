@@ -252,6 +252,21 @@ fn check_all_variants_and_explain_and_graph() {
     assert!(text.contains("tensorflow[and-cuda]==2.16.1"), "{text}");
     assert!(text.contains("CUDA 12.3"), "{text}");
     assert!(text.contains("python:3.11-slim"), "{text}");
+    // No framework version: the gpu variant gets the newest release with a
+    // build for its CUDA.
+    let o = kiln(&[
+        "explain",
+        "compiler/tests/diagnostics/unversioned_framework.kdl",
+        "--target",
+        "gpu",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(
+            "pytorch 2.6.0 is the newest release kiln knows for python 3.11 and CUDA 12.4"
+        ),
+        "{text}"
+    );
     let o = kiln(&["graph", "examples/sklearn-service/kiln.kdl"]);
     let dot = String::from_utf8_lossy(&o.stdout);
     assert!(dot.starts_with("digraph "), "{dot}");

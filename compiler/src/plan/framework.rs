@@ -123,27 +123,85 @@ pub(super) fn resolve(
             }
         },
         None => {
-            let fitting: Vec<_> = data
+            // The newest release that fits this variant: its python, its
+            // CUDA (with a build for this platform), or CPU wheels for it.
+            let platform_name = platform.to_string();
+            let for_python: Vec<_> = data
                 .releases(fw)
                 .iter()
                 .filter(|r| r.pythons.iter().any(|p| p == python))
                 .collect();
-            match fitting.last() {
+            let fits = |r: &&compat::Release| match gpu {
+                None => r.cpu_for(&platform_name).is_some(),
+                Some(g) => r
+                    .cuda
+                    .iter()
+                    .any(|b| b.cuda == g.cuda && b.platforms.iter().any(|p| *p == platform_name)),
+            };
+            match for_python.iter().rfind(|r| fits(r)) {
                 Some(r) => {
+                    let what = match gpu {
+                        Some(g) => format!("python {python} and CUDA {}", g.cuda),
+                        None => format!("python {python}"),
+                    };
                     notes.push(format!(
-                        "framework: no version given; {label} {} is the newest release kiln knows for python {python}",
+                        "framework: no version given; {label} {} is the newest release kiln knows for {what} on {platform_name}",
                         r.version
                     ));
                     ReleaseChoice::Known(r)
                 }
-                None => {
+                None if for_python.is_empty() => {
+                    let mut pythons: Vec<&String> = data
+                        .releases(fw)
+                        .iter()
+                        .flat_map(|r| r.pythons.iter())
+                        .collect();
+                    pythons.sort_by(|a, b| compat::version_cmp(a, b));
+                    pythons.dedup();
+                    let pythons: Vec<String> = pythons.into_iter().cloned().collect();
                     diags.push(
                         Diagnostic::error(
                             "kiln::incompatible",
                             span,
                             format!("no {label} release kiln knows supports python {python}"),
                         )
-                        .with_help("pick another python version"),
+                        .with_help(format!(
+                            "{label} releases kiln knows support python {}",
+                            compact(&pythons)
+                        )),
+                    );
+                    return None;
+                }
+                None => {
+                    let (what, at, offered): (String, SourceSpan, Vec<String>) = match gpu {
+                        Some(g) => {
+                            let mut cudas: Vec<String> = for_python
+                                .iter()
+                                .flat_map(|r| r.cuda.iter())
+                                .filter(|b| b.platforms.iter().any(|p| *p == platform_name))
+                                .map(|b| b.cuda.clone())
+                                .collect();
+                            cudas.sort_by(|a, b| compat::version_cmp(a, b));
+                            cudas.dedup();
+                            (format!("CUDA {} on {platform_name}", g.cuda), g.span, cudas)
+                        }
+                        None => (format!("CPU wheels for {platform_name}"), span, Vec::new()),
+                    };
+                    let help = if offered.is_empty() {
+                        format!("no {label} release kiln knows has them for python {python}")
+                    } else {
+                        format!(
+                            "{label} releases for python {python} are built for CUDA {}",
+                            offered.join(", ")
+                        )
+                    };
+                    diags.push(
+                        Diagnostic::error(
+                            "kiln::incompatible",
+                            at,
+                            format!("no {label} release kiln knows has {what} for python {python}"),
+                        )
+                        .with_help(help),
                     );
                     return None;
                 }
