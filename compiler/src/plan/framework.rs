@@ -136,7 +136,7 @@ pub(super) fn resolve(
                 Some(g) => r
                     .cuda
                     .iter()
-                    .any(|b| b.cuda == g.cuda && b.platforms.iter().any(|p| *p == platform_name)),
+                    .any(|b| b.cuda == g.cuda && b.platforms.contains(&platform_name)),
             };
             match for_python.iter().rfind(|r| fits(r)) {
                 Some(r) => {
@@ -178,7 +178,7 @@ pub(super) fn resolve(
                             let mut cudas: Vec<String> = for_python
                                 .iter()
                                 .flat_map(|r| r.cuda.iter())
-                                .filter(|b| b.platforms.iter().any(|p| *p == platform_name))
+                                .filter(|b| b.platforms.contains(&platform_name))
                                 .map(|b| b.cuda.clone())
                                 .collect();
                             cudas.sort_by(|a, b| compat::version_cmp(a, b));
