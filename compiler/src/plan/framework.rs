@@ -263,6 +263,7 @@ pub(super) fn resolve(
 
     let platform_name = platform.to_string();
     let mut wheels_bring_cuda = false;
+    let mut synthesized: Option<compat::CudaBuild> = None;
     let (install, verify): (&Install, Option<String>) = match gpu {
         None => {
             let Some(cpu) = release.cpu_for(&platform_name) else {
@@ -279,7 +280,66 @@ pub(super) fn resolve(
             (cpu, cpu.verify.clone())
         }
         Some(g) => {
-            let Some(build) = release.cuda.iter().find(|b| b.cuda == g.cuda) else {
+            // A release newer than the data may be built for a CUDA the
+            // data's newest rule is not: its build for the newest CUDA,
+            // renamed, is the best guess (PyTorch's `whl/cu130`, JAX's
+            // `cuda13`), with a warning saying so.
+            if !known && !release.cuda.iter().any(|b| b.cuda == g.cuda) {
+                let template = release
+                    .cuda
+                    .iter()
+                    .filter(|b| major(&b.cuda) == major(&g.cuda))
+                    .chain(release.cuda.iter())
+                    .max_by(|a, b| compat::version_cmp(&a.cuda, &b.cuda));
+                if let Some(t) = template {
+                    let from_tag = format!("cu{}", t.cuda.replace('.', ""));
+                    let to_tag = format!("cu{}", g.cuda.replace('.', ""));
+                    let from_major = format!("cuda{}", major(&t.cuda));
+                    let to_major = format!("cuda{}", major(&g.cuda));
+                    let rename = |x: &str| {
+                        x.replace(&from_tag, &to_tag)
+                            .replace(&from_major, &to_major)
+                            .replace(&format!("'{}'", t.cuda), &format!("'{}'", g.cuda))
+                            .replace(&format!("\"{}\"", t.cuda), &format!("\"{}\"", g.cuda))
+                    };
+                    let mut b = t.clone();
+                    b.cuda = g.cuda.clone();
+                    b.cudnn = String::new();
+                    b.install.packages = b.install.packages.iter().map(|p| rename(p)).collect();
+                    b.install.index_url = b.install.index_url.as_deref().map(rename);
+                    b.install.extra_index_url = b.install.extra_index_url.as_deref().map(rename);
+                    b.install.find_links = b.install.find_links.as_deref().map(rename);
+                    b.install.verify = b
+                        .install
+                        .verify
+                        .as_deref()
+                        .map(|v| rename(v).replace(&t.cuda, &g.cuda));
+                    diags.push(
+                        Diagnostic::warning(
+                            "kiln::newer_than_data",
+                            g.span,
+                            format!(
+                                "kiln's data has no CUDA {} build of {label}; assuming {label} {version} has one where its CUDA {} build is, renamed ({})",
+                                g.cuda,
+                                t.cuda,
+                                b.install.index_url.clone().unwrap_or_else(|| b
+                                    .install
+                                    .packages
+                                    .join(" ")
+                                    .replace(&release.version, &version))
+                            ),
+                        )
+                        .with_help("if the build lives elsewhere, name it with `pip index=\"…\"`"),
+                    );
+                    synthesized = Some(b);
+                }
+            }
+            let Some(build) = release
+                .cuda
+                .iter()
+                .find(|b| b.cuda == g.cuda)
+                .or(synthesized.as_ref())
+            else {
                 let offered: Vec<&str> = release.cuda.iter().map(|b| b.cuda.as_str()).collect();
                 let with_cuda: Vec<String> = data
                     .releases(fw)
@@ -310,6 +370,7 @@ pub(super) fn resolve(
                 return None;
             };
             if let Some(want) = &g.cudnn
+                && !build.cudnn.is_empty()
                 && !version_prefix(want, &build.cudnn)
             {
                 diags.push(
