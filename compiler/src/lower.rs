@@ -326,6 +326,12 @@ fi
         if let Some(f) = find_links {
             cmd.push_str(&format!(" --find-links {}", quote(f)));
         }
+        // uv takes each package from the first index that has it, extra
+        // indexes first: a private mirror would serve PyPI's torch over
+        // PyTorch's `+cpu` build. Best match across indexes is pip's way.
+        if self.plan.installer == Installer::Uv && cmd.contains(" --extra-index-url ") {
+            cmd.push_str(" --index-strategy unsafe-best-match");
+        }
         for a in args {
             cmd.push(' ');
             cmd.push_str(a);
@@ -648,6 +654,11 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // framework needs (protobuf 5+ under TensorFlow) or pull a second build
     // of it (`tf-keras` -> `tensorflow` next to `tensorflow-cpu`). Already
     // installed, the framework itself is not downloaded again.
+    // Requirements that depend on the framework's companions (timm pulls
+    // torchvision) must find them where the framework came from: PyPI's
+    // torchvision is another CUDA build. pip prefers the index's
+    // `+cpu`/`+cu118` builds, the higher version for the same release.
+    let fw_extra: Option<String> = plan.framework.as_ref().and_then(|f| f.index_url.clone());
     let fw_pins: Vec<String> = plan
         .framework
         .iter()
@@ -754,7 +765,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 ),
             };
             let with_fw: Vec<String> = fw_pins.iter().cloned().chain(args).collect();
-            let install = cx.install_command(&with_fw, false, None, None, None);
+            let install = cx.install_command(&with_fw, false, None, fw_extra.as_deref(), None);
             let only_pins = plan
                 .pip
                 .iter()
@@ -813,7 +824,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 ),
             };
             let with_fw: Vec<String> = fw_pins.iter().cloned().chain(args).collect();
-            let mut cmd = cx.install_command(&with_fw, false, None, None, None);
+            let mut cmd = cx.install_command(&with_fw, false, None, fw_extra.as_deref(), None);
             if i + 1 == plan.pip.len() {
                 cmd = cx.checked(cmd);
             }
