@@ -281,3 +281,20 @@ fn a_newer_release_for_a_newer_cuda_is_a_warning_and_a_renamed_index() {
         fw.verify
     );
 }
+
+/// A devel builder without a `base`: the runtime is its runtime image (the
+/// venv's python comes from the distro in both), not python:X-slim.
+#[test]
+fn a_distro_builder_without_a_base_runs_on_its_runtime_image() {
+    let text = "kiln 1\npython \"3.10\"\nbuilder \"nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04\"\n";
+    let (plans, _) = kiln_compiler::load("b.kdl", text)
+        .expect("loads")
+        .plan(&Options::default())
+        .expect("plans");
+    let p = &plans[0];
+    assert_eq!(
+        p.runtime.reference.familiar_name_tag(),
+        "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04"
+    );
+    assert!(p.runtime.python_from_apt && p.builder.python_from_apt);
+}

@@ -190,6 +190,67 @@ pub(super) fn choose(
             b
         }
     };
+    // The venv's python is a link to its builder's interpreter: a distro
+    // python (/usr/bin) in the builder needs it in the runtime too, and a
+    // python image's (/usr/local/bin) likewise.
+    let mut runtime = runtime;
+    if let Some(b) = &s.builder
+        && builder.python_from_apt != runtime.python_from_apt
+    {
+        let from_base = gpu.is_some_and(|g| g.from == CudaFrom::Base);
+        if s.base.is_none() && !from_base && builder.python_from_apt {
+            // The Dockerfile pattern: a devel builder, its runtime image.
+            let mut reference = builder.reference.clone();
+            if reference.familiar_name() == "nvidia/cuda"
+                && let Some(tag) = &reference.tag
+                && tag.contains("-devel")
+            {
+                reference.tag = Some(tag.replace("-devel", "-runtime"));
+                reference.digest = None;
+            }
+            notes.retain(|n| !n.starts_with("base: "));
+            notes.push(format!(
+                "base: {}, on the builder's distro: the venv's python comes from the distro's packages in both",
+                reference.familiar_name_tag()
+            ));
+            let mut base = described(
+                reference,
+                "the builder's distro, so the venv's python is there too",
+                None,
+                opts,
+                platform,
+            );
+            base.python_from_apt = true;
+            runtime = base;
+        } else {
+            let (bp, rp) = if builder.python_from_apt {
+                (
+                    "the distro's /usr/bin/python3",
+                    "its own python in /usr/local/bin",
+                )
+            } else {
+                (
+                    "its own python in /usr/local/bin",
+                    "the distro's /usr/bin/python3",
+                )
+            };
+            diags.push(
+                Diagnostic::error(
+                    "kiln::python_mismatch",
+                    b.span,
+                    format!(
+                        "the builder `{}` runs {bp}, but the runtime `{}` has {rp}: the venv links to its builder's python, which the image would not have",
+                        b.value,
+                        runtime.reference.familiar_name_tag()
+                    ),
+                )
+                .with_help(format!(
+                    "use a builder and a runtime of one kind: python:{python} with python:{python}-slim, or nvidia/cuda devel with its runtime image"
+                )),
+            );
+            return None;
+        }
+    }
     Some((runtime, builder))
 }
 

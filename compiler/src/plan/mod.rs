@@ -287,9 +287,15 @@ pub fn plan(
                     fw.version
                 ),
             )
-            .with_help(format!(
-                "leave out `base` and `from=\"base\"` so the variant runs on {slim} with CUDA from the wheels, once; keep the nvidia/cuda base only if you need its CUDA tools at run time"
-            )),
+            .with_help(if settings.base.is_none() && settings.builder.is_some() && runtime.span.is_none() && gpu.as_ref().is_some_and(|g| g.from != model::CudaFrom::Base) {
+                format!(
+                    "the runtime follows the builder's distro (its python is the venv's); a python:{python} builder runs the image on {slim} with CUDA from the wheels, once"
+                )
+            } else {
+                format!(
+                    "leave out `base` and `from=\"base\"` so the variant runs on {slim} with CUDA from the wheels, once; keep the nvidia/cuda base only if you need its CUDA tools at run time"
+                )
+            }),
         );
         notes.push("CUDA twice: the nvidia/cuda base and the framework's CUDA wheels both carry the CUDA libraries".to_string());
     }
