@@ -108,7 +108,14 @@ impl Options {
         if self.platforms.is_empty() {
             vec![Platform::linux_amd64()]
         } else {
-            self.platforms.clone()
+            // `linux/amd64,linux/amd64` is one build.
+            let mut out: Vec<Platform> = Vec::new();
+            for p in &self.platforms {
+                if !out.contains(p) {
+                    out.push(p.clone());
+                }
+            }
+            out
         }
     }
 }
@@ -221,4 +228,20 @@ impl Compilation {
 /// Load and compile in one call.
 pub fn compile(filename: &str, text: &str, opts: &Options) -> Result<Compiled, Diagnostics> {
     load(filename, text)?.compile(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_platform_named_twice_is_built_once() {
+        let amd = Platform::parse("linux/amd64").expect("platform");
+        let arm = Platform::parse("linux/arm64").expect("platform");
+        let opts = Options {
+            platforms: vec![amd.clone(), arm.clone(), amd.clone()],
+            ..Options::default()
+        };
+        assert_eq!(opts.platforms(), [amd, arm]);
+    }
 }

@@ -298,3 +298,24 @@ fn a_distro_builder_without_a_base_runs_on_its_runtime_image() {
     );
     assert!(p.runtime.python_from_apt && p.builder.python_from_apt);
 }
+
+/// A python kiln has no image for is a warning (python:X-slim may still
+/// exist), not an error; with an explicit base it is the base's business.
+#[test]
+fn a_python_without_a_known_image_is_a_warning() {
+    let text = "kiln 1\npython \"3.99\"\npip \"six\"\n";
+    let c = kiln_compiler::compile("p.kdl", text, &Options::default()).expect("compiles");
+    let got: Vec<String> = c
+        .warnings
+        .items
+        .iter()
+        .map(|d| format!("{} {}", c.warnings.location(d), d.code))
+        .collect();
+    assert_eq!(got, ["p.kdl:2:8 kiln::unknown_python"]);
+    let with_base = "kiln 1\npython \"3.99\"\nbase \"python:3.99-slim\"\npip \"six\"\n";
+    let c = kiln_compiler::compile("p.kdl", with_base, &Options::default()).expect("compiles");
+    assert!(c.warnings.items.is_empty(), "{:?}", c.warnings.items);
+    let known = "kiln 1\npython \"3.14\"\npip \"six\"\n";
+    let c = kiln_compiler::compile("p.kdl", known, &Options::default()).expect("compiles");
+    assert!(c.warnings.items.is_empty(), "{:?}", c.warnings.items);
+}

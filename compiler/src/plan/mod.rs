@@ -196,6 +196,38 @@ pub fn plan(
     if !model::is_version(&python, 2) || !model::python_supported(&python) {
         return None;
     }
+    if platform.os != "linux" {
+        diags.push(
+            Diagnostic::error(
+                "kiln::unsupported_platform",
+                whole,
+                format!("kiln builds Linux images; {platform} is not a Linux platform"),
+            )
+            .with_help("build for linux/amd64 or linux/arm64"),
+        );
+        return None;
+    }
+    {
+        let data = crate::compat::CompatData::builtin();
+        let mm: String = python.split('.').take(2).collect::<Vec<_>>().join(".");
+        let known = data.pythons();
+        if settings.base.is_none()
+            && settings.conda.is_none()
+            && data.slim_image(&mm).is_none()
+            && let (Some(p), Some(newest)) = (&settings.python, known.last())
+        {
+            diags.push(
+                Diagnostic::warning(
+                    "kiln::unknown_python",
+                    p.span,
+                    format!(
+                        "kiln knows python images up to {newest}; python:{mm}-slim may not exist"
+                    ),
+                )
+                .with_help(format!("python versions kiln knows: {}", known.join(", "))),
+            );
+        }
+    }
 
     let gpu = settings.cuda.as_ref().map(|c| Gpu {
         cuda: c.value.version.clone(),
