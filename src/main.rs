@@ -217,7 +217,70 @@ fn options(b: &BuildArgs) -> Result<Options> {
         context_name: b.context_name.clone(),
         host_network: b.network_host,
         exclude: ignore_patterns(b)?,
+        context_files: BTreeMap::new(),
     })
+}
+
+/// The build context directory: `--context`, else the recipe's directory
+/// (the working directory for a recipe from stdin).
+fn context_dir(b: &BuildArgs) -> PathBuf {
+    match &b.context {
+        Some(c) => c.clone(),
+        None if b.recipe.as_os_str() == "-" => PathBuf::from("."),
+        None => b
+            .recipe
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default(),
+    }
+}
+
+/// The most rounds of requirements includes followed (see the frontend's).
+const MAX_INCLUDE_ROUNDS: usize = 32;
+/// A requirements file kiln reads is at most this large.
+const MAX_CONTEXT_FILE: u64 = 4 << 20;
+
+/// Read the context files the compiler asks for (requirements files and
+/// what they include) from the context directory, as the frontend reads
+/// them from the build's context. (`.dockerignore` is not applied here: the
+/// engine applies it when it sends the context.)
+fn read_context_files(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> Result<()> {
+    let dir = context_dir(b);
+    for _ in 0..MAX_INCLUDE_ROUNDS {
+        let wanted = c.context_files_wanted(opts);
+        if wanted.is_empty() {
+            break;
+        }
+        for file in wanted {
+            let path = dir.join(&file);
+            let text = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => {
+                    if m.len() > MAX_CONTEXT_FILE {
+                        bail!(
+                            "{} is {} bytes; kiln reads requirements files of at most {MAX_CONTEXT_FILE} bytes",
+                            path.display(),
+                            m.len()
+                        );
+                    }
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Some(String::from_utf8_lossy(&bytes).into_owned())
+                }
+                Ok(_) => None,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    None
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            };
+            opts.context_files.insert(file, text);
+        }
+    }
+    Ok(())
 }
 
 /// The patterns of the ignore file a build of this recipe would use, as the
@@ -237,12 +300,7 @@ fn ignore_patterns(b: &BuildArgs) -> Result<Vec<String>> {
         beside.push(".dockerignore");
         candidates.push(recipe_dir().join(beside));
     }
-    let context = match &b.context {
-        Some(c) => c.clone(),
-        None if from_stdin => PathBuf::from("."),
-        None => recipe_dir(),
-    };
-    candidates.push(context.join(".dockerignore"));
+    candidates.push(context_dir(b).join(".dockerignore"));
     for path in candidates {
         match std::fs::read(&path) {
             Ok(bytes) => {
@@ -316,10 +374,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config_out,
             checks,
         } => {
-            let opts = options(&build)?;
+            let mut opts = options(&build)?;
             let Some(c) = load(&build)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            read_context_files(&c, &mut opts, &build)?;
             let compiled = match c.compile(&opts) {
                 Ok(x) => x,
                 Err(d) => {
@@ -395,10 +454,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             build,
             all_variants,
         } => {
-            let opts = options(&build)?;
+            let mut opts = options(&build)?;
             let Some(c) = load(&build)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            read_context_files(&c, &mut opts, &build)?;
             // Every variant, unless `--target` names one: a broken gpu
             // variant must not pass because cpu is the default.
             let mut targets: Vec<Option<String>> = vec![opts.target.clone()];
@@ -424,10 +484,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => found.push((d.clone(), vec![variant.to_string()])),
             };
             for t in &targets {
-                let o = Options {
+                let mut o = Options {
                     target: t.clone(),
                     ..opts.clone()
                 };
+                read_context_files(&c, &mut o, &build)?;
                 let name = t.clone().unwrap_or_else(|| "default".to_string());
                 match c.compile(&o) {
                     Ok(compiled) => {
@@ -469,10 +530,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Explain { build } => {
-            let opts = options(&build)?;
+            let mut opts = options(&build)?;
             let Some(c) = load(&build)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            read_context_files(&c, &mut opts, &build)?;
             match c.plan(&opts) {
                 Ok((plans, warnings)) => {
                     report(&warnings);
@@ -488,10 +550,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Graph { build } => {
-            let opts = options(&build)?;
+            let mut opts = options(&build)?;
             let Some(c) = load(&build)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            read_context_files(&c, &mut opts, &build)?;
             match c.compile(&opts) {
                 Ok(compiled) => {
                     report(&compiled.warnings);

@@ -363,3 +363,58 @@ fn compile_reads_the_contexts_dockerignore() {
     assert_eq!(excludes(&compile()), vec![vec!["data".to_string()]]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The CLI reads the requirements files from the context directory (the
+/// recipe's, or `--context`): includes are followed, and a lock's pins get
+/// an install op each; a missing include is a located error.
+#[test]
+fn requirements_files_are_read_from_the_context() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-reqs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("reqs")).expect("tmp");
+    let recipe = dir.join("kiln.kdl");
+    std::fs::write(
+        &recipe,
+        "kiln 1\npython \"3.11\"\npip requirements=\"lock.txt\"\npip requirements=\"reqs/app.txt\"\n",
+    )
+    .expect("write");
+    std::fs::write(dir.join("lock.txt"), "six==1.16.0\nidna==3.7\n").expect("write");
+    std::fs::write(dir.join("reqs/app.txt"), "-r base.txt\nflask\n").expect("write");
+    let r = recipe.to_str().expect("utf8");
+
+    let check = kiln(&["check", r]);
+    assert!(!check.status.success(), "reqs/base.txt is missing");
+    assert!(
+        stderr(&check).contains(
+            "kiln.kdl:4:1: `reqs/app.txt` line 1 reads `-r base.txt`, and `reqs/base.txt` is not in the build context"
+        ),
+        "{}",
+        stderr(&check)
+    );
+
+    std::fs::write(dir.join("reqs/base.txt"), "requests\n").expect("write");
+    let explain = kiln(&["explain", r]);
+    let out = String::from_utf8_lossy(&explain.stdout).into_owned();
+    assert!(explain.status.success(), "{}", stderr(&explain));
+    assert!(
+        out.contains("six==1.16.0 (from the lock lock.txt): its own layer"),
+        "{out}"
+    );
+    assert!(
+        out.contains("-r reqs/app.txt (bind-mounted from the context with reqs/base.txt"),
+        "{out}"
+    );
+    // Elsewhere with --context: the files are read there.
+    let other = std::env::temp_dir().join(format!("kiln-cli-reqs-other-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&other);
+    std::fs::create_dir_all(&other).expect("tmp");
+    let elsewhere = kiln(&["check", "--context", other.to_str().expect("utf8"), r]);
+    assert!(!elsewhere.status.success());
+    assert!(
+        stderr(&elsewhere).contains("requirements file `lock.txt` is not in the build context"),
+        "{}",
+        stderr(&elsewhere)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other);
+}

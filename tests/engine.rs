@@ -1021,3 +1021,71 @@ fn bake_builds_the_cpu_and_gpu_variants_of_one_recipe_in_parallel() {
     let gpu_env = gpu.inspect()["Config"]["Env"].to_string();
     assert!(gpu_env.contains("NVIDIA_VISIBLE_DEVICES=all"), "{gpu_env}");
 }
+
+/// Requirements files as projects lay them out: a hashed lock (one layer
+/// per pin, pip checking each hash) and a file that includes others with
+/// `-r` and `-c`, which travel into the install step with it. A wrong hash
+/// fails the build.
+#[test]
+fn requirements_files_bring_their_includes_and_a_hashed_lock_gets_a_layer_per_pin() {
+    let Some(engine) = common::engine(EngineKind::New, "requirements_files") else {
+        return;
+    };
+    let six = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254";
+    let idna = "82fee1fc78add43492d3a1898bfa6d8a904cc97d8427f683ed8e798d07761aa0";
+    let ctx = TempDir::new("requirements-files");
+    let write = |path: &str, text: &str| {
+        let p = ctx.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    };
+    write(
+        "kiln.kdl",
+        "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nca-bundle secret=\"ca-bundle\"\n\
+         pip requirements=\"requirements.lock\"\npip requirements=\"reqs/app.txt\"\n\
+         verify \"import six, idna, certifi\"\n",
+    );
+    write(
+        "requirements.lock",
+        &format!(
+            "# a lock, as pip-compile --generate-hashes writes it\nsix==1.16.0 \\\n    --hash=sha256:{six}\n    # via app\nidna==3.7 \\\n    --hash=sha256:{idna}\n"
+        ),
+    );
+    write("reqs/app.txt", "-r base.txt\n-c ../constraints.txt\n");
+    write("reqs/base.txt", "certifi\n");
+    write("constraints.txt", "certifi==2024.7.4\n");
+    let image = engine.image("requirements-files");
+    let build = engine.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image));
+    build.expect_ok();
+    for pin in ["six==1.16.0", "idna==3.7"] {
+        assert_eq!(
+            build.named(&format!("] pip install {pin}")).len(),
+            1,
+            "the lock's {pin} gets its own install op:\n{}",
+            build.summary()
+        );
+        assert_eq!(
+            build.named(&format!("] layer: {pin}")).len(),
+            1,
+            "{}",
+            build.summary()
+        );
+    }
+    assert_pip_freeze(&image, &["certifi==2024.7.4", "idna==3.7", "six==1.16.0"]);
+
+    // A hash the downloaded wheel does not have: pip refuses it.
+    write(
+        "requirements.lock",
+        &format!(
+            "six==1.16.0 --hash=sha256:{}\nidna==3.7 --hash=sha256:{idna}\n",
+            "0".repeat(64)
+        ),
+    );
+    let bad = engine.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()));
+    assert!(!bad.ok, "a wrong hash built:\n{}", bad.report());
+    assert!(
+        bad.all_text().contains("DO NOT MATCH THE HASHES"),
+        "{}",
+        bad.report()
+    );
+}

@@ -126,13 +126,31 @@ pub fn explain(plan: &Plan) -> String {
     }
     for step in &plan.pip {
         let line = match step {
-            PipStep::Package { spec, .. } => match plan.layering {
-                Layering::PerPackage => format!("{spec}: its own layer (--no-deps, merged)"),
-                Layering::Grouped => spec.clone(),
-            },
+            PipStep::Package {
+                spec, lock, hashes, ..
+            } => {
+                let from = match (lock, hashes.is_empty()) {
+                    (Some(l), true) => format!(" (from the lock {l})"),
+                    (Some(l), false) => format!(" (from the lock {l}, hashes checked)"),
+                    (None, _) => String::new(),
+                };
+                match plan.layering {
+                    Layering::PerPackage => {
+                        format!("{spec}{from}: its own layer (--no-deps, merged)")
+                    }
+                    Layering::Grouped => format!("{spec}{from}"),
+                }
+            }
             PipStep::Group { specs, .. } => format!("{}: installed together", specs.join(" ")),
-            PipStep::Requirements { path, .. } => {
-                format!("-r {path} (bind-mounted from the context, not copied)")
+            PipStep::Requirements { path, includes, .. } => {
+                if includes.is_empty() {
+                    format!("-r {path} (bind-mounted from the context, not copied)")
+                } else {
+                    format!(
+                        "-r {path} (bind-mounted from the context with {}, not copied)",
+                        includes.join(", ")
+                    )
+                }
             }
         };
         let _ = writeln!(o, "     - {line}");

@@ -21,6 +21,7 @@ pub mod lower;
 pub mod model;
 pub mod plan;
 pub mod recipe;
+pub mod requirements;
 
 use std::collections::BTreeMap;
 
@@ -85,6 +86,14 @@ pub struct Options {
     /// What of the context no build step reads: the context's
     /// `.dockerignore` patterns (see [`ignore::parse`]).
     pub exclude: Vec<String>,
+    /// Files of the build context the caller read for the compiler, by
+    /// their path in the context (`reqs/prod.txt`): `None` where the
+    /// context has no such file (or `.dockerignore` leaves it out). The
+    /// compiler asks for them with [`Compilation::context_files_wanted`]:
+    /// requirements files, to send the files they include (`-r`, `-c`)
+    /// along and to give a lock's pins a layer each. A file not supplied
+    /// is taken on trust.
+    pub context_files: BTreeMap<String, Option<String>>,
 }
 
 impl Default for Options {
@@ -99,6 +108,7 @@ impl Default for Options {
             context_name: "context".to_string(),
             host_network: false,
             exclude: Vec::new(),
+            context_files: BTreeMap::new(),
         }
     }
 }
@@ -178,6 +188,23 @@ impl Compilation {
         } else {
             Ok((plans, diags))
         }
+    }
+
+    /// The context files to read and put in [`Options::context_files`]
+    /// before [`Compilation::compile`]; read them and ask again (a file may
+    /// include others) until the answer is empty. Errors end the asking:
+    /// compile reports them.
+    pub fn context_files_wanted(&self, opts: &Options) -> Vec<String> {
+        let Ok((plans, _)) = self.plan(opts) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for f in plans.into_iter().flat_map(|p| p.wanted_files) {
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        out
     }
 
     /// The base images whose configs the caller should resolve before

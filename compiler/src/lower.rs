@@ -296,6 +296,34 @@ fi
         )
     }
 
+    /// The install command of one pin, alone (`--no-deps`). A hashed lock's
+    /// pin goes through a one-line requirements file in the installer's
+    /// cache mount (never in a layer), the only place pip reads `--hash`.
+    fn pin_install(&self, spec: &str, hashes: &[String]) -> String {
+        if hashes.is_empty() {
+            return self.install_command(&[quote(spec)], true, None, None, None);
+        }
+        let cache = match self.plan.installer {
+            Installer::Pip => "/root/.cache/pip",
+            Installer::Uv => "/root/.cache/uv",
+        };
+        let line = std::iter::once(spec.to_string())
+            .chain(hashes.iter().map(|h| format!("--hash={h}")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        format!(
+            "kiln_req=$(mktemp {cache}/.kiln-req.XXXXXX)\nprintf '%s\\n' {} > \"$kiln_req\"\n{}\nrm -f \"$kiln_req\"",
+            quote(&line),
+            self.install_command(
+                &["-r".into(), "\"$kiln_req\"".into()],
+                true,
+                None,
+                None,
+                None
+            )
+        )
+    }
+
     /// The install command line for `args` (already quoted).
     fn install_command(
         &self,
@@ -669,9 +697,11 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         let files: Vec<String> = plan
             .pip
             .iter()
-            .filter_map(|p| match p {
-                PipStep::Requirements { path, .. } => Some(path.clone()),
-                _ => None,
+            .flat_map(|p| match p {
+                PipStep::Requirements { path, includes, .. } => std::iter::once(path.clone())
+                    .chain(includes.clone())
+                    .collect(),
+                _ => Vec::new(),
             })
             .collect();
         (!files.is_empty()).then(|| cx.context(files, "kiln-requirements", "requirements"))
@@ -691,9 +721,11 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         let mut package_layers = Vec::new();
         let mut package_states = Vec::new();
         for step in &plan.pip {
-            if let PipStep::Package { spec, span } = step {
-                let cmd =
-                    cx.in_download_slot(cx.install_command(&[quote(spec)], true, None, None, None));
+            if let PipStep::Package {
+                spec, span, hashes, ..
+            } = step
+            {
+                let cmd = cx.in_download_slot(cx.pin_install(spec, hashes));
                 let next = deps
                     .run(cx.install_exec(
                         cmd,

@@ -319,3 +319,62 @@ fn a_python_without_a_known_image_is_a_warning() {
     let c = kiln_compiler::compile("p.kdl", known, &Options::default()).expect("compiles");
     assert!(c.warnings.items.is_empty(), "{:?}", c.warnings.items);
 }
+
+/// The compiler asks for the requirements files and what they include,
+/// round by round; a file the context lacks, or an include that leaves it,
+/// is an error at the recipe's `pip requirements=` line.
+#[test]
+fn requirements_files_and_their_includes_are_asked_for_and_checked() {
+    let text = "kiln 1\npython \"3.11\"\npip requirements=\"reqs/prod.txt\"\n";
+    let c = kiln_compiler::load("r.kdl", text).expect("loads");
+    let mut opts = Options::default();
+    assert_eq!(c.context_files_wanted(&opts), ["reqs/prod.txt"]);
+    opts.context_files.insert(
+        "reqs/prod.txt".into(),
+        Some("flask\n-r base.txt\n--constraint=../c.txt\n-r https://example.com/r.txt\n".into()),
+    );
+    assert_eq!(c.context_files_wanted(&opts), ["reqs/base.txt", "c.txt"]);
+    opts.context_files
+        .insert("reqs/base.txt".into(), Some("-r prod.txt\n".into()));
+    opts.context_files.insert("c.txt".into(), None);
+    assert!(c.context_files_wanted(&opts).is_empty());
+    let errors = c.compile(&opts).err().expect("a missing include fails");
+    let got: Vec<String> = errors
+        .items
+        .iter()
+        .map(|d| format!("{} {} {}", errors.location(d), d.code, d.message))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "r.kdl:3:1 kiln::missing_file `reqs/prod.txt` line 3 reads `-c ../c.txt`, and `c.txt` is not in the build context"
+        ]
+    );
+
+    opts.context_files
+        .insert("c.txt".into(), Some("flask<4\n".into()));
+    let compiled = c.compile(&opts).expect("compiles");
+    let json = kiln_compiler::llb::definition_json(&compiled.builds[0].definition).to_string();
+    assert!(
+        json.contains(r#"[\"reqs/prod.txt\",\"c.txt\",\"reqs/base.txt\"]"#),
+        "the includes travel with the file: {json}"
+    );
+
+    opts.context_files
+        .insert("reqs/base.txt".into(), Some("-r ../../up.txt\n".into()));
+    let errors = c.compile(&opts).err().expect("an include outside fails");
+    assert_eq!(errors.items[0].code, "kiln::outside_context");
+
+    let missing = kiln_compiler::load(
+        "m.kdl",
+        "kiln 1\npython \"3.11\"\npip requirements=\"r.txt\"\n",
+    )
+    .expect("loads");
+    let mut opts = Options::default();
+    opts.context_files.insert("r.txt".into(), None);
+    let errors = missing.compile(&opts).err().expect("a missing file fails");
+    assert_eq!(
+        errors.items[0].message,
+        "requirements file `r.txt` is not in the build context"
+    );
+}

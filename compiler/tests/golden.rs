@@ -173,9 +173,22 @@ fn rules_the_examples_do_not_reach() {
                 build_args.insert(k.to_string(), v.to_string());
             }
         }
+        // `// context-file: PATH=TEXT` (`\n` for a line break): a file of
+        // the build context, as the caller read it; `PATH=` alone: missing.
+        let mut context_files = BTreeMap::new();
+        for l in text
+            .lines()
+            .filter_map(|l| l.strip_prefix("// context-file: "))
+        {
+            if let Some((k, v)) = l.split_once('=') {
+                let v = (!v.is_empty()).then(|| v.replace("\\n", "\n"));
+                context_files.insert(k.to_string(), v);
+            }
+        }
         let opts = Options {
             platforms,
             build_args,
+            context_files,
             target: text
                 .lines()
                 .find_map(|l| l.strip_prefix("// target: "))

@@ -87,6 +87,72 @@ pub async fn read_ignore(
     Vec::new()
 }
 
+/// The most rounds of includes followed (`-r a.txt` in a file named by
+/// `-r` …); each round reads every file the last one named.
+const MAX_INCLUDE_ROUNDS: usize = 32;
+/// Requirements files larger than this are not read (pip reads them; kiln
+/// then takes them on trust).
+const MAX_CONTEXT_FILE: usize = 4 << 20;
+
+/// Read the context files the compiler asks for (requirements files and
+/// what they include), as the build's steps will see them: through the
+/// context's local source, `.dockerignore` applied. A file the context
+/// lacks is `None`; one the engine cannot hand over is left out (taken on
+/// trust), as is the whole lot on an engine error.
+pub async fn read_context_files(
+    engine: &Engine,
+    compilation: &Compilation,
+    copts: &mut Options,
+    sessions: &Sessions,
+) {
+    for _ in 0..MAX_INCLUDE_ROUNDS {
+        let wanted = compilation.context_files_wanted(copts);
+        if wanted.is_empty() {
+            return;
+        }
+        let state = State::local(
+            &copts.context_name,
+            &LocalOpts {
+                include: wanted.clone(),
+                exclude: copts.exclude.clone(),
+                shared_key_hint: Some("kiln-read-requirements".to_string()),
+                ..LocalOpts::default()
+            },
+            OpMeta::named("[internal] load requirements files".to_string()),
+        );
+        let mut def = marshal(&state, None).definition;
+        bind_to_session(&mut def, sessions);
+        let Ok(id) = engine.solve(def, false, &[]).await else {
+            return;
+        };
+        let mut progress = false;
+        for file in wanted {
+            match engine.read_file(&id, &file).await {
+                Ok(data) if data.len() <= MAX_CONTEXT_FILE => {
+                    copts
+                        .context_files
+                        .insert(file, Some(String::from_utf8_lossy(&data).into_owned()));
+                    progress = true;
+                }
+                Ok(_) => {}
+                Err(status)
+                    if status.code() == tonic::Code::NotFound
+                        || status.message().contains("no such file") =>
+                {
+                    copts.context_files.insert(file, None);
+                    progress = true;
+                }
+                Err(status) => {
+                    eprintln!("kiln-frontend: reading {file} from the context: {status}");
+                }
+            }
+        }
+        if !progress {
+            return;
+        }
+    }
+}
+
 /// The digest of the op a definition ends with (the terminal op's input).
 fn head_digest(def: &pb::Definition) -> String {
     def.def
@@ -169,6 +235,7 @@ pub fn compile_options(
         context_name: opts.context_local.clone(),
         host_network: opts.host_network,
         exclude: Vec::new(),
+        context_files: BTreeMap::new(),
     }
 }
 
@@ -383,12 +450,13 @@ pub async fn build(engine: &Engine, env: &Environment) -> Result<gateway::Result
     let wanted = compilation
         .images_to_resolve(&copts)
         .map_err(Failure::Recipe)?;
-    let (resolved, exclude) = tokio::join!(
-        resolve_images(engine, wanted, &opts),
-        read_ignore(engine, &opts, &sessions)
-    );
+    let mut with_files = copts.clone();
+    let (resolved, ()) = tokio::join!(resolve_images(engine, wanted, &opts), async {
+        with_files.exclude = read_ignore(engine, &opts, &sessions).await;
+        read_context_files(engine, &compilation, &mut with_files, &sessions).await;
+    });
     let resolved = resolved?;
-    copts.exclude = exclude;
+    copts = with_files;
     copts.images.clear();
     let (builds, warnings) = compile_platforms(&compilation, &copts, &resolved)?;
     report_warnings(engine, &recipe, &warnings).await;

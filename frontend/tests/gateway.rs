@@ -545,3 +545,54 @@ async fn the_dockerignore_becomes_the_contexts_exclude_patterns() {
     let with = excludes(&own);
     assert!(with.iter().all(|e| e == r#"["notebooks"]"#), "{with:?}");
 }
+
+/// The frontend reads requirements files through the build's context (one
+/// round per level of includes) before it compiles: the files a file
+/// includes travel into the install step, and a missing one is a located
+/// recipe error.
+#[tokio::test]
+async fn requirements_files_and_their_includes_are_read_from_the_context() {
+    let recipe: &[u8] = b"kiln 1\npython \"3.11\"\npip requirements=\"reqs/app.txt\"\n";
+    let engine = FakeEngine::new()
+        .with_file("env.kdl", recipe)
+        .with_file("reqs/app.txt", b"-r base.txt\nflask\n")
+        .with_file("reqs/base.txt", b"-c ../pins.txt\n")
+        .with_file("pins.txt", b"flask<4\n");
+    assert_eq!(run_frontend(&engine, &[("filename", "env.kdl")]).await, 0);
+    let reads: Vec<String> = engine
+        .recorded()
+        .reads
+        .iter()
+        .map(|(_, p)| p.clone())
+        .collect();
+    for f in ["reqs/app.txt", "reqs/base.txt", "pins.txt"] {
+        assert!(reads.iter().any(|r| r == f), "{f} was not read: {reads:?}");
+    }
+    let includes: Vec<String> = engine
+        .recorded()
+        .solves
+        .iter()
+        .flat_map(|s| sources(s.definition.as_ref().expect("def")))
+        .filter_map(|src| src.attrs.get("local.includepattern").cloned())
+        .collect();
+    assert!(
+        includes
+            .iter()
+            .any(|i| i == r#"["reqs/app.txt","pins.txt","reqs/base.txt"]"#),
+        "the install step's context carries the includes: {includes:?}"
+    );
+
+    let missing = FakeEngine::new()
+        .with_file("env.kdl", recipe)
+        .with_file("reqs/app.txt", b"-r base.txt\n");
+    assert_eq!(run_frontend(&missing, &[("filename", "env.kdl")]).await, 1);
+    let error = error_of(&the_return(&missing));
+    assert!(
+        error.message.starts_with("env.kdl:3:1: error[kiln::missing_file]")
+            && error
+                .message
+                .contains("`reqs/app.txt` line 1 reads `-r base.txt`, and `reqs/base.txt` is not in the build context"),
+        "{}",
+        error.message
+    );
+}

@@ -65,14 +65,26 @@ impl Base {
 pub enum PipStep {
     /// One exactly pinned package, installed alone with `--no-deps`, kept as
     /// its own layer (needs MergeOp/DiffOp).
-    Package { spec: String, span: SourceSpan },
+    Package {
+        spec: String,
+        span: SourceSpan,
+        /// `--hash` values from a hashed lock (pip then checks them).
+        hashes: Vec<String>,
+        /// The lock file the pin comes from; `None` for a recipe pin.
+        lock: Option<String>,
+    },
     /// Requirements installed together, with their dependencies.
     Group {
         specs: Vec<String>,
         span: SourceSpan,
     },
-    /// A requirements file from the context, bind-mounted.
-    Requirements { path: String, span: SourceSpan },
+    /// A requirements file from the context, bind-mounted with the files
+    /// it includes (`-r`, `-c`), when the caller read them.
+    Requirements {
+        path: String,
+        includes: Vec<String>,
+        span: SourceSpan,
+    },
 }
 
 impl PipStep {
@@ -114,6 +126,9 @@ pub struct Gpu {
 /// Everything lowering needs for one variant on one platform.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Context files planning wanted to read and the caller had not
+    /// supplied (see [`Options::context_files`]).
+    pub wanted_files: Vec<String>,
     pub variant: String,
     pub description: Option<String>,
     /// Several platforms are built: op names carry the platform.
@@ -353,6 +368,9 @@ pub fn plan(
     let mut indexes = Vec::new();
     let mut pip_inline: Vec<(String, SourceSpan)> = Vec::new();
     let mut pip_files = Vec::new();
+    let mut wanted_files = Vec::new();
+    let mut lock_hashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut lock_origin: BTreeMap<String, String> = BTreeMap::new();
     for p in &settings.pip {
         match &p.value {
             model::Pip::Packages(specs) => {
@@ -360,10 +378,26 @@ pub fn plan(
                     pip_inline.push((s.clone(), p.span));
                 }
             }
-            model::Pip::Requirements(path) => pip_files.push(PipStep::Requirements {
-                path: path.clone(),
-                span: p.span,
-            }),
+            model::Pip::Requirements(path) => {
+                let read = read_requirements(path, p.span, opts, diags, &mut wanted_files);
+                match read.lock {
+                    // A lock's pins get a layer each, like the recipe's.
+                    Some(pins) if opts.caps.merge_diff && conda.is_none() => {
+                        for pin in pins {
+                            if !pin.hashes.is_empty() {
+                                lock_hashes.insert(pin.spec.clone(), pin.hashes);
+                            }
+                            lock_origin.insert(pin.spec.clone(), path.clone());
+                            pip_inline.push((pin.spec, p.span));
+                        }
+                    }
+                    _ => pip_files.push(PipStep::Requirements {
+                        path: path.clone(),
+                        includes: read.includes,
+                        span: p.span,
+                    }),
+                }
+            }
             model::Pip::Index { url, secret } => indexes.push(Index {
                 url: url.clone(),
                 secret: secret.clone(),
@@ -471,7 +505,12 @@ pub fn plan(
                 .into_iter()
                 .partition(|(s, _)| model::exact_pin(s).is_some());
             for (spec, span) in pinned {
-                pip.push(PipStep::Package { spec, span });
+                pip.push(PipStep::Package {
+                    hashes: lock_hashes.get(&spec).cloned().unwrap_or_default(),
+                    lock: lock_origin.get(&spec).cloned(),
+                    spec,
+                    span,
+                });
             }
             if !loose.is_empty() {
                 let span = loose[0].1;
@@ -540,6 +579,7 @@ pub fn plan(
         return None;
     }
     Some(Plan {
+        wanted_files,
         variant: variant_name,
         description,
         multi_platform,
@@ -1192,4 +1232,100 @@ mod tests {
         assert_eq!(expand("${NOPE}", &v, &declared), Err("NOPE".to_string()));
         assert_eq!(expand("$HOME/x", &v, &declared), Ok("$HOME/x".to_string()));
     }
+}
+
+/// The line that includes a requirements file: the including file, its
+/// line number, the option (`-r`, `-c`) and the path as written.
+type IncludedBy = (String, usize, &'static str, String);
+
+/// What kiln learnt of a requirements file from the caller's copy of the
+/// context (see [`Options::context_files`]).
+struct ReadRequirements {
+    /// The files it includes (`-r`, `-c`), transitively, in the context.
+    includes: Vec<String>,
+    /// Its pins, when it is a lock.
+    lock: Option<Vec<crate::requirements::Pin>>,
+}
+
+/// Follow a requirements file's includes through the files the caller
+/// read. A file the caller did not read is taken on trust (the engine
+/// reports it); one it found missing, or an include that leaves the
+/// context, is an error at the recipe's `requirements` line.
+fn read_requirements(
+    path: &str,
+    span: SourceSpan,
+    opts: &Options,
+    diags: &mut Diagnostics,
+    wanted: &mut Vec<String>,
+) -> ReadRequirements {
+    use crate::requirements::{Entry, include_path, lock_pins, parse};
+    let mut out = ReadRequirements {
+        includes: Vec::new(),
+        lock: None,
+    };
+    let mut todo: Vec<(String, Option<IncludedBy>)> = vec![(path.to_string(), None)];
+    let mut seen = vec![path.to_string()];
+    while !todo.is_empty() {
+        // In the order the files name them (a queue), for stable messages.
+        let (file, from) = todo.remove(0);
+        let text = match opts.context_files.get(&file) {
+            None => {
+                wanted.push(file);
+                continue;
+            }
+            Some(Some(text)) => text,
+            Some(None) => {
+                let (message, help) = match &from {
+                    None => (
+                        format!("requirements file `{file}` is not in the build context"),
+                        "the path is relative to the build context; check it, and that .dockerignore does not exclude the file".to_string(),
+                    ),
+                    Some((parent, line, option, written)) => (
+                        format!(
+                            "`{parent}` line {line} reads `{option} {written}`, and `{file}` is not in the build context"
+                        ),
+                        format!(
+                            "pip reads `{written}` relative to `{parent}`; add the file, or fix the line (and check .dockerignore)"
+                        ),
+                    ),
+                };
+                diags.push(Diagnostic::error("kiln::missing_file", span, message).with_help(help));
+                continue;
+            }
+        };
+        let entries = parse(text);
+        if from.is_none() {
+            out.lock = lock_pins(&entries);
+        }
+        for e in &entries {
+            let Entry::Include {
+                line,
+                option,
+                path: written,
+            } = e
+            else {
+                continue;
+            };
+            match include_path(&file, written) {
+                Ok(None) => {}
+                Ok(Some(target)) => {
+                    if !seen.contains(&target) {
+                        seen.push(target.clone());
+                        out.includes.push(target.clone());
+                        todo.push((target, Some((file.clone(), *line, *option, written.clone()))));
+                    }
+                }
+                Err(why) => diags.push(
+                    Diagnostic::error(
+                        "kiln::outside_context",
+                        span,
+                        format!("`{file}` line {line} reads `{option} {written}`: {why}"),
+                    )
+                    .with_help("keep the files a requirements file includes inside the build context, with paths relative to it"),
+                ),
+            }
+        }
+    }
+    out.includes.sort();
+    out
 }

@@ -1,0 +1,299 @@
+//! pip requirements files, read as pip reads them, for two things: the
+//! files a file pulls in (`-r`, `-c`), which must travel with it into the
+//! install step, and whether a file is a lock (every line an exact pin),
+//! whose packages then get a layer each like inline pins.
+
+use crate::model;
+
+/// One logical line of a requirements file (continuations joined, comment
+/// removed), with the number of the line it starts on (1-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// `-r FILE` / `--requirement FILE`, or `-c FILE` / `--constraint FILE`.
+    Include {
+        line: usize,
+        option: &'static str,
+        path: String,
+    },
+    /// A requirement, with the `--hash` values it carries.
+    Requirement {
+        line: usize,
+        spec: String,
+        hashes: Vec<String>,
+        /// Per-requirement options other than `--hash`
+        /// (`--config-settings`, `--global-option`).
+        other_options: bool,
+    },
+    /// Any other option line (`--index-url`, `-e`, `--pre`, …).
+    Option { line: usize, text: String },
+}
+
+/// A pinned package of a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub spec: String,
+    pub hashes: Vec<String>,
+}
+
+/// The logical lines of `text`, as pip's requirements parser sees them.
+pub fn parse(text: &str) -> Vec<Entry> {
+    let mut out = Vec::new();
+    let mut pending: Option<(usize, String)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let (start, mut line) = match pending.take() {
+            Some((start, mut acc)) => {
+                acc.push_str(raw);
+                (start, acc)
+            }
+            None => (i + 1, raw.to_string()),
+        };
+        if line.ends_with('\\') {
+            line.pop();
+            pending = Some((start, line));
+            continue;
+        }
+        if let Some(entry) = entry(start, &strip_comment(&line)) {
+            out.push(entry);
+        }
+    }
+    if let Some((start, line)) = pending
+        && let Some(entry) = entry(start, &strip_comment(&line))
+    {
+        out.push(entry);
+    }
+    out
+}
+
+/// pip drops `#` and what follows at the start of a line or after
+/// whitespace (a `#` inside a URL fragment stays).
+fn strip_comment(line: &str) -> String {
+    let mut prev_space = true;
+    for (i, c) in line.char_indices() {
+        if c == '#' && prev_space {
+            return line[..i].to_string();
+        }
+        prev_space = c.is_whitespace();
+    }
+    line.to_string()
+}
+
+fn entry(line: usize, text: &str) -> Option<Entry> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if text.starts_with('-') {
+        let mut words = text.split_whitespace();
+        let first = words.next().unwrap_or_default();
+        let rest = || words.clone().collect::<Vec<_>>().join(" ");
+        for (short, long, option) in [("-r", "--requirement", "-r"), ("-c", "--constraint", "-c")] {
+            let value = if first == short || first == long {
+                Some(rest())
+            } else if let Some(v) = first.strip_prefix(&format!("{long}=")) {
+                Some(v.to_string())
+            } else if !first.starts_with("--") {
+                first
+                    .strip_prefix(short)
+                    .map(|v| v.trim_start_matches('=').to_string())
+            } else {
+                None
+            };
+            if let Some(path) = value {
+                return Some(Entry::Include {
+                    line,
+                    option,
+                    path: path.trim().to_string(),
+                });
+            }
+        }
+        return Some(Entry::Option {
+            line,
+            text: text.to_string(),
+        });
+    }
+    // A requirement runs up to its first option (` --hash=…`).
+    let mut spec_words = Vec::new();
+    let mut hashes = Vec::new();
+    let mut other_options = false;
+    let mut words = text.split_whitespace().peekable();
+    while let Some(w) = words.peek() {
+        if w.starts_with("--") {
+            break;
+        }
+        spec_words.push(*w);
+        words.next();
+    }
+    while let Some(w) = words.next() {
+        if let Some(h) = w.strip_prefix("--hash=") {
+            hashes.push(h.to_string());
+        } else if w == "--hash" {
+            if let Some(h) = words.next() {
+                hashes.push(h.to_string());
+            }
+        } else if w.starts_with("--") {
+            other_options = true;
+        }
+    }
+    Some(Entry::Requirement {
+        line,
+        spec: spec_words.join(" "),
+        hashes,
+        other_options,
+    })
+}
+
+/// The pins of a lock: `Some` when every line of the file is an exact
+/// `name==version` pin (hashes allowed, on every line or on none), with no
+/// options, includes or environment variables, so that installing each pin
+/// alone with `--no-deps` installs what `pip install -r` would. `None`
+/// otherwise: pip then installs the file as a whole.
+pub fn lock_pins(entries: &[Entry]) -> Option<Vec<Pin>> {
+    let mut pins = Vec::new();
+    for e in entries {
+        match e {
+            Entry::Requirement {
+                spec,
+                hashes,
+                other_options: false,
+                ..
+            } if !spec.contains('$') && model::exact_pin(spec).is_some() => pins.push(Pin {
+                spec: spec.clone(),
+                hashes: hashes.clone(),
+            }),
+            _ => return None,
+        }
+    }
+    let hashed = pins.iter().filter(|p| !p.hashes.is_empty()).count();
+    (!pins.is_empty() && (hashed == 0 || hashed == pins.len())).then_some(pins)
+}
+
+/// Where a file included from `from` (a path in the context) lies in the
+/// context: `Ok(None)` for a URL (pip fetches it), `Err` for a path outside
+/// the context.
+pub fn include_path(from: &str, path: &str) -> Result<Option<String>, String> {
+    if path.contains("://") {
+        return Ok(None);
+    }
+    let path = path.strip_prefix("file:").unwrap_or(path);
+    if path.starts_with('/') {
+        return Err(format!(
+            "`{path}` is an absolute path; kiln sends the install step files of the build context only"
+        ));
+    }
+    let mut parts: Vec<&str> = from.split('/').collect();
+    parts.pop();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(format!("`{path}` lies outside the build context"));
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("`{path}` is not a file"));
+    }
+    Ok(Some(parts.join("/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_read_as_pip_reads_them() {
+        let text = "# a lock\nnumpy==1.26.4  # via pandas\n-r base.txt\n--requirement=dev/extra.txt\n-cconstraints.txt\n\
+            pandas==2.2.2 \\\n    --hash=sha256:aa \\\n    --hash sha256:bb\n--index-url https://x/simple\nhttps://h/p.whl#egg=p\n";
+        let entries = parse(text);
+        assert_eq!(
+            entries,
+            [
+                Entry::Requirement {
+                    line: 2,
+                    spec: "numpy==1.26.4".into(),
+                    hashes: vec![],
+                    other_options: false
+                },
+                Entry::Include {
+                    line: 3,
+                    option: "-r",
+                    path: "base.txt".into()
+                },
+                Entry::Include {
+                    line: 4,
+                    option: "-r",
+                    path: "dev/extra.txt".into()
+                },
+                Entry::Include {
+                    line: 5,
+                    option: "-c",
+                    path: "constraints.txt".into()
+                },
+                Entry::Requirement {
+                    line: 6,
+                    spec: "pandas==2.2.2".into(),
+                    hashes: vec!["sha256:aa".into(), "sha256:bb".into()],
+                    other_options: false
+                },
+                Entry::Option {
+                    line: 9,
+                    text: "--index-url https://x/simple".into()
+                },
+                Entry::Requirement {
+                    line: 10,
+                    spec: "https://h/p.whl#egg=p".into(),
+                    hashes: vec![],
+                    other_options: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn only_exact_pins_make_a_lock() {
+        let lock = parse("numpy==1.26.4\n    # via pandas\npandas==2.2.2\n");
+        assert_eq!(
+            lock_pins(&lock).map(|p| p.len()),
+            Some(2),
+            "a pip-compile lock"
+        );
+        for not_lock in [
+            "numpy>=1.26\n",
+            "numpy==1.26.4\n-r base.txt\n",
+            "--extra-index-url https://x\nnumpy==1.26.4\n",
+            "numpy==1.26.4 ; python_version < \"3.12\"\n",
+            "numpy==${NUMPY}\n",
+            "numpy==1.26.4 --hash=sha256:aa\npandas==2.2.2\n",
+            "-e .\n",
+            "",
+        ] {
+            assert_eq!(lock_pins(&parse(not_lock)), None, "{not_lock:?}");
+        }
+        let hashed = parse("numpy==1.26.4 --hash=sha256:aa\npandas==2.2.2 --hash=sha256:bb\n");
+        assert_eq!(
+            lock_pins(&hashed).expect("lock")[1],
+            Pin {
+                spec: "pandas==2.2.2".into(),
+                hashes: vec!["sha256:bb".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn included_paths_are_relative_to_the_including_file() {
+        assert_eq!(
+            include_path("reqs/prod.txt", "base.txt"),
+            Ok(Some("reqs/base.txt".into()))
+        );
+        assert_eq!(
+            include_path("reqs/prod.txt", "../common/./c.txt"),
+            Ok(Some("common/c.txt".into()))
+        );
+        assert_eq!(include_path("prod.txt", "https://x/r.txt"), Ok(None));
+        assert!(include_path("prod.txt", "../r.txt").is_err());
+        assert!(include_path("prod.txt", "/etc/r.txt").is_err());
+    }
+}
