@@ -378,3 +378,64 @@ fn requirements_files_and_their_includes_are_asked_for_and_checked() {
         "requirements file `r.txt` is not in the build context"
     );
 }
+
+/// A CPU variant on a CUDA base, and a framework image under the same
+/// framework, are warnings; a private base whose resolved config says
+/// `CUDA_VERSION` is held to it.
+#[test]
+fn cuda_bases_against_the_variant() {
+    let codes = |text: &str, opts: &Options| -> Vec<String> {
+        match kiln_compiler::compile("c.kdl", text, opts) {
+            Ok(c) => c
+                .warnings
+                .items
+                .iter()
+                .map(|d| format!("{} {}", c.warnings.location(d), d.code))
+                .collect(),
+            Err(d) => d
+                .items
+                .iter()
+                .map(|x| format!("{} {}", d.location(x), x.code))
+                .collect(),
+        }
+    };
+    let opts = Options::default();
+    assert_eq!(
+        codes(
+            "kiln 1\npython \"3.10\"\nbase \"nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04\"\nframework \"pytorch\" \"2.4.1\"\n",
+            &opts
+        ),
+        ["c.kdl:3:6 kiln::cuda_unused"]
+    );
+    assert_eq!(
+        codes(
+            "kiln 1\npython \"3.10\"\nbase \"tensorflow/tensorflow:2.16.1-gpu\"\nframework \"tensorflow\" \"2.16.1\"\ncuda \"12.3\"\n",
+            &opts
+        ),
+        ["c.kdl:3:6 kiln::framework_twice"]
+    );
+    // The same CUDA from the base: nothing to say but the usual CUDA-twice.
+    assert_eq!(
+        codes(
+            "kiln 1\npython \"3.10\"\nbase \"nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04\"\nframework \"pytorch\" \"2.4.1\"\ncuda \"12.4\" from=\"base\"\n",
+            &opts
+        ),
+        ["c.kdl:3:6 kiln::cuda_twice"]
+    );
+    // A private image: unknown unless its config says.
+    let private = "kiln 1\npython \"3.10\"\nbase \"registry.example.com/ml/base:7\"\nframework \"tensorflow\" \"2.13.1\"\ncuda \"11.8\"\n";
+    assert!(codes(private, &opts).is_empty());
+    let mut resolved = Options::default();
+    let config = kiln_compiler::ImageConfig::from_json(
+        br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/bin","CUDA_VERSION=12.2.2","PYTHON_VERSION=3.10.14"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )
+    .expect("config");
+    resolved.images.insert(
+        "registry.example.com/ml/base:7".into(),
+        kiln_compiler::ResolvedImage {
+            digest: None,
+            config,
+        },
+    );
+    assert_eq!(codes(private, &resolved), ["c.kdl:5:1 kiln::cuda_mismatch"]);
+}

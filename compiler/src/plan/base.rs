@@ -286,6 +286,25 @@ fn check_base(
     let name = base.reference.familiar_name();
     let tag = base.reference.tag.clone().unwrap_or_default();
     let last = name.rsplit('/').next().unwrap_or(&name).to_string();
+    let shown = base.reference.familiar_name_tag();
+    if name == "scratch" || name.starts_with("gcr.io/distroless/") {
+        let what = if name == "scratch" {
+            format!("`{name}` is the empty image: no python, no glibc, no shell")
+        } else {
+            format!("`{shown}` has no shell and no package manager")
+        };
+        diags.push(
+            Diagnostic::error(
+                "kiln::no_shell",
+                span,
+                format!("{what}, and kiln's build steps (the venv, the user, apt) run in a shell on it"),
+            )
+            .with_help(format!(
+                "leave out `base` (kiln uses python:{python}-slim) or pick a Debian or Ubuntu based image"
+            )),
+        );
+        return;
+    }
     if NO_GLIBC.contains(&last.as_str()) || tag.contains("alpine") || tag.contains("musl") {
         let what = if s.conda.is_some() {
             "a conda environment"
@@ -296,7 +315,7 @@ fn check_base(
             Diagnostic::error(
                 "kiln::no_glibc",
                 span,
-                format!("`{name}:{tag}` has no glibc, so {what} cannot run on it"),
+                format!("`{shown}` has no glibc, so {what} cannot run on it"),
             )
             .with_help("pick a glibc base such as python:3.11-slim or debian:bookworm-slim; manylinux wheels and conda need glibc"),
         );
@@ -313,7 +332,7 @@ fn check_base(
                     Diagnostic::error(
                         "kiln::python_mismatch",
                         span,
-                        format!("`{name}:{tag}` carries python {tag_py}, but the recipe asks for python {python}"),
+                        format!("`{shown}` carries python {tag_py}, but the recipe asks for python {python}"),
                     )
                     .with_help(format!("write `python \"{tag_py}\"`, or a python:{python}-… base")),
                 );
@@ -338,7 +357,7 @@ fn check_base(
                     Diagnostic::error(
                         "kiln::python_mismatch",
                         span,
-                        format!("`{name}:{tag}` is {distro}, whose python is {py}, but the recipe asks for python {python}"),
+                        format!("`{shown}` is {distro}, whose python is {py}, but the recipe asks for python {python}"),
                     )
                     .with_help(format!("write `python \"{py}\"`, or pick a base whose distro ships python {python}")),
                 );

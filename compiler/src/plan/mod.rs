@@ -347,6 +347,8 @@ pub fn plan(
         notes.push("CUDA twice: the nvidia/cuda base and the framework's CUDA wheels both carry the CUDA libraries".to_string());
     }
 
+    check_base_cuda(&runtime, gpu.as_ref(), framework.as_ref(), diags);
+
     let installer = settings
         .installer
         .as_ref()
@@ -1328,4 +1330,164 @@ fn read_requirements(
     }
     out.includes.sort();
     out
+}
+
+/// What kiln can tell of the CUDA an image carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ImageCuda {
+    /// This CUDA (major.minor).
+    Version(String),
+    /// Some CUDA, version unknown (tensorflow/tensorflow:…-gpu).
+    Some,
+    /// None: an official python, Debian or Ubuntu image.
+    None,
+    /// Nothing known (a private image, not resolved).
+    Unknown,
+}
+
+/// The CUDA `base` carries: its config's `CUDA_VERSION` (set by the
+/// nvidia/cuda images and those built on them) when the caller resolved
+/// it, else what the well-known images' tags say.
+fn image_cuda(base: &Base) -> ImageCuda {
+    let major_minor = |v: &str| -> Option<String> {
+        let parts: Vec<&str> = v.split('.').take(2).collect();
+        (parts.len() == 2
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.parse::<u32>().is_ok()))
+        .then(|| parts.join("."))
+    };
+    if let Some(v) = base
+        .resolved
+        .as_ref()
+        .and_then(|r| r.config.env("CUDA_VERSION"))
+        .and_then(major_minor)
+    {
+        return ImageCuda::Version(v);
+    }
+    let name = base.reference.familiar_name();
+    let tag = base.reference.tag.clone().unwrap_or_default();
+    match name.as_str() {
+        "nvidia/cuda" | "nvcr.io/nvidia/cuda" => major_minor(tag.split('-').next().unwrap_or(""))
+            .map_or(ImageCuda::Some, ImageCuda::Version),
+        "pytorch/pytorch" => match tag.split('-').find_map(|p| p.strip_prefix("cuda")) {
+            Some(v) => major_minor(v).map_or(ImageCuda::Some, ImageCuda::Version),
+            None if tag.is_empty() || tag == "latest" => ImageCuda::Some,
+            None => ImageCuda::Unknown,
+        },
+        "tensorflow/tensorflow" => {
+            if tag.contains("gpu") {
+                ImageCuda::Some
+            } else {
+                ImageCuda::None
+            }
+        }
+        "python"
+        | "debian"
+        | "ubuntu"
+        | "buildpack-deps"
+        | "continuumio/miniconda3"
+        | "condaforge/miniforge3"
+        | "mambaorg/micromamba" => ImageCuda::None,
+        _ => ImageCuda::Unknown,
+    }
+}
+
+/// An explicit `base` against the variant's CUDA and framework: where the
+/// CUDA must come from the base (`from="base"`, or a framework whose wheels
+/// do not bring it), the base must carry that CUDA; a CPU variant on a
+/// CUDA base wastes it; a framework image under the same framework holds
+/// the framework twice.
+fn check_base_cuda(
+    runtime: &Base,
+    gpu: Option<&Gpu>,
+    framework: Option<&FrameworkPlan>,
+    diags: &mut Diagnostics,
+) {
+    let Some(base_span) = runtime.span else {
+        return;
+    };
+    let image = runtime.reference.familiar_name_tag();
+    let cuda = image_cuda(runtime);
+    if let Some(g) = gpu {
+        let from_base = g.from == CudaFrom::Base || framework.is_some_and(|f| !f.wheels_bring_cuda);
+        if from_base {
+            let wanted: Vec<&str> = g.cuda.split('.').collect();
+            match &cuda {
+                ImageCuda::Version(v)
+                    if v.split('.').zip(&wanted).any(|(have, want)| have != *want) =>
+                {
+                    diags.push(
+                        Diagnostic::error(
+                            "kiln::cuda_mismatch",
+                            g.span,
+                            format!(
+                                "the variant's CUDA {} comes from the base, but `{image}` carries CUDA {v}",
+                                g.cuda
+                            ),
+                        )
+                        .with_label("not the base's CUDA")
+                        .with_help(format!(
+                            "write `cuda \"{v}\"`, or use a base with CUDA {} (leave out `base` and kiln picks the nvidia/cuda image)",
+                            g.cuda
+                        )),
+                    );
+                }
+                ImageCuda::None => {
+                    diags.push(
+                        Diagnostic::error(
+                            "kiln::no_cuda_in_base",
+                            base_span,
+                            format!(
+                                "`{image}` carries no CUDA, and the variant's CUDA {} must come from the base",
+                                g.cuda
+                            ),
+                        )
+                        .with_help(format!(
+                            "use an nvidia/cuda {} runtime image as `base`, or leave out `base` and kiln picks it",
+                            g.cuda
+                        )),
+                    );
+                }
+                _ => {}
+            }
+        }
+    } else if let Some(fw) = framework
+        && matches!(cuda, ImageCuda::Version(_) | ImageCuda::Some)
+    {
+        diags.push(
+            Diagnostic::warning(
+                "kiln::cuda_unused",
+                base_span,
+                format!(
+                    "`{image}` carries CUDA, but this variant names no `cuda`: {} {} is installed as its CPU build, and the image carries CUDA for nothing",
+                    fw.name, fw.version
+                ),
+            )
+            .with_help("add `cuda \"X.Y\"` (the base's CUDA) for a GPU build, or leave out `base` for a CPU image on python slim"),
+        );
+    }
+    if let Some(fw) = framework {
+        let image_name = runtime.reference.familiar_name();
+        let same = matches!(
+            (fw.name.as_str(), image_name.as_str()),
+            ("tensorflow", "tensorflow/tensorflow") | ("pytorch", "pytorch/pytorch")
+        );
+        if same {
+            diags.push(
+                Diagnostic::warning(
+                    "kiln::framework_twice",
+                    base_span,
+                    format!(
+                        "`{image}` has {} installed already, outside the venv; `framework` installs {} {} again in /opt/venv: the image holds it twice",
+                        fw.name, fw.name, fw.version
+                    ),
+                )
+                .with_help(format!(
+                    "leave out `base`: kiln installs {} built for the variant's CUDA on python slim, once",
+                    fw.name
+                )),
+            );
+        }
+    }
 }
