@@ -679,9 +679,10 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // Every later install names the framework again: pip's resolver only
     // honours the constraints of the packages it is asked for, so without
     // this a dependency of a later requirement may replace what the
-    // framework needs (protobuf 5+ under TensorFlow) or pull a second build
-    // of it (`tf-keras` -> `tensorflow` next to `tensorflow-cpu`). Already
-    // installed, the framework itself is not downloaded again.
+    // framework needs (protobuf 5+ under TensorFlow) or another release of
+    // it. Already installed, the framework itself is not downloaded again.
+    // (A package that requires `tensorflow` by name would still bring it
+    // next to `tensorflow-cpu`: planning installs `tensorflow` for those.)
     // Requirements that depend on the framework's companions (timm pulls
     // torchvision) must find them where the framework came from: PyPI's
     // torchvision is another CUDA build. pip prefers the index's

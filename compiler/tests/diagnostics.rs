@@ -439,3 +439,34 @@ fn cuda_bases_against_the_variant() {
     );
     assert_eq!(codes(private, &resolved), ["c.kdl:5:1 kiln::cuda_mismatch"]);
 }
+
+/// A package that requires `tensorflow` by name makes the CPU variant
+/// install `tensorflow`, not `tensorflow-cpu` next to it; without one the
+/// CPU build stays `tensorflow-cpu`.
+#[test]
+fn a_tensorflow_dependent_gets_tensorflow_not_tensorflow_cpu() {
+    let packages = |text: &str| -> Vec<String> {
+        let (plans, _) = kiln_compiler::load("t.kdl", text)
+            .expect("loads")
+            .plan(&Options::default())
+            .expect("plans");
+        plans[0]
+            .framework
+            .as_ref()
+            .expect("framework")
+            .packages
+            .clone()
+    };
+    let base = "kiln 1\npython \"3.11\"\nframework \"tensorflow\" \"2.16.1\"\n";
+    assert_eq!(packages(base), ["tensorflow-cpu==2.16.1"]);
+    assert_eq!(
+        packages(&format!(
+            "{base}pip \"tensorflow-text==2.16.1\" \"numpy<2\"\n"
+        )),
+        ["tensorflow==2.16.1"]
+    );
+    assert_eq!(
+        packages(&format!("{base}pip \"tf_keras>=2.16\"\n")),
+        ["tensorflow==2.16.1"]
+    );
+}

@@ -443,6 +443,33 @@ pub(super) fn resolve(
         index_url = Some(url);
     }
     packages.dedup();
+    // tensorflow-cpu is TensorFlow under another name, and packages that
+    // require `tensorflow` by name make pip install the full one next to
+    // it, over the same files: with one of those in the recipe the CPU
+    // variant installs `tensorflow` (it runs on a CPU too), once.
+    if gpu.is_none()
+        && let Some(dependent) = settings.pip.iter().find_map(|p| match &p.value {
+            model::Pip::Packages(specs) => specs.iter().find_map(|s| {
+                let name = model::requirement_name(s);
+                TENSORFLOW_DEPENDENTS
+                    .contains(&name.as_str())
+                    .then_some(name)
+            }),
+            _ => None,
+        })
+    {
+        let cpu_name = "tensorflow-cpu==";
+        if packages.iter().any(|p| p.starts_with(cpu_name)) {
+            for p in packages.iter_mut() {
+                if let Some(rest) = p.strip_prefix(cpu_name) {
+                    *p = format!("tensorflow=={rest}");
+                }
+            }
+            notes.push(format!(
+                "framework: `tensorflow` rather than `tensorflow-cpu`, because {dependent} requires `tensorflow` by name (pip would install both, over the same files)"
+            ));
+        }
+    }
     let why = match (gpu, &index_url) {
         (Some(g), Some(idx)) => format!("{label} {version} for CUDA {} from {idx}", g.cuda),
         (Some(g), None) => format!(
@@ -537,3 +564,17 @@ fn version_prefix(want: &str, have: &str) -> bool {
     let h: Vec<&str> = have.split('.').collect();
     w.len() <= h.len() && w.iter().zip(&h).all(|(a, b)| a == b)
 }
+
+/// Packages that require `tensorflow` by name (PyPI `Requires-Dist`,
+/// checked 2026-11: https://pypi.org/pypi/<name>/json), so that next to
+/// `tensorflow-cpu` pip installs the full `tensorflow` as well.
+const TENSORFLOW_DEPENDENTS: &[&str] = &[
+    "tf-keras",
+    "tensorflow-text",
+    "tensorflow-decision-forests",
+    "tf-models-official",
+    "tensorflow-recommenders",
+    "tensorflow-ranking",
+    "tensorflow-serving-api",
+    "tensorflow-transform",
+];
