@@ -470,3 +470,23 @@ fn a_tensorflow_dependent_gets_tensorflow_not_tensorflow_cpu() {
         ["tensorflow==2.16.1"]
     );
 }
+
+/// A base pinned by digest in the recipe names itself in the OCI base
+/// labels even when nobody resolved it.
+#[test]
+fn a_digest_pinned_base_is_labelled_without_resolution() {
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let text = format!("kiln 1\npython \"3.11\"\nbase \"python:3.11-slim@{digest}\"\n");
+    let c = kiln_compiler::compile("d.kdl", &text, &Options::default()).expect("compiles");
+    let labels = &c.builds[0].config.config.labels;
+    assert_eq!(
+        labels
+            .get("org.opencontainers.image.base.name")
+            .map(String::as_str),
+        Some("docker.io/library/python:3.11-slim")
+    );
+    assert_eq!(
+        labels.get("org.opencontainers.image.base.digest"),
+        Some(&digest)
+    );
+}

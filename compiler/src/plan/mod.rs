@@ -1139,10 +1139,14 @@ fn image_config(
     if let Some(rev) = opts.build_args.get("VCS_REF") {
         labels.insert("org.opencontainers.image.revision".into(), rev.clone());
     }
-    if let Some(base) = runtime.resolved.as_ref().and(Some(runtime.pinned())) {
+    // The base as resolved, or as the recipe pinned it (`…@sha256:…`).
+    if runtime.resolved.is_some() || runtime.reference.digest.is_some() {
+        let base = runtime.pinned();
+        let mut name = runtime.reference.clone();
+        name.digest = None;
         labels.insert(
             "org.opencontainers.image.base.name".into(),
-            runtime.reference.to_string(),
+            name.to_string(),
         );
         if let Some(d) = &base.digest {
             labels.insert("org.opencontainers.image.base.digest".into(), d.clone());
