@@ -577,6 +577,15 @@ impl Decoder {
                         return;
                     }
                     match self.string_prop(node, "secret") {
+                        Some(v) if v.value.trim().is_empty() => {
+                            self.err(
+                                "kiln::empty_value",
+                                v.span,
+                                "`ca-bundle` needs the id of a build secret, not an empty string",
+                            )
+                            .help = Some("write `ca-bundle secret=\"ca-bundle\"`".into());
+                            return;
+                        }
                         Some(v) => v,
                         None => {
                             self.err(
@@ -668,6 +677,9 @@ impl Decoder {
             "cmd" | "entrypoint" => {
                 self.allow_props(node, &["variant"]);
                 let words = self.strings(node, name);
+                if words.is_empty() && !positional(node).is_empty() {
+                    return;
+                }
                 if words.is_empty() {
                     self.err(
                         "kiln::wrong_arity",
@@ -686,6 +698,9 @@ impl Decoder {
             "apt" => {
                 self.allow_props(node, &["variant", "stage"]);
                 let packages = self.strings(node, "apt package");
+                if packages.is_empty() && !positional(node).is_empty() {
+                    return;
+                }
                 if packages.is_empty() {
                     self.err(
                         "kiln::wrong_arity",
@@ -807,6 +822,15 @@ impl Decoder {
                     self.err("kiln::wrong_arity", span, "`label` sets nothing");
                 }
                 for (k, v) in pairs {
+                    if k.value.trim().is_empty() {
+                        self.err(
+                            "kiln::empty_value",
+                            k.span,
+                            "a label needs a key, not an empty string",
+                        )
+                        .help = Some("write `label \"org.example.team\" \"ml\"`".into());
+                        continue;
+                    }
                     s.label.push(Spanned::new((k.value, v), k.span));
                 }
             }
@@ -1049,8 +1073,11 @@ impl Decoder {
             + usize::from(requirements.is_some())
             + usize::from(index.is_some());
         if kinds == 0 {
-            self.err("kiln::wrong_arity", span, "`pip` installs nothing")
-                .help = Some("write `pip \"numpy==1.26.4\"`, `pip requirements=\"requirements.txt\"` or `pip index=\"URL\"`".into());
+            // (Empty strings were reported as such.)
+            if positional(node).is_empty() {
+                self.err("kiln::wrong_arity", span, "`pip` installs nothing")
+                    .help = Some("write `pip \"numpy==1.26.4\"`, `pip requirements=\"requirements.txt\"` or `pip index=\"URL\"`".into());
+            }
             return;
         }
         if kinds > 1 {
@@ -1217,7 +1244,22 @@ impl Decoder {
     fn one_string(&mut self, node: &KdlNode, what: &str) -> Option<Spanned<String>> {
         let args = positional(node);
         match args.as_slice() {
-            [e] => self.string(e, what),
+            [e] => {
+                let v = self.string(e, what)?;
+                if v.value.trim().is_empty() {
+                    self.err(
+                        "kiln::empty_value",
+                        v.span,
+                        format!(
+                            "`{}` needs {}, not an empty string",
+                            node.name().value(),
+                            with_article(what)
+                        ),
+                    );
+                    return None;
+                }
+                Some(v)
+            }
             [] => {
                 self.err(
                     "kiln::wrong_arity",
@@ -1237,11 +1279,31 @@ impl Decoder {
         }
     }
 
+    /// The string values of `node`; an empty one is an error where `what`
+    /// cannot be empty (a package), and only as the first word of a
+    /// command (`cmd "python" ""` passes an empty argument).
     fn strings(&mut self, node: &KdlNode, what: &str) -> Vec<String> {
-        positional(node)
-            .into_iter()
-            .filter_map(|e| self.string(e, what).map(|s| s.value))
-            .collect()
+        let command = matches!(node.name().value(), "cmd" | "entrypoint");
+        let mut out = Vec::new();
+        for (i, e) in positional(node).into_iter().enumerate() {
+            let Some(v) = self.string(e, what) else {
+                continue;
+            };
+            if v.value.trim().is_empty() && (!command || i == 0) {
+                let message = if command {
+                    format!(
+                        "`{}` needs a program to run, not an empty string",
+                        node.name().value()
+                    )
+                } else {
+                    format!("an empty string is not {}", with_article(what))
+                };
+                self.err("kiln::empty_value", v.span, message);
+                continue;
+            }
+            out.push(v.value);
+        }
+        out
     }
 
     fn string(&mut self, e: &KdlEntry, what: &str) -> Option<Spanned<String>> {
@@ -1877,4 +1939,14 @@ impl Recipe {
             .find(|v| v.default)
             .or_else(|| self.variants.first())
     }
+}
+
+/// `an apt package`, `a pip requirement`.
+fn with_article(what: &str) -> String {
+    let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {what}")
 }
