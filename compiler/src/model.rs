@@ -1002,6 +1002,20 @@ impl Decoder {
                 format!("`{}` is not a CUDA version", version.value),
             )
             .help = Some("write major.minor, e.g. `cuda \"12.4\"`".into());
+        } else if !has_arg_ref(&version.value) && version.value.split('.').count() > 2 {
+            let mm: Vec<&str> = version.value.split('.').take(2).collect();
+            let mm = mm.join(".");
+            self.err(
+                "kiln::invalid_version",
+                version.span,
+                format!(
+                    "`{}` is a CUDA patch release; kiln matches CUDA by major.minor",
+                    version.value
+                ),
+            )
+            .help = Some(format!(
+                "write `cuda \"{mm}\"`: wheels are built per CUDA minor release, and kiln picks the nvidia/cuda {mm} image"
+            ));
         }
         let cudnn = self.version_prop(node, "cudnn");
         let from = match self.string_prop(node, "from") {
