@@ -1089,3 +1089,8 @@ fn requirements_files_bring_their_includes_and_a_hashed_lock_gets_a_layer_per_pi
         bad.report()
     );
 }
+
+#[test]
+fn a_copy_pattern_that_matches_nothing_fails_at_its_line() {
+    assert_build_fails_saying("nomatch", &["kiln.kdl:9", "copy \"*.py\""]);
+}

@@ -721,7 +721,7 @@ impl FileActions {
                         dir_copy_contents: contents,
                         create_dest_path: create_parents,
                         allow_wildcard: true,
-                        allow_empty_wildcard: true,
+                        allow_empty_wildcard: false,
                         timestamp: -1,
                         include_patterns: include,
                         ..Default::default()
