@@ -138,21 +138,37 @@ fn report(diags: &Diagnostics) {
 }
 
 fn read_recipe(path: &Path) -> Result<(String, String)> {
-    if path == Path::new("-") {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-            .context("reading the recipe from stdin")?;
-        return Ok(("<stdin>".to_string(), text));
-    }
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() > kiln_compiler::recipe::MAX_RECIPE_BYTES {
+    let limit = kiln_compiler::recipe::MAX_RECIPE_BYTES;
+    let from_stdin = path == Path::new("-");
+    let shown = if from_stdin {
+        "the recipe on stdin".to_string()
+    } else {
+        path.display().to_string()
+    };
+    // At most one byte over the limit (a pipe or /dev/zero never ends):
+    // enough to know the input is too large.
+    let mut bytes = Vec::new();
+    let read = if from_stdin {
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::io::stdin(), limit as u64 + 1),
+            &mut bytes,
+        )
+    } else {
+        std::fs::File::open(path).and_then(|f| {
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, limit as u64 + 1), &mut bytes)
+        })
+    };
+    read.with_context(|| format!("reading {shown}"))?;
+    if bytes.len() > limit {
         bail!(
-            "{} is {} bytes; a recipe is at most {} bytes (is this the right file?)",
-            path.display(),
-            bytes.len(),
-            kiln_compiler::recipe::MAX_RECIPE_BYTES
+            "{shown} is over {limit} bytes; a recipe is at most {limit} bytes (is this the right file?)"
         );
     }
+    let path = if from_stdin {
+        Path::new("<stdin>")
+    } else {
+        path
+    };
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
             "{} is not UTF-8 text (invalid byte at offset {}); a recipe is a KDL text file",

@@ -418,3 +418,33 @@ fn requirements_files_are_read_from_the_context() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&other);
 }
+
+/// An endless or huge input is refused after reading one byte more than a
+/// recipe may have, from a file or from stdin.
+#[test]
+fn oversized_input_is_refused_without_reading_it_all() {
+    let o = kiln(&["check", "/dev/zero"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/dev/zero is over 1048576 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["check", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // kiln stops reading and exits; the writer then sees a broken pipe.
+    let _ = std::io::Write::write_all(&mut stdin, &vec![b' '; 3 << 20]);
+    drop(stdin);
+    let o = child.wait_with_output().expect("waits");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("the recipe on stdin is over 1048576 bytes"),
+        "{}",
+        stderr(&o)
+    );
+}

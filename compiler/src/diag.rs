@@ -80,7 +80,8 @@ impl SourceFile {
         }
     }
 
-    /// 1-based line and column (in characters) of a byte offset.
+    /// 1-based line and column (in characters) of a byte offset. Lines end
+    /// where KDL says they do: CRLF, CR, LF, NEL, FF, LS or PS.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let text = self.text.as_str();
         let mut offset = offset.min(text.len());
@@ -88,20 +89,52 @@ impl SourceFile {
             offset -= 1;
         }
         let before = &text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let (mut line, mut line_start) = (1, 0);
+        let mut chars = before.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c == '\r' && chars.peek().is_some_and(|&(_, n)| n == '\n') {
+                chars.next();
+                line += 1;
+                line_start = i + 2;
+            } else if is_newline(c) {
+                line += 1;
+                line_start = i + c.len_utf8();
+            }
+        }
         let col = before[line_start..].chars().count() + 1;
         (line, col)
     }
 
-    /// The text of the 1-based line `line`, without its newline.
+    /// The text of the 1-based line `line`, without its line break.
     pub fn line_text(&self, line: usize) -> &str {
-        self.text
-            .split('\n')
-            .nth(line.saturating_sub(1))
-            .map(|l| l.trim_end_matches('\r'))
-            .unwrap_or("")
+        let text = self.text.as_str();
+        let (mut n, mut start) = (1, 0);
+        let mut chars = text.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if !is_newline(c) {
+                continue;
+            }
+            if n == line {
+                return &text[start..i];
+            }
+            let mut end = i + c.len_utf8();
+            if c == '\r' && chars.peek().is_some_and(|&(_, n)| n == '\n') {
+                chars.next();
+                end += 1;
+            }
+            n += 1;
+            start = end;
+        }
+        if n == line { &text[start..] } else { "" }
     }
+}
+
+/// KDL's newline characters (CRLF is handled by the callers).
+fn is_newline(c: char) -> bool {
+    matches!(
+        c,
+        '\n' | '\r' | '\u{85}' | '\u{c}' | '\u{2028}' | '\u{2029}'
+    )
 }
 
 /// All diagnostics of one compile over one source, errors and warnings.
@@ -308,6 +341,20 @@ pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_end_at_every_kdl_newline() {
+        let src = SourceFile::new("r.kdl", "kiln 1\rpython \"3.11\"\r\nname \"x\"\u{2028}bad");
+        let off = src.text.find("bad").expect("bad");
+        assert_eq!(src.line_col(off), (4, 1));
+        assert_eq!(
+            src.line_col(src.text.find("name").expect("name") + 5),
+            (3, 6)
+        );
+        assert_eq!(src.line_text(2), "python \"3.11\"");
+        assert_eq!(src.line_text(4), "bad");
+        assert_eq!(src.line_text(5), "");
+    }
 
     #[test]
     fn line_col_counts_characters_not_bytes() {
