@@ -178,7 +178,7 @@ impl Diagnostics {
     /// recipe line with the span underlined, and the help line.
     pub fn render_plain(&self) -> String {
         let mut out = String::new();
-        for d in &self.items {
+        for d in self.items.iter().take(MAX_SHOWN) {
             let (line, col) = self.source.line_col(d.span.offset());
             let kind = if d.is_error() { "error" } else { "warning" };
             out.push_str(&format!(
@@ -202,7 +202,18 @@ impl Diagnostics {
                 out.push_str(&format!("       = help: {help}\n"));
             }
         }
+        if let Some(more) = self.not_shown() {
+            out.push_str(&more);
+            out.push('\n');
+        }
         out
+    }
+
+    /// `… and N more problems` past the first [`MAX_SHOWN`].
+    fn not_shown(&self) -> Option<String> {
+        let more = self.items.len().saturating_sub(MAX_SHOWN);
+        (more > 0)
+            .then(|| format!("… and {more} more problem(s), not shown; fix the ones above first"))
     }
 
     /// A miette report value for fancy rendering.
@@ -213,6 +224,7 @@ impl Diagnostics {
             items: self
                 .items
                 .iter()
+                .take(MAX_SHOWN)
                 .map(|d| Item {
                     d: d.clone(),
                     location: self.location(d),
@@ -220,9 +232,14 @@ impl Diagnostics {
                 .collect(),
             errors: self.errors().count(),
             warnings: self.warnings().count(),
+            not_shown: self.not_shown(),
         }
     }
 }
+
+/// The most problems rendered: past a screenful they add nothing, and each
+/// costs a pass over the recipe.
+pub const MAX_SHOWN: usize = 50;
 
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -240,6 +257,7 @@ pub struct Report {
     items: Vec<Item>,
     errors: usize,
     warnings: usize,
+    not_shown: Option<String>,
 }
 
 #[derive(Debug)]
@@ -277,6 +295,12 @@ impl miette::Diagnostic for Report {
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         Some(&self.source)
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.not_shown
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 }
 
@@ -341,6 +365,23 @@ pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendering_stops_after_a_screenful_and_says_how_many_are_left() {
+        let text = "x\n".repeat(200);
+        let mut diags = Diagnostics::new(SourceFile::new("r.kdl", text));
+        for i in 0..120 {
+            diags.push(Diagnostic::error(
+                "kiln::test",
+                SourceSpan::from((i * 2, 1)),
+                "bad",
+            ));
+        }
+        let plain = diags.render_plain();
+        assert_eq!(plain.matches("error[kiln::test]").count(), MAX_SHOWN);
+        assert!(plain.ends_with("… and 70 more problem(s), not shown; fix the ones above first\n"));
+        assert_eq!(diags.report().to_string(), "recipe has 120 error(s)");
+    }
 
     #[test]
     fn lines_end_at_every_kdl_newline() {
