@@ -1217,6 +1217,7 @@ impl Decoder {
                 let node_name = node.name().value();
                 let help = match nearest(k, allowed.iter().copied()) {
                     Some(n) => format!("did you mean `{n}=`?"),
+                    None if allowed.is_empty() => format!("`{node_name}` takes no properties"),
                     None if allowed.iter().all(|a| *a == "variant") => {
                         format!("`{node_name}` takes only `variant=`")
                     }
