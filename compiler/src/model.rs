@@ -631,10 +631,31 @@ impl Decoder {
                                 value.span,
                                 format!("workdir `{}` is not an absolute path", value.value),
                             )
-                            .help = Some(format!(
-                                "write `workdir \"/{}\"`",
-                                value.value.trim_start_matches("./")
-                            ));
+                            .help = Some(if value.value.starts_with(['$', '~']) {
+                                let rest = value
+                                    .value
+                                    .trim_start_matches(['$', '~'])
+                                    .trim_start_matches(|c: char| {
+                                        c.is_ascii_alphanumeric()
+                                            || c == '_'
+                                            || c == '{'
+                                            || c == '}'
+                                    })
+                                    .trim_start_matches('/');
+                                let dir = if rest.is_empty() {
+                                    "/home/app".to_string()
+                                } else {
+                                    format!("/home/app/{rest}")
+                                };
+                                format!(
+                                    "kiln does not expand `$HOME` or `~` in paths; write the directory itself, e.g. `workdir \"{dir}\"`"
+                                )
+                            } else {
+                                format!(
+                                    "write `workdir \"/{}\"`",
+                                    value.value.trim_start_matches("./")
+                                )
+                            });
                         }
                         self.set_once(&mut s.workdir, value, node, level);
                     }
