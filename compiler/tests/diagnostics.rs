@@ -490,3 +490,24 @@ fn a_digest_pinned_base_is_labelled_without_resolution() {
         Some(&digest)
     );
 }
+
+/// A recipe `PATH` that replaces kiln's and leaves out the venv warns;
+/// one that extends it (`${PATH}`) does not.
+#[test]
+fn a_path_without_the_venv_warns() {
+    let codes = |env: &str| -> Vec<String> {
+        let text = format!("kiln 1\npython \"3.11\"\nenv PATH=\"{env}\"\n");
+        let c = kiln_compiler::compile("p.kdl", &text, &Options::default()).expect("compiles");
+        c.warnings
+            .items
+            .iter()
+            .map(|d| format!("{} {}", c.warnings.location(d), d.code))
+            .collect()
+    };
+    assert_eq!(
+        codes("/usr/bin:/bin"),
+        ["p.kdl:3:5 kiln::path_without_venv"]
+    );
+    assert!(codes("/opt/tools/bin:${PATH}").is_empty());
+    assert!(codes("/opt/venv/bin:/usr/bin").is_empty());
+}

@@ -1095,6 +1095,20 @@ fn image_config(
                 );
             }
         }
+        if e.value.0 == "PATH" && !value.split(':').any(|p| p == venv_bin) {
+            diags.push(
+                Diagnostic::warning(
+                    "kiln::path_without_venv",
+                    e.span,
+                    format!(
+                        "this `PATH` leaves out {venv_bin}: `python` and the environment's scripts in the image are then not the venv's"
+                    ),
+                )
+                .with_help(format!(
+                    "add to the PATH instead of replacing it: `env PATH=\"/your/bin:${{PATH}}\"` (or name {venv_bin} in it)"
+                )),
+            );
+        }
         c.set_env(&e.value.0, &value);
     }
     if let Some(u) = &s.user {
