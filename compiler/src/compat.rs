@@ -450,12 +450,18 @@ fn parse_framework(text: &str, node: &KdlNode) -> Result<Vec<Release>, DataError
                 );
                 let source = source_of(child).map_err(err)?;
                 let mut gpu = gpu_template.clone();
+                // A release's `cpu` changes the framework's CPU rules for it
+                // (jax before 0.4.30 needs `jax[cpu]` for jaxlib).
+                let mut cpu = cpu_templates.clone();
                 let mut builds: Vec<(&KdlNode, usize)> = Vec::new();
                 let mut companions: Vec<&KdlNode> = Vec::new();
                 for g in child.children().map(|d| d.nodes()).unwrap_or(&[]) {
                     let gline = line_of(text, g.span().offset());
                     match g.name().value() {
                         "gpu" => gpu = install_props(g, &gpu),
+                        "cpu" => {
+                            cpu = cpu.iter().map(|t| install_props(g, t)).collect();
+                        }
                         "cuda" => builds.push((g, gline)),
                         "companion" => companions.push(g),
                         other => {
@@ -510,10 +516,7 @@ fn parse_framework(text: &str, node: &KdlNode) -> Result<Vec<Release>, DataError
                     out.push(Release {
                         version: version.clone(),
                         pythons: pythons.clone(),
-                        cpu: cpu_templates
-                            .iter()
-                            .map(|t| instantiate(t, version, None))
-                            .collect(),
+                        cpu: cpu.iter().map(|t| instantiate(t, version, None)).collect(),
                         cuda,
                         companions,
                         source: source.clone(),

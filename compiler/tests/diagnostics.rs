@@ -511,3 +511,52 @@ fn a_path_without_the_venv_warns() {
     assert!(codes("/opt/tools/bin:${PATH}").is_empty());
     assert!(codes("/opt/venv/bin:/usr/bin").is_empty());
 }
+
+/// JAX rows checked against PyPI: jax before 0.4.30 needs its `cpu` extra
+/// for jaxlib; cp313 wheels start at 0.4.34; GPU wheels for arm64 at 0.5.
+#[test]
+fn jax_rows_follow_what_pypi_ships() {
+    let plan = |text: &str, platform: &str| {
+        let opts = Options {
+            platforms: vec![Platform::parse(platform).expect("platform")],
+            ..Options::default()
+        };
+        kiln_compiler::load("j.kdl", text)
+            .expect("loads")
+            .plan(&opts)
+    };
+    let packages = |version: &str| {
+        let (plans, _) = plan(
+            &format!("kiln 1\npython \"3.11\"\nframework \"jax\" \"{version}\"\n"),
+            "linux/amd64",
+        )
+        .expect("plans");
+        plans[0]
+            .framework
+            .as_ref()
+            .expect("framework")
+            .packages
+            .clone()
+    };
+    assert_eq!(packages("0.4.22"), ["jax[cpu]==0.4.22"]);
+    assert_eq!(packages("0.4.29"), ["jax[cpu]==0.4.29"]);
+    assert_eq!(packages("0.4.30"), ["jax==0.4.30"]);
+    assert!(
+        plan(
+            "kiln 1\npython \"3.13\"\nframework \"jax\" \"0.4.33\"\n",
+            "linux/amd64"
+        )
+        .is_err()
+    );
+    assert!(
+        plan(
+            "kiln 1\npython \"3.13\"\nframework \"jax\" \"0.4.34\"\n",
+            "linux/amd64"
+        )
+        .is_ok()
+    );
+    let gpu = "kiln 1\npython \"3.11\"\nframework \"jax\" \"0.6.2\"\ncuda \"12.8\"\n";
+    assert!(plan(gpu, "linux/arm64").is_ok());
+    let old_gpu = "kiln 1\npython \"3.11\"\nframework \"jax\" \"0.4.38\"\ncuda \"12.6\"\n";
+    assert!(plan(old_gpu, "linux/arm64").is_err());
+}
