@@ -1507,6 +1507,20 @@ impl Decoder {
 
     /// A path inside the build context, normalised; an error when it leaves it.
     fn check_context_path(&mut self, value: &Spanned<String>, what: &str) -> Option<String> {
+        if let Some((scheme, _)) = value.value.split_once("://")
+            && !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        {
+            self.err(
+                "kiln::outside_context",
+                value.span,
+                format!("the {what} `{}` is a URL; kiln reads it from the build context only", value.value),
+            )
+            .help = Some("download it in a step (`run \"curl -fsSLo /models/model.bin URL\"`), or put the file in the context".into());
+            return None;
+        }
         match normalize_context_path(&value.value) {
             Ok(p) => Some(p),
             Err(why) => {
