@@ -1094,3 +1094,27 @@ fn requirements_files_bring_their_includes_and_a_hashed_lock_gets_a_layer_per_pi
 fn a_copy_pattern_that_matches_nothing_fails_at_its_line() {
     assert_build_fails_saying("nomatch", &["kiln.kdl:9", "copy \"*.py\""]);
 }
+
+/// BuildKit 0.8 (no MergeOp, `# syntax=` only): the frontend reads the
+/// requirements files through the context there too, and the included file
+/// reaches the install step.
+#[test]
+fn the_old_engine_reads_requirements_files_and_their_includes() {
+    let Some(old) = common::engine(EngineKind::Old, "old_engine_requirements") else {
+        return;
+    };
+    let ctx = TempDir::new("old-requirements");
+    std::fs::create_dir_all(ctx.path().join("reqs")).expect("mkdir");
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        "# syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nca-bundle secret=\"ca-bundle\"\n\
+         pip requirements=\"reqs/app.txt\"\nverify \"import six; assert six.__version__ == '1.16.0'\"\n",
+    )
+    .expect("write");
+    std::fs::write(ctx.path().join("reqs/app.txt"), "-r base.txt\n").expect("write");
+    std::fs::write(ctx.path().join("reqs/base.txt"), "six==1.16.0\n").expect("write");
+    let image = old.image("old-requirements");
+    old.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
+        .expect_ok();
+    assert!(image.exec(&["pip", "freeze"]).contains("six==1.16.0"));
+}
