@@ -258,10 +258,10 @@ const MAX_CONTEXT_FILE: u64 = 4 << 20;
 
 /// Read the context files the compiler asks for (requirements files and
 /// what they include) from the context directory, as the frontend reads
-/// them from the build's context. (`.dockerignore` is not applied here: the
-/// engine applies it when it sends the context.)
+/// them from the build's context, `.dockerignore` applied.
 fn read_context_files(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> Result<()> {
     let dir = context_dir(b);
+    let ignored = |file: &str| kiln_compiler::ignore::excluded(&opts.exclude, file);
     for _ in 0..MAX_INCLUDE_ROUNDS {
         let wanted = c.context_files_wanted(opts);
         if wanted.is_empty() {
@@ -269,6 +269,11 @@ fn read_context_files(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> Res
         }
         for file in wanted {
             let path = dir.join(&file);
+            // What .dockerignore leaves out, the engine never sends.
+            if ignored(&file) {
+                opts.context_files.insert(file, None);
+                continue;
+            }
             let text = match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => {
                     if m.len() > MAX_CONTEXT_FILE {

@@ -404,6 +404,16 @@ fn requirements_files_are_read_from_the_context() {
         out.contains("-r reqs/app.txt (bind-mounted from the context with reqs/base.txt"),
         "{out}"
     );
+    // What .dockerignore leaves out is not in the context.
+    std::fs::write(dir.join(".dockerignore"), "reqs/base*\n").expect("write");
+    let ignored = kiln(&["check", r]);
+    assert!(!ignored.status.success());
+    assert!(
+        stderr(&ignored).contains("`reqs/base.txt` is not in the build context"),
+        "{}",
+        stderr(&ignored)
+    );
+    std::fs::remove_file(dir.join(".dockerignore")).expect("rm");
     // Elsewhere with --context: the files are read there.
     let other = std::env::temp_dir().join(format!("kiln-cli-reqs-other-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&other);
