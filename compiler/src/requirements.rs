@@ -174,6 +174,9 @@ pub fn include_path(from: &str, path: &str) -> Result<Option<String>, String> {
     if path.contains("://") {
         return Ok(None);
     }
+    if path.trim().is_empty() {
+        return Err("the option names no file".to_string());
+    }
     let path = path.strip_prefix("file:").unwrap_or(path);
     if path.starts_with('/') {
         return Err(format!(
@@ -295,5 +298,6 @@ mod tests {
         assert_eq!(include_path("prod.txt", "https://x/r.txt"), Ok(None));
         assert!(include_path("prod.txt", "../r.txt").is_err());
         assert!(include_path("prod.txt", "/etc/r.txt").is_err());
+        assert!(include_path("reqs/prod.txt", "").is_err());
     }
 }

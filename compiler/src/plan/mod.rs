@@ -1339,7 +1339,7 @@ fn read_requirements(
                     Diagnostic::error(
                         "kiln::outside_context",
                         span,
-                        format!("`{file}` line {line} reads `{option} {written}`: {why}"),
+                        format!("`{file}` line {line} reads `{}`: {why}", format!("{option} {written}").trim_end()),
                     )
                     .with_help("keep the files a requirements file includes inside the build context, with paths relative to it"),
                 ),
