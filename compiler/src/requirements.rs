@@ -286,6 +286,38 @@ mod tests {
     }
 
     #[test]
+    fn odd_input_parses_without_a_panic() {
+        let odd = [
+            "\\",
+            "\\\n",
+            "-r",
+            "--requirement=",
+            "-c\t",
+            "#",
+            "x \\\nnumpy==1",
+            "é==1 --hash",
+            "--hash=sha256:a",
+            "-rfile",
+            "-\u{2028}r x",
+            "numpy==1 \\\n--hash=a \\",
+            "\r\n\r\n",
+            "-e",
+            "--",
+            "==",
+            "a==1\u{0}",
+        ];
+        for text in odd {
+            let entries = parse(text);
+            let _ = lock_pins(&entries);
+            for e in &entries {
+                if let Entry::Include { path, .. } = e {
+                    let _ = include_path("r/x.txt", path);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn included_paths_are_relative_to_the_including_file() {
         assert_eq!(
             include_path("reqs/prod.txt", "base.txt"),
