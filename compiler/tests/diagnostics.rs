@@ -560,3 +560,62 @@ fn jax_rows_follow_what_pypi_ships() {
     let old_gpu = "kiln 1\npython \"3.11\"\nframework \"jax\" \"0.4.38\"\ncuda \"12.6\"\n";
     assert!(plan(old_gpu, "linux/arm64").is_err());
 }
+
+/// Past MAX_PACKAGE_LAYERS pins the image would have as many layers: the
+/// recipe's pins install together and a lock installs as its file.
+#[test]
+fn hundreds_of_pins_do_not_make_hundreds_of_layers() {
+    use kiln_compiler::plan::{MAX_PACKAGE_LAYERS, PipStep};
+    let pins = |n: usize, prefix: &str| -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}==1.0")).collect()
+    };
+    let steps = |text: &str, lock: Option<&[String]>| -> Vec<PipStep> {
+        let mut opts = Options::default();
+        if let Some(l) = lock {
+            opts.context_files
+                .insert("lock.txt".into(), Some(l.join("\n")));
+        }
+        let (plans, _) = kiln_compiler::load("m.kdl", text)
+            .expect("loads")
+            .plan(&opts)
+            .expect("plans");
+        plans[0].pip.clone()
+    };
+    let per_package = |steps: &[PipStep]| {
+        steps
+            .iter()
+            .filter(|s| matches!(s, PipStep::Package { .. }))
+            .count()
+    };
+    let few = pins(MAX_PACKAGE_LAYERS, "pkg");
+    let quoted = |p: &[String]| {
+        p.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let text = format!("kiln 1\npython \"3.11\"\npip {}\n", quoted(&few));
+    assert_eq!(per_package(&steps(&text, None)), MAX_PACKAGE_LAYERS);
+    let many = pins(MAX_PACKAGE_LAYERS + 1, "pkg");
+    let text = format!("kiln 1\npython \"3.11\"\npip {}\n", quoted(&many));
+    let s = steps(&text, None);
+    assert_eq!(per_package(&s), 0);
+    assert!(matches!(&s[..], [PipStep::Group { specs, .. }] if specs.len() == many.len()));
+
+    // A lock that fits, next to recipe pins that push the total over.
+    let lock = pins(40, "locked");
+    let text = format!(
+        "kiln 1\npython \"3.11\"\npip requirements=\"lock.txt\"\npip {}\n",
+        quoted(&pins(30, "own"))
+    );
+    let s = steps(&text, Some(&lock));
+    assert_eq!(per_package(&s), 0);
+    assert!(
+        s.iter()
+            .any(|p| matches!(p, PipStep::Requirements { path, .. } if path == "lock.txt")),
+        "{s:?}"
+    );
+    // A lock that fits alone: a layer per pin.
+    let text = "kiln 1\npython \"3.11\"\npip requirements=\"lock.txt\"\n";
+    assert_eq!(per_package(&steps(text, Some(&lock))), 40);
+}

@@ -383,8 +383,13 @@ pub fn plan(
             model::Pip::Requirements(path) => {
                 let read = read_requirements(path, p.span, opts, diags, &mut wanted_files);
                 match read.lock {
-                    // A lock's pins get a layer each, like the recipe's.
-                    Some(pins) if opts.caps.merge_diff && conda.is_none() => {
+                    // A lock's pins get a layer each, like the recipe's (not
+                    // hundreds of them: see MAX_PACKAGE_LAYERS).
+                    Some(pins)
+                        if opts.caps.merge_diff
+                            && conda.is_none()
+                            && pins.len() <= MAX_PACKAGE_LAYERS =>
+                    {
                         for pin in pins {
                             if !pin.hashes.is_empty() {
                                 lock_hashes.insert(pin.spec.clone(), pin.hashes);
@@ -503,9 +508,39 @@ pub fn plan(
     let mut pip = Vec::new();
     match layering {
         Layering::PerPackage => {
-            let (pinned, loose): (Vec<_>, Vec<_>) = pip_inline
+            let (mut pinned, mut loose): (Vec<_>, Vec<_>) = pip_inline
                 .into_iter()
                 .partition(|(s, _)| model::exact_pin(s).is_some());
+            if pinned.len() > MAX_PACKAGE_LAYERS {
+                notes.push(format!(
+                    "pip: {} pins, more than {MAX_PACKAGE_LAYERS}: installed together, not as a layer each (images of hundreds of layers strain engines and runtimes)",
+                    pinned.len()
+                ));
+                // A lock's pins go back to its file (pip then checks its
+                // hashes); the recipe's join the loose requirements.
+                let mut locks: Vec<(String, SourceSpan)> = Vec::new();
+                for (spec, span) in std::mem::take(&mut pinned) {
+                    match lock_origin.get(&spec) {
+                        Some(path) => {
+                            if !locks.iter().any(|(p, _)| p == path) {
+                                locks.push((path.clone(), span));
+                            }
+                        }
+                        None => loose.push((spec, span)),
+                    }
+                }
+                for (path, span) in locks {
+                    pip_files.insert(
+                        0,
+                        PipStep::Requirements {
+                            path,
+                            includes: Vec::new(),
+                            span,
+                        },
+                    );
+                }
+            }
+            let grouped = pinned.is_empty();
             for (spec, span) in pinned {
                 pip.push(PipStep::Package {
                     hashes: lock_hashes.get(&spec).cloned().unwrap_or_default(),
@@ -521,7 +556,7 @@ pub fn plan(
                     span,
                 });
             }
-            if all_pinned {
+            if all_pinned && !grouped {
                 notes.push("pip: every inline requirement is pinned with ==: one layer per package (MergeOp + DiffOp), so adding one re-installs one".to_string());
             } else if pip.iter().any(|p| matches!(p, PipStep::Package { .. })) {
                 notes.push("pip: `==` pins get a layer each; the other requirements install together after them".to_string());
@@ -1257,6 +1292,11 @@ mod tests {
 /// The line that includes a requirements file: the including file, its
 /// line number, the option (`-r`, `-c`) and the path as written.
 type IncludedBy = (String, usize, &'static str, String);
+
+/// The most pins that get a layer each: past that, the image's layer count
+/// (the kernel stacks at most 500 overlay layers; docker's graph drivers
+/// stop at 125) matters more than what one more pin re-installs.
+pub const MAX_PACKAGE_LAYERS: usize = 64;
 
 /// What kiln learnt of a requirements file from the caller's copy of the
 /// context (see [`Options::context_files`]).
