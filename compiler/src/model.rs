@@ -1368,8 +1368,12 @@ impl Decoder {
                         format!("write \"{repr}\""),
                     )
                 };
-                self.err("kiln::version_not_string", value_span(e), msg)
-                    .help = Some(help);
+                let code = if what.contains("version") {
+                    "kiln::version_not_string"
+                } else {
+                    "kiln::wrong_type"
+                };
+                self.err(code, value_span(e), msg).help = Some(help);
                 None
             }
             KdlValue::Bool(b) => {
