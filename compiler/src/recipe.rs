@@ -72,6 +72,20 @@ pub fn parse(name: &str, text: &str) -> Result<Syntax, Diagnostics> {
                 if let Some(help) = &d.help {
                     diag = diag.with_help(help.clone());
                 }
+                // KDL 1 keywords in a KDL 2 document (a file that mixes
+                // both is read as neither).
+                let start = d.span.offset().min(text.len());
+                let word: String = text
+                    .get(start..)
+                    .unwrap_or("")
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                if matches!(word.as_str(), "true" | "false" | "null") && d.help.is_none() {
+                    diag = diag.with_help(format!(
+                        "KDL 2 writes `#{word}`; bare `{word}` is KDL 1, and a recipe must be all KDL 1 or all KDL 2"
+                    ));
+                }
                 diags.push(diag);
             }
             if !diags.has_errors() {

@@ -619,3 +619,14 @@ fn hundreds_of_pins_do_not_make_hundreds_of_layers() {
     let text = "kiln 1\npython \"3.11\"\npip requirements=\"lock.txt\"\n";
     assert_eq!(per_package(&steps(text, Some(&lock))), 40);
 }
+
+/// KDL 1's bare `true` in a KDL 2 recipe: the syntax error says why.
+#[test]
+fn a_kdl1_keyword_in_a_kdl2_recipe_is_explained() {
+    let text = "kiln 1\npython \"3.11\"\nvariant \"cpu\" default=true\nenv A=#null\n";
+    let errors = kiln_compiler::compile("k.kdl", text, &Options::default())
+        .err()
+        .expect("fails");
+    let help = errors.items[0].help.clone().unwrap_or_default();
+    assert!(help.contains("KDL 2 writes `#true`"), "{help}");
+}
