@@ -1222,18 +1222,17 @@ impl Decoder {
     }
 
     fn allow_props(&mut self, node: &KdlNode, allowed: &[&str]) {
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for e in node.entries() {
             let Some(key) = e.name() else { continue };
             let k = key.value();
-            if seen.contains(&k) {
+            if !seen.insert(k) {
                 self.err(
                     "kiln::duplicate_property",
                     e.span(),
                     format!("property `{k}` is given twice"),
                 );
             }
-            seen.push(k);
             if !allowed.contains(&k) {
                 let node_name = node.name().value();
                 let help = match nearest(k, allowed.iter().copied()) {
@@ -1263,17 +1262,16 @@ impl Decoder {
 
     /// Nodes whose properties are free-form (env, label): only duplicates are checked.
     fn allow_props_any(&mut self, node: &KdlNode) {
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for e in node.entries() {
             let Some(key) = e.name() else { continue };
-            if seen.contains(&key.value()) {
+            if !seen.insert(key.value()) {
                 self.err(
                     "kiln::duplicate_property",
                     e.span(),
                     format!("`{}` is given twice", key.value()),
                 );
             }
-            seen.push(key.value());
         }
     }
 

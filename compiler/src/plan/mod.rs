@@ -1098,13 +1098,25 @@ fn image_config(
     }
     let args = arg_values(recipe, opts);
     let declared: Vec<&str> = recipe.args.iter().map(|a| a.name.value.as_str()).collect();
+    // The environment by name (the last of a name wins, as `env` reads it),
+    // so a recipe with thousands of `env` entries stays linear.
+    let mut env_index: std::collections::HashMap<String, usize> = c
+        .config
+        .env
+        .iter()
+        .enumerate()
+        .filter_map(|(i, kv)| kv.split_once('=').map(|(k, _)| (k.to_string(), i)))
+        .collect();
     for e in &s.env {
         let (value, unset) = {
             let lookup = |name: &str| -> Option<String> {
                 if declared.contains(&name) {
                     return Some(args.get(name).cloned().unwrap_or_default());
                 }
-                c.env(name).map(str::to_string)
+                env_index
+                    .get(name)
+                    .and_then(|&i| c.config.env[i].split_once('='))
+                    .map(|(_, v)| v.to_string())
             };
             expand_env(&e.value.1, &lookup)
         };
@@ -1144,7 +1156,14 @@ fn image_config(
                 )),
             );
         }
-        c.set_env(&e.value.0, &value);
+        let entry = format!("{}={value}", e.value.0);
+        match env_index.get(&e.value.0) {
+            Some(&i) => c.config.env[i] = entry,
+            None => {
+                env_index.insert(e.value.0.clone(), c.config.env.len());
+                c.config.env.push(entry);
+            }
+        }
     }
     if let Some(u) = &s.user {
         c.config.user = u.value.name.clone();
