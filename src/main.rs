@@ -253,7 +253,7 @@ fn context_dir(b: &BuildArgs) -> PathBuf {
 
 /// The most rounds of requirements includes followed (see the frontend's).
 const MAX_INCLUDE_ROUNDS: usize = 32;
-/// A requirements file kiln reads is at most this large.
+/// A requirements file kiln reads is at most this large (see the frontend's).
 const MAX_CONTEXT_FILE: u64 = 4 << 20;
 
 /// Read the context files the compiler asks for (requirements files and
@@ -275,14 +275,10 @@ fn read_context_files(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> Res
                 continue;
             }
             let text = match std::fs::metadata(&path) {
+                // Too large to read here (as in the frontend): pip reads it;
+                // no includes are followed and it is not taken for a lock.
+                Ok(m) if m.is_file() && m.len() > MAX_CONTEXT_FILE => Some(String::new()),
                 Ok(m) if m.is_file() => {
-                    if m.len() > MAX_CONTEXT_FILE {
-                        bail!(
-                            "{} is {} bytes; kiln reads requirements files of at most {MAX_CONTEXT_FILE} bytes",
-                            path.display(),
-                            m.len()
-                        );
-                    }
                     let bytes = std::fs::read(&path)
                         .with_context(|| format!("reading {}", path.display()))?;
                     Some(String::from_utf8_lossy(&bytes).into_owned())

@@ -91,7 +91,7 @@ pub async fn read_ignore(
 /// `-r` …); each round reads every file the last one named.
 const MAX_INCLUDE_ROUNDS: usize = 32;
 /// Requirements files larger than this are not read (pip reads them; kiln
-/// then takes them on trust).
+/// follows no includes in them and takes none for a lock).
 const MAX_CONTEXT_FILE: usize = 4 << 20;
 
 /// Read the context files the compiler asks for (requirements files and
@@ -134,7 +134,12 @@ pub async fn read_context_files(
                         .insert(file, Some(String::from_utf8_lossy(&data).into_owned()));
                     progress = true;
                 }
-                Ok(_) => {}
+                // Too large to read here: pip reads it; no includes are
+                // followed and it is not taken for a lock.
+                Ok(_) => {
+                    copts.context_files.insert(file, Some(String::new()));
+                    progress = true;
+                }
                 Err(status)
                     if status.code() == tonic::Code::NotFound
                         || status.message().contains("no such file") =>
