@@ -630,3 +630,25 @@ fn a_kdl1_keyword_in_a_kdl2_recipe_is_explained() {
     let help = errors.items[0].help.clone().unwrap_or_default();
     assert!(help.contains("KDL 2 writes `#true`"), "{help}");
 }
+
+/// A pin of one of NVIDIA's CUDA wheels next to a framework that brings
+/// them warns on a GPU variant, not on a CPU one.
+#[test]
+fn a_pinned_cuda_wheel_next_to_the_framework_warns() {
+    let codes = |cuda: &str| -> Vec<String> {
+        let text = format!(
+            "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\n{cuda}pip \"nvidia-cublas-cu12==12.1.3.1\" \"nvidia-ml-py==12.560.30\"\n"
+        );
+        let c = kiln_compiler::compile("n.kdl", &text, &Options::default()).expect("compiles");
+        c.warnings
+            .items
+            .iter()
+            .map(|d| format!("{} {}", c.warnings.location(d), d.code))
+            .collect()
+    };
+    assert_eq!(
+        codes("cuda \"12.4\"\n"),
+        ["n.kdl:5:1 kiln::cuda_wheel_pinned"]
+    );
+    assert!(codes("").is_empty());
+}

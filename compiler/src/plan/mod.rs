@@ -496,6 +496,37 @@ pub fn plan(
         });
     }
 
+    // NVIDIA's CUDA wheels are the framework's to choose on a GPU variant:
+    // a pin of its own (often from a lock made elsewhere) puts a second
+    // build of the CUDA libraries over the ones the framework installed.
+    if let Some(fw) = framework.as_ref().filter(|f| f.wheels_bring_cuda)
+        && let Some(g) = &gpu
+    {
+        for (spec, span) in &pip_inline {
+            let name = model::requirement_name(spec);
+            // (nvidia-cublas-cu12; not nvidia-ml-py, NVML's bindings.)
+            let cuda_wheel = name.starts_with("nvidia-")
+                && name
+                    .rsplit_once("-cu")
+                    .is_some_and(|(_, v)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+            if cuda_wheel && model::exact_pin(spec).is_some() {
+                diags.push(
+                    Diagnostic::warning(
+                        "kiln::cuda_wheel_pinned",
+                        *span,
+                        format!(
+                            "`{spec}` pins one of the CUDA wheels {} {} brings for CUDA {}: its own layer then goes over the framework's copy",
+                            fw.name, fw.version, g.cuda
+                        ),
+                    )
+                    .with_help(format!(
+                        "leave the nvidia-* packages to the framework: remove the pin (or make the lock for CUDA {} without them)",
+                        g.cuda
+                    )),
+                );
+            }
+        }
+    }
     let all_pinned = !pip_inline.is_empty()
         && pip_inline
             .iter()
