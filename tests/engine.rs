@@ -715,7 +715,7 @@ fn pins_that_leave_out_a_dependency_get_it_and_only_it() {
         .find(|h| {
             h["CreatedBy"]
                 .as_str()
-                .is_some_and(|c| c.contains("kiln: the pins are complete"))
+                .is_some_and(|c| c == "kiln: pip: dependencies the pins did not name")
         })
         .unwrap_or_else(|| panic!("no layer of the last pip step in the history:\n{history}"));
     let size = last_layer["Size"].as_str().unwrap_or_default().to_string();
@@ -903,6 +903,18 @@ fn the_old_engine_builds_the_fallback_with_the_same_environment() {
         "{out}"
     );
     assert_common_config(&fallback, "cpu");
+    // The fallback's layers have names too: the venv is one copied layer.
+    let layers = history_layers(&fallback);
+    assert_eq!(
+        kiln_names(&layers),
+        [
+            "kiln: copy app",
+            "kiln: copy /opt/venv from the builder",
+            "kiln: user app (1000:1000)",
+            "kiln: apt-get install tini",
+        ],
+        "{layers:?}"
+    );
     assert_eq!(
         fallback.sh("id").trim(),
         "uid=1000(app) gid=1000(app) groups=1000(app)"
@@ -1117,4 +1129,112 @@ fn the_old_engine_reads_requirements_files_and_their_includes() {
     old.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
         .expect_ok();
     assert!(image.exec(&["pip", "freeze"]).contains("six==1.16.0"));
+}
+
+/// `docker history` names kiln's steps, each on its own layer: the sizes
+/// show the names sit on the right layers (numpy's is megabytes, six's and
+/// the app's are small).
+/// `docker history`: (created by, size in kB), top layer first.
+fn history_layers(image: &Image) -> Vec<(String, f64)> {
+    image
+        .history()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|h| {
+            let size = h["Size"].as_str().unwrap_or_default().to_string();
+            (
+                h["CreatedBy"].as_str().unwrap_or_default().to_string(),
+                parse_size_kb(&size).unwrap_or_else(|| panic!("size {size:?}")),
+            )
+        })
+        .collect()
+}
+
+fn kiln_names(layers: &[(String, f64)]) -> Vec<&str> {
+    layers
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| n.starts_with("kiln: "))
+        .collect()
+}
+
+#[test]
+fn the_image_history_names_each_layer_by_its_step() {
+    let Some(engine) = common::engine(EngineKind::New, "history") else {
+        return;
+    };
+    let image = engine.image("history");
+    engine
+        .build(
+            &Build::new(ml_recipe(), fixture("ml"))
+                .target("cpu")
+                .tag(&image),
+        )
+        .expect_ok();
+    let layers = history_layers(&image);
+    let names = kiln_names(&layers);
+    assert_eq!(
+        names,
+        [
+            "kiln: copy app",
+            "kiln: pip: dependencies the pins did not name",
+            "kiln: user app (1000:1000)",
+            "kiln: apt-get install tini",
+            "kiln: pip install numpy==1.26.4",
+            "kiln: pip install six==1.16.0",
+            "kiln: python -m venv /opt/venv",
+        ],
+        "{layers:?}"
+    );
+    let size = |name: &str| {
+        layers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, kb)| *kb)
+            .unwrap_or_default()
+    };
+    assert!(
+        size("kiln: pip install numpy==1.26.4") > 10_000.0,
+        "{layers:?}"
+    );
+    assert!(
+        size("kiln: pip install six==1.16.0") < 1_000.0,
+        "{layers:?}"
+    );
+    assert!(
+        size("kiln: python -m venv /opt/venv") > 5_000.0,
+        "{layers:?}"
+    );
+    assert!(size("kiln: copy app") < 100.0, "{layers:?}");
+
+    // A separate builder (the GPU variant installs python with apt in
+    // both): the runtime's steps come first, then the environment's.
+    let gpu = engine.image("history-gpu");
+    engine
+        .build(
+            &Build::new(ml_recipe(), fixture("ml"))
+                .target("gpu")
+                .tag(&gpu),
+        )
+        .expect_ok();
+    let layers = history_layers(&gpu);
+    assert_eq!(
+        kiln_names(&layers),
+        [
+            "kiln: copy app",
+            "kiln: pip: dependencies the pins did not name",
+            "kiln: pip install numpy==1.26.4",
+            "kiln: pip install six==1.16.0",
+            "kiln: python -m venv /opt/venv",
+            "kiln: user app (1000:1000)",
+            "kiln: apt-get install python3 tini",
+        ],
+        "{layers:?}"
+    );
+    let numpy = layers
+        .iter()
+        .find(|(n, _)| n == "kiln: pip install numpy==1.26.4")
+        .map(|(_, kb)| *kb)
+        .unwrap_or_default();
+    assert!(numpy > 10_000.0, "{layers:?}");
 }

@@ -489,6 +489,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         ),
     );
     let rt_base = rt.clone();
+    // What each layer kiln adds is, in the order of the image's layers (see
+    // `history`): the runtime's steps, the environment's, and so on.
+    let mut rt_names: Vec<String> = Vec::new();
     let mut rt_packages: Vec<String> = Vec::new();
     let mut rt_spans = Vec::new();
     if plan.runtime.python_from_apt {
@@ -508,14 +511,14 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             .skip(1)
             .fold(meta, |m, s| m.at(Some(cx.range(*s))));
         rt = cx.apt_install(&rt, &rt_packages, &rt_env, meta);
+        rt_names.push(format!("apt-get install {}", rt_packages.join(" ")));
     }
     if let Some(u) = &plan.user {
         let script = user_script(&u.value.name, u.value.uid, u.value.gid);
-        let meta = cx.meta(
-            &format!("user {} ({}:{})", u.value.name, u.value.uid, u.value.gid),
-            Some(u.span),
-        );
+        let what = format!("user {} ({}:{})", u.value.name, u.value.uid, u.value.gid);
+        let meta = cx.meta(&what, Some(u.span));
         rt = rt.run(cx.shell(&script, meta).env(&rt_env)).root();
+        rt_names.push(what);
     }
 
     // ---- builder branch -------------------------------------------------
@@ -636,6 +639,10 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         &env_state,
         cx.meta("layer: environment", None),
     )];
+    let mut layer_names: Vec<String> = vec![match conda {
+        Some(file) => format!("conda env create -f {}", file.value),
+        None => format!("python -m venv {VENV}"),
+    }];
 
     // The framework, alone, before anything else.
     let mut deps = env_state.clone();
@@ -662,6 +669,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             &next,
             cx.meta(&format!("layer: {}", fw.name), None),
         ));
+        layer_names.push(what);
         deps = next;
         chained = layers.len();
     }
@@ -674,6 +682,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // The last pip step's layer, and (with `env_first`) its result, which
     // is then the whole environment: see below.
     let mut remaining: Option<State> = None;
+    let mut remaining_name: Option<String> = None;
     let mut remaining_on_join: Option<State> = None;
 
     // Every later install names the framework again: pip's resolver only
@@ -758,6 +767,10 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             first_span = first_span.or(Some(step.span()));
         }
         layers.extend(package_layers.iter().cloned());
+        layer_names.extend(plan.pip.iter().filter_map(|p| match p {
+            PipStep::Package { spec, .. } => Some(format!("pip install {spec}")),
+            _ => None,
+        }));
         if !args.is_empty() {
             // pip sees the pinned packages where they are: each package
             // step's venv mounted read-only and put on PYTHONPATH, so its
@@ -823,6 +836,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 &b_env,
                 cx.meta(&what, first_span),
             ));
+            remaining_name = Some(what.clone());
             if plan.installer == Installer::Pip && !env_first {
                 for (i, state) in package_states.iter().enumerate() {
                     exec = exec.mount(Mount::Bind {
@@ -917,16 +931,17 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             copy_spans.push(c.span);
         }
     }
+    let app_meta_name = if copy_spans.is_empty() {
+        format!("workdir {}", workdir.clone().unwrap_or_default())
+    } else {
+        format!("copy {}", sources.join(" "))
+    };
     let app_meta = {
-        let what = if copy_spans.is_empty() {
-            format!("workdir {}", workdir.clone().unwrap_or_default())
-        } else {
-            format!("copy {}", sources.join(" "))
-        };
+        let what = &app_meta_name;
         copy_spans
             .iter()
             .skip(1)
-            .fold(cx.meta(&what, copy_spans.first().copied()), |m, s| {
+            .fold(cx.meta(what, copy_spans.first().copied()), |m, s| {
                 m.at(Some(cx.range(*s)))
             })
     };
@@ -1019,6 +1034,41 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         image = run_step(image, r);
     }
 
+    // The image's layers above its base, in order, as the joins above lay
+    // them out: each DiffOp keeps the layers of the steps it spans, a
+    // MergeOp stacks its inputs' layers, a FileOp or an exec adds one.
+    let mut names: Vec<String> = Vec::new();
+    if merge {
+        if env_first {
+            names.extend(layer_names.iter().cloned());
+            names.extend(rt_names.iter().cloned());
+        } else {
+            names.extend(rt_names.iter().cloned());
+            names.extend(layer_names.iter().cloned());
+        }
+        names.extend(remaining_name.iter().cloned());
+    } else {
+        names.extend(rt_names.iter().cloned());
+        names.push(format!("copy {VENV} from the builder"));
+    }
+    let run_name = |r: &crate::model::Spanned<crate::model::Run>| {
+        format!("run {}", first_line(&r.value.command))
+    };
+    if app.is_some() && merge && after_deps.is_empty() {
+        names.push(app_meta_name.clone());
+    } else {
+        names.extend(after_deps.iter().map(|r| run_name(r)));
+        if app.is_some() {
+            names.push(app_meta_name.clone());
+        }
+    }
+    names.extend(
+        plan.runs
+            .iter()
+            .filter(|r| r.value.after == RunAfter::Copy)
+            .map(run_name),
+    );
+
     // ---- checks -------------------------------------------------------------
     let checks = if plan.verify.is_empty() {
         None
@@ -1079,9 +1129,43 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let info = source_info(source, opts);
     Lowered {
         image: llb::marshal(&image, info.as_ref()),
-        config: plan.config.clone(),
+        config: with_history(&plan.config, plan, &names),
         checks,
     }
+}
+
+/// The image config with a history entry per layer kiln adds (`docker
+/// history` then names the step, not "mount / from exec /bin/sh -c …"),
+/// after the base's own entries. Only where the base's history accounts
+/// for each of its layers: the exporter matches entries to layers from the
+/// bottom and fills in what is missing at the top, so entries past an
+/// unknown base would name the wrong layers.
+fn with_history(config: &ImageConfig, plan: &Plan, names: &[String]) -> ImageConfig {
+    let mut c = config.clone();
+    let Some(base) = plan.runtime.resolved.as_ref() else {
+        return c;
+    };
+    let base_layers = base
+        .config
+        .history
+        .iter()
+        .filter(|h| {
+            !h.get("empty_layer")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false)
+        })
+        .count();
+    if base.config.history.is_empty() || base_layers != base.config.rootfs.diff_ids.len() {
+        return c;
+    }
+    c.history = base.config.history.clone();
+    c.history.extend(names.iter().map(|n| {
+        serde_json::json!({
+            "created_by": format!("kiln: {n}"),
+            "comment": "kiln",
+        })
+    }));
+    c
 }
 
 fn source_info(source: &SourceFile, opts: &Options) -> Option<llb::SourceInfo> {

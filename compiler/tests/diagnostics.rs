@@ -652,3 +652,67 @@ fn a_pinned_cuda_wheel_next_to_the_framework_warns() {
     );
     assert!(codes("").is_empty());
 }
+
+/// The image config names each layer kiln adds, after the base's history
+/// (checked against the engine's layers in tests/engine.rs); with a base
+/// whose history does not account for its layers, kiln adds none.
+#[test]
+fn the_config_history_names_kilns_layers_in_order() {
+    let config = |history: &str| {
+        kiln_compiler::ImageConfig::from_json(
+            format!(
+                r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/usr/local/bin:/usr/bin:/bin","PYTHON_VERSION=3.11.9"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}},"history":{history}}}"#,
+                "1".repeat(64)
+            )
+            .as_bytes(),
+        )
+        .expect("config")
+    };
+    let opts = |history: &str| {
+        let mut o = Options::default();
+        o.images.insert(
+            "docker.io/library/python:3.11-slim".into(),
+            kiln_compiler::ResolvedImage {
+                digest: None,
+                config: config(history),
+            },
+        );
+        o
+    };
+    let text = "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\npip \"six==1.16.0\"\n\
+                user \"app\" uid=1000\nworkdir \"/app\"\ncopy \"src\" \"src\"\n\
+                run \"echo deps\"\nrun \"echo done\" after=\"copy\"\n";
+    let names = |o: &Options| -> Vec<String> {
+        let c = kiln_compiler::compile("h.kdl", text, o).expect("compiles");
+        c.builds[0]
+            .config
+            .history
+            .iter()
+            .map(|h| h["created_by"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&opts(
+            r#"[{"created_by":"base"},{"created_by":"ENV X=1","empty_layer":true}]"#
+        )),
+        [
+            "base",
+            "ENV X=1",
+            "kiln: python -m venv /opt/venv",
+            "kiln: pip install torch==2.4.1",
+            "kiln: pip install six==1.16.0",
+            "kiln: user app (1000:1000)",
+            "kiln: pip: dependencies the pins did not name",
+            "kiln: run echo deps",
+            "kiln: copy src",
+            "kiln: run echo done",
+        ]
+    );
+    // Two entries for one layer: which is whose is unknown; none added.
+    assert!(
+        names(&opts(r#"[{"created_by":"a"},{"created_by":"b"}]"#))
+            .iter()
+            .all(|n| !n.starts_with("kiln: "))
+    );
+    assert!(names(&Options::default()).is_empty());
+}
