@@ -33,6 +33,16 @@ fn option(text: &str, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// `FILE:LINE:COL CODE` of each warning of a recipe that compiles.
+fn warning_codes(name: &str, text: &str) -> Vec<String> {
+    let c = kiln_compiler::compile(name, text, &Options::default()).expect("compiles");
+    c.warnings
+        .items
+        .iter()
+        .map(|d| format!("{} {}", c.warnings.location(d), d.code))
+        .collect()
+}
+
 #[test]
 fn every_diagnostic_names_file_line_col_code_and_message() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/diagnostics");
@@ -304,14 +314,10 @@ fn a_distro_builder_without_a_base_runs_on_its_runtime_image() {
 #[test]
 fn a_python_without_a_known_image_is_a_warning() {
     let text = "kiln 1\npython \"3.99\"\npip \"six\"\n";
-    let c = kiln_compiler::compile("p.kdl", text, &Options::default()).expect("compiles");
-    let got: Vec<String> = c
-        .warnings
-        .items
-        .iter()
-        .map(|d| format!("{} {}", c.warnings.location(d), d.code))
-        .collect();
-    assert_eq!(got, ["p.kdl:2:8 kiln::unknown_python"]);
+    assert_eq!(
+        warning_codes("p.kdl", text),
+        ["p.kdl:2:8 kiln::unknown_python"]
+    );
     let with_base = "kiln 1\npython \"3.99\"\nbase \"python:3.99-slim\"\npip \"six\"\n";
     let c = kiln_compiler::compile("p.kdl", with_base, &Options::default()).expect("compiles");
     assert!(c.warnings.items.is_empty(), "{:?}", c.warnings.items);
@@ -495,14 +501,11 @@ fn a_digest_pinned_base_is_labelled_without_resolution() {
 /// one that extends it (`${PATH}`) does not.
 #[test]
 fn a_path_without_the_venv_warns() {
-    let codes = |env: &str| -> Vec<String> {
-        let text = format!("kiln 1\npython \"3.11\"\nenv PATH=\"{env}\"\n");
-        let c = kiln_compiler::compile("p.kdl", &text, &Options::default()).expect("compiles");
-        c.warnings
-            .items
-            .iter()
-            .map(|d| format!("{} {}", c.warnings.location(d), d.code))
-            .collect()
+    let codes = |env: &str| {
+        warning_codes(
+            "p.kdl",
+            &format!("kiln 1\npython \"3.11\"\nenv PATH=\"{env}\"\n"),
+        )
     };
     assert_eq!(
         codes("/usr/bin:/bin"),
@@ -635,16 +638,13 @@ fn a_kdl1_keyword_in_a_kdl2_recipe_is_explained() {
 /// them warns on a GPU variant, not on a CPU one.
 #[test]
 fn a_pinned_cuda_wheel_next_to_the_framework_warns() {
-    let codes = |cuda: &str| -> Vec<String> {
-        let text = format!(
-            "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\n{cuda}pip \"nvidia-cublas-cu12==12.1.3.1\" \"nvidia-ml-py==12.560.30\"\n"
-        );
-        let c = kiln_compiler::compile("n.kdl", &text, &Options::default()).expect("compiles");
-        c.warnings
-            .items
-            .iter()
-            .map(|d| format!("{} {}", c.warnings.location(d), d.code))
-            .collect()
+    let codes = |cuda: &str| {
+        warning_codes(
+            "n.kdl",
+            &format!(
+                "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\n{cuda}pip \"nvidia-cublas-cu12==12.1.3.1\" \"nvidia-ml-py==12.560.30\"\n"
+            ),
+        )
     };
     assert_eq!(
         codes("cuda \"12.4\"\n"),
