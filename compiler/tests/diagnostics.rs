@@ -33,6 +33,20 @@ fn option(text: &str, key: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The packages of the framework step of a recipe's default variant.
+fn framework_packages(text: &str) -> Vec<String> {
+    let (plans, _) = kiln_compiler::load("f.kdl", text)
+        .expect("loads")
+        .plan(&Options::default())
+        .expect("plans");
+    plans[0]
+        .framework
+        .as_ref()
+        .expect("framework")
+        .packages
+        .clone()
+}
+
 /// `FILE:LINE:COL CODE` of each warning of a recipe that compiles.
 fn warning_codes(name: &str, text: &str) -> Vec<String> {
     let c = kiln_compiler::compile(name, text, &Options::default()).expect("compiles");
@@ -451,18 +465,7 @@ fn cuda_bases_against_the_variant() {
 /// CPU build stays `tensorflow-cpu`.
 #[test]
 fn a_tensorflow_dependent_gets_tensorflow_not_tensorflow_cpu() {
-    let packages = |text: &str| -> Vec<String> {
-        let (plans, _) = kiln_compiler::load("t.kdl", text)
-            .expect("loads")
-            .plan(&Options::default())
-            .expect("plans");
-        plans[0]
-            .framework
-            .as_ref()
-            .expect("framework")
-            .packages
-            .clone()
-    };
+    let packages = framework_packages;
     let base = "kiln 1\npython \"3.11\"\nframework \"tensorflow\" \"2.16.1\"\n";
     assert_eq!(packages(base), ["tensorflow-cpu==2.16.1"]);
     assert_eq!(
@@ -529,17 +532,9 @@ fn jax_rows_follow_what_pypi_ships() {
             .plan(&opts)
     };
     let packages = |version: &str| {
-        let (plans, _) = plan(
-            &format!("kiln 1\npython \"3.11\"\nframework \"jax\" \"{version}\"\n"),
-            "linux/amd64",
-        )
-        .expect("plans");
-        plans[0]
-            .framework
-            .as_ref()
-            .expect("framework")
-            .packages
-            .clone()
+        framework_packages(&format!(
+            "kiln 1\npython \"3.11\"\nframework \"jax\" \"{version}\"\n"
+        ))
     };
     assert_eq!(packages("0.4.22"), ["jax[cpu]==0.4.22"]);
     assert_eq!(packages("0.4.29"), ["jax[cpu]==0.4.29"]);
