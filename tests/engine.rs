@@ -1102,6 +1102,86 @@ fn requirements_files_bring_their_includes_and_a_hashed_lock_gets_a_layer_per_pi
     );
 }
 
+/// A context with a local project (`./libs/greet`, built by setuptools)
+/// that its requirements file installs, next to a package from PyPI.
+fn local_project_context(name: &str, syntax: &str) -> TempDir {
+    let ctx = TempDir::new(name);
+    let write = |path: &str, text: &str| {
+        let p = ctx.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    };
+    write(
+        "kiln.kdl",
+        &format!(
+            "{syntax}\nkiln 1\npython \"3.11\"\nca-bundle secret=\"ca-bundle\"\n\
+             pip requirements=\"requirements.txt\"\nverify \"import greet, six; assert greet.hello() == 'hi'\"\n"
+        ),
+    );
+    write("requirements.txt", "six==1.16.0\n./libs/greet\n");
+    write(
+        "libs/greet/pyproject.toml",
+        "[build-system]\nrequires = [\"setuptools>=61\"]\nbuild-backend = \"setuptools.build_meta\"\n\n\
+         [project]\nname = \"greet\"\nversion = \"0.1.0\"\n",
+    );
+    write(
+        "libs/greet/greet/__init__.py",
+        "def hello():\n    return \"hi\"\n",
+    );
+    ctx
+}
+
+/// A requirements file that installs a project from the context: the
+/// project's folder travels into the install step, which runs in the
+/// context's root, so pip finds `./libs/greet` as it would in a shell
+/// there, and builds it (its build writes into the folder).
+#[test]
+fn a_local_project_in_a_requirements_file_is_installed_from_the_context() {
+    let Some(engine) = common::engine(EngineKind::New, "local_project") else {
+        return;
+    };
+    let ctx = local_project_context("local-project", "// syntax=kiln/frontend:dev");
+    let image = engine.image("local-project");
+    engine
+        .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
+        .expect_ok();
+    assert_eq!(
+        image
+            .run(&["python", "-c", "import greet; print(greet.hello())"])
+            .trim(),
+        "hi"
+    );
+    let show = image.exec(&["pip", "show", "greet"]);
+    assert!(show.contains("Version: 0.1.0"), "{show}");
+    let files = image.exec(&[
+        "sh",
+        "-c",
+        "ls /opt/venv/lib/python3.11/site-packages/greet; test ! -e /kiln/context && echo no-context",
+    ]);
+    assert!(
+        files.contains("__init__.py") && files.contains("no-context"),
+        "the package is in the venv and the context is not in the image: {files}"
+    );
+}
+
+/// The same on BuildKit 0.8 (no MergeOp): the sequential pip steps.
+#[test]
+fn the_old_engine_installs_a_local_project_from_the_context() {
+    let Some(old) = common::engine(EngineKind::Old, "old_local_project") else {
+        return;
+    };
+    let ctx = local_project_context("old-local-project", "# syntax=kiln/frontend:dev");
+    let image = old.image("old-local-project");
+    old.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
+        .expect_ok();
+    assert_eq!(
+        image
+            .run(&["python", "-c", "import greet; print(greet.hello())"])
+            .trim(),
+        "hi"
+    );
+}
+
 #[test]
 fn a_copy_pattern_that_matches_nothing_fails_at_its_line() {
     assert_build_fails_saying("nomatch", &["kiln.kdl:9", "copy \"*.py\""]);

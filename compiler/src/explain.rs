@@ -142,15 +142,31 @@ pub fn explain(plan: &Plan) -> String {
                 }
             }
             PipStep::Group { specs, .. } => format!("{}: installed together", specs.join(" ")),
-            PipStep::Requirements { path, includes, .. } => {
-                if includes.is_empty() {
+            PipStep::Requirements {
+                path,
+                includes,
+                sources,
+                ..
+            } => {
+                let mut line = if includes.is_empty() {
                     format!("-r {path} (bind-mounted from the context, not copied)")
                 } else {
                     format!(
                         "-r {path} (bind-mounted from the context with {}, not copied)",
                         includes.join(", ")
                     )
+                };
+                if !sources.is_empty() {
+                    let what: Vec<&str> = sources
+                        .iter()
+                        .map(|s| if s.is_empty() { "the whole context" } else { s })
+                        .collect();
+                    line.push_str(&format!(
+                        "; installs from {} (run in the context's root; re-runs when they change)",
+                        what.join(", ")
+                    ));
                 }
+                line
             }
         };
         let _ = writeln!(o, "     - {line}");

@@ -703,8 +703,19 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         .flat_map(|fw| fw.packages.iter().map(|p| quote(p)))
         .collect();
 
+    // The requirements files, with what they include and the local
+    // projects and archives they install from (which pip reads relative to
+    // the folder it runs in: the steps then run in the context's root).
+    let sources: Vec<String> = plan
+        .pip
+        .iter()
+        .flat_map(|p| match p {
+            PipStep::Requirements { sources, .. } => sources.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
     let req_ctx = {
-        let files: Vec<String> = plan
+        let mut files: Vec<String> = plan
             .pip
             .iter()
             .flat_map(|p| match p {
@@ -714,15 +725,31 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 _ => Vec::new(),
             })
             .collect();
-        (!files.is_empty()).then(|| cx.context(files, "kiln-requirements", "requirements"))
+        files.extend(sources.iter().cloned());
+        // `.`: the whole context (no include patterns).
+        if sources.iter().any(|s| s.is_empty()) {
+            files.clear();
+            files.push(String::new());
+        }
+        (!files.is_empty()).then(|| {
+            let include = files.into_iter().filter(|f| !f.is_empty()).collect();
+            cx.context(include, "kiln-requirements", "requirements")
+        })
     };
-    let with_requirements = |exec: Exec| match &req_ctx {
-        Some(ctx) => exec.mount(Mount::Bind {
-            target: CONTEXT_MOUNT.into(),
-            source: ctx.clone(),
-            selector: None,
-            readonly: true,
-        }),
+    let with_requirements = |mut exec: Exec| match &req_ctx {
+        Some(ctx) => {
+            if !sources.is_empty() {
+                exec.cwd = CONTEXT_MOUNT.into();
+            }
+            exec.mount(Mount::Bind {
+                target: CONTEXT_MOUNT.into(),
+                source: ctx.clone(),
+                selector: None,
+                // A project's build writes into its folder (`build/`,
+                // `*.egg-info`): a scratch copy the step then drops.
+                readonly: sources.is_empty(),
+            })
+        }
         None => exec,
     };
 

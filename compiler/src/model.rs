@@ -1677,6 +1677,11 @@ pub fn check_requirement(r: &str) -> Result<(), &'static str> {
     if r.contains(['\n', '`', '$', ';']) && !r.contains("; ") {
         return Err("it contains shell syntax");
     }
+    if r == "." || r.starts_with("./") || r.starts_with("../") || r.starts_with('/') {
+        return Err(
+            "it is a path; list local projects and archives in a requirements file (`pip requirements=\"requirements.txt\"`), which kiln installs from the build context",
+        );
+    }
     let name_end = r
         .find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
         .unwrap_or(r.len());

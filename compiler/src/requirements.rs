@@ -183,6 +183,17 @@ pub fn include_path(from: &str, path: &str) -> Result<Option<String>, String> {
             "`{path}` is an absolute path; kiln sends the install step files of the build context only"
         ));
     }
+    let joined = context_path(from, path)?;
+    if joined.is_empty() {
+        return Err(format!("`{path}` is not a file"));
+    }
+    Ok(Some(joined))
+}
+
+/// `path` (relative) taken from the folder of `from` (a path in the
+/// context; `""` for the context's root folder itself): the path in the
+/// context, `""` for its root, `Err` when it leaves the context.
+fn context_path(from: &str, path: &str) -> Result<String, String> {
     let mut parts: Vec<&str> = from.split('/').collect();
     parts.pop();
     for part in path.split('/') {
@@ -196,10 +207,112 @@ pub fn include_path(from: &str, path: &str) -> Result<Option<String>, String> {
             p => parts.push(p),
         }
     }
-    if parts.is_empty() {
-        return Err(format!("`{path}` is not a file"));
+    Ok(parts.join("/"))
+}
+
+/// A line that has pip read packages from the filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    /// `-e PATH` / `--editable PATH`: a project installed in place.
+    Editable { line: usize, path: String },
+    /// A project folder or an archive (`.`, `./libs/tool`,
+    /// `dist/tool-1.0-py3-none-any.whl`), which pip reads relative to the
+    /// folder it runs in.
+    Path { line: usize, path: String },
+    /// `-f PATH` / `--find-links PATH`: a folder of archives, which pip
+    /// reads relative to the requirements file when it is there, else to
+    /// the folder it runs in.
+    FindLinks { line: usize, path: String },
+}
+
+/// The lines of a requirements file that name relative local paths. URLs
+/// (VCS ones included) and absolute paths (which may name files of the
+/// builder image) are left out: pip reads those where it runs.
+pub fn local_paths(entries: &[Entry]) -> Vec<Local> {
+    let remote = |p: &str| p.contains("://") || p.starts_with('/') || p.starts_with("file:");
+    let mut out = Vec::new();
+    for e in entries {
+        match e {
+            Entry::Requirement { line, spec, .. } => {
+                // Markers (`; python_version …`) and extras (`[gpu]`) aside.
+                let first = spec
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default();
+                if first.is_empty() || remote(first) || spec.contains(" @ ") || first.contains('@')
+                {
+                    continue;
+                }
+                let path = match first.find('[') {
+                    Some(i) if first.ends_with(']') => &first[..i],
+                    _ => first,
+                };
+                let archive = [".whl", ".tar.gz", ".tgz", ".tar.bz2", ".zip"]
+                    .iter()
+                    .any(|x| path.ends_with(x));
+                if path.starts_with('.') || path.contains('/') || archive {
+                    out.push(Local::Path {
+                        line: *line,
+                        path: path.to_string(),
+                    });
+                }
+            }
+            Entry::Option { line, text } => {
+                let mut words = text.split_whitespace();
+                let first = words.next().unwrap_or_default();
+                let value = |short: &str, long: &str| -> Option<String> {
+                    if first == short || first == long {
+                        Some(words.clone().next().unwrap_or_default().to_string())
+                    } else if let Some(v) = first.strip_prefix(&format!("{long}=")) {
+                        Some(v.to_string())
+                    } else if !first.starts_with("--") {
+                        first.strip_prefix(short).map(|v| v.to_string())
+                    } else {
+                        None
+                    }
+                };
+                if let Some(path) = value("-e", "--editable") {
+                    if !path.is_empty() && !remote(&path) {
+                        out.push(Local::Editable { line: *line, path });
+                    }
+                } else if let Some(path) = value("-f", "--find-links")
+                    && !path.is_empty()
+                    && !remote(&path)
+                {
+                    out.push(Local::FindLinks { line: *line, path });
+                }
+            }
+            Entry::Include { .. } => {}
+        }
     }
-    Ok(Some(parts.join("/")))
+    out
+}
+
+/// Where a local path of a requirements file at `file` lies in the context,
+/// for pip running in the context's root folder: `""` for the root, `Err`
+/// when it leaves the context. A `--find-links` folder may be either
+/// relative to the file or to the root (pip takes the first that exists),
+/// so both candidates that stay inside come back.
+pub fn local_context_paths(file: &str, local: &Local) -> Result<Vec<String>, String> {
+    match local {
+        Local::Editable { path, .. } | Local::Path { path, .. } => {
+            context_path("", path).map(|p| vec![p])
+        }
+        Local::FindLinks { path, .. } => {
+            let mut out: Vec<String> = [context_path(file, path), context_path("", path)]
+                .into_iter()
+                .filter_map(Result::ok)
+                .collect();
+            out.dedup();
+            if out.is_empty() {
+                return Err(format!("`{path}` lies outside the build context"));
+            }
+            Ok(out)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -305,16 +418,89 @@ mod tests {
             "--",
             "==",
             "a==1\u{0}",
+            "-e",
+            "-f",
+            "--find-links=",
+            "[x]",
+            "./[",
+            ". ; x",
         ];
         for text in odd {
             let entries = parse(text);
             let _ = lock_pins(&entries);
+            for local in local_paths(&entries) {
+                let _ = local_context_paths("r/x.txt", &local);
+            }
             for e in &entries {
                 if let Entry::Include { path, .. } = e {
                     let _ = include_path("r/x.txt", path);
                 }
             }
         }
+    }
+
+    #[test]
+    fn local_paths_are_found_as_pip_reads_them() {
+        let text = "-e .\n--editable=libs/a\n./libs/b[gpu] ; python_version > \"3\"\n\
+            dist/c-1.0-py3-none-any.whl\nd.tar.gz\n-f wheels\n--find-links=../w\n\
+            zope.interface==6.0\nnumpy\n-e git+https://x/y.git#egg=y\ne @ file:///w/e.whl\n\
+            /opt/wheels/f.whl\n--find-links https://x/links\n--index-url https://x\n";
+        let locals = local_paths(&parse(text));
+        assert_eq!(
+            locals,
+            [
+                Local::Editable {
+                    line: 1,
+                    path: ".".into()
+                },
+                Local::Editable {
+                    line: 2,
+                    path: "libs/a".into()
+                },
+                Local::Path {
+                    line: 3,
+                    path: "./libs/b".into()
+                },
+                Local::Path {
+                    line: 4,
+                    path: "dist/c-1.0-py3-none-any.whl".into()
+                },
+                Local::Path {
+                    line: 5,
+                    path: "d.tar.gz".into()
+                },
+                Local::FindLinks {
+                    line: 6,
+                    path: "wheels".into()
+                },
+                Local::FindLinks {
+                    line: 7,
+                    path: "../w".into()
+                },
+            ]
+        );
+        assert_eq!(
+            local_context_paths("r.txt", &locals[0]),
+            Ok(vec![String::new()])
+        );
+        assert_eq!(
+            local_context_paths("r.txt", &locals[2]),
+            Ok(vec!["libs/b".to_string()])
+        );
+        assert_eq!(
+            local_context_paths("reqs/r.txt", &locals[5]),
+            Ok(vec!["reqs/wheels".to_string(), "wheels".to_string()])
+        );
+        assert_eq!(
+            local_context_paths("reqs/r.txt", &locals[6]),
+            Ok(vec!["w".to_string()])
+        );
+        assert!(local_context_paths("r.txt", &locals[6]).is_err());
+        let up = Local::Path {
+            line: 1,
+            path: "../x".into(),
+        };
+        assert!(local_context_paths("reqs/r.txt", &up).is_err());
     }
 
     #[test]

@@ -711,3 +711,67 @@ fn the_config_history_names_kilns_layers_in_order() {
     );
     assert!(names(&Options::default()).is_empty());
 }
+
+/// Local projects and archives in a requirements file travel into its
+/// install step, which runs in the context's root where pip reads them; an
+/// editable install, or a path out of the context, is an error at the
+/// recipe's `pip requirements=` line.
+#[test]
+fn local_projects_in_requirements_files_install_from_the_context() {
+    let text = "kiln 1\npython \"3.11\"\npip requirements=\"reqs/app.txt\"\n";
+    let c = kiln_compiler::load("r.kdl", text).expect("loads");
+    let mut opts = Options::default();
+    opts.context_files.insert(
+        "reqs/app.txt".into(),
+        Some("flask\n./libs/tool[cli]\n-f wheels\n".into()),
+    );
+    let compiled = c.compile(&opts).expect("compiles");
+    let json = kiln_compiler::llb::definition_json(&compiled.builds[0].definition).to_string();
+    assert!(
+        json.contains(r#"[\"reqs/app.txt\",\"libs/tool\",\"reqs/wheels\",\"wheels\"]"#),
+        "the project and both places pip may find the links travel along: {json}"
+    );
+    assert!(
+        json.contains(r#""cwd":"/kiln/context""#),
+        "pip runs where relative paths mean the context: {json}"
+    );
+
+    // `.`: the whole context goes into the step.
+    opts.context_files
+        .insert("reqs/app.txt".into(), Some("flask\n.\n".into()));
+    let compiled = c.compile(&opts).expect("compiles");
+    let json = kiln_compiler::llb::definition_json(&compiled.builds[0].definition).to_string();
+    assert!(
+        json.contains(r#""source":{"attrs":{"local.sharedkeyhint":"kiln-requirements"}"#),
+        "no include patterns: the whole context: {json}"
+    );
+
+    for (file, code, message) in [
+        (
+            "-e .\n",
+            "kiln::editable_install",
+            "`reqs/app.txt` line 1 installs `.` in editable mode (`-e`): an editable install points at the project's folder in the install step, which the image does not have",
+        ),
+        (
+            "flask\n../outside\n",
+            "kiln::outside_context",
+            "`reqs/app.txt` line 2 reads `../outside`: `../outside` lies outside the build context",
+        ),
+    ] {
+        opts.context_files
+            .insert("reqs/app.txt".into(), Some(file.into()));
+        let errors = c.compile(&opts).err().expect("fails");
+        let got: Vec<String> = errors
+            .items
+            .iter()
+            .map(|d| format!("{} {} {}", errors.location(d), d.code, d.message))
+            .collect();
+        assert_eq!(got, [format!("r.kdl:3:1 {code} {message}")], "{file:?}");
+    }
+    // URLs, VCS and absolute paths (the builder's own files) are pip's.
+    opts.context_files.insert(
+        "reqs/app.txt".into(),
+        Some("-e git+https://example.com/x.git#egg=x\n/opt/wheels/y.whl\n".into()),
+    );
+    c.compile(&opts).expect("compiles");
+}

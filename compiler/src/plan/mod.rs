@@ -83,6 +83,11 @@ pub enum PipStep {
     Requirements {
         path: String,
         includes: Vec<String>,
+        /// The context paths its lines install from or find archives in
+        /// (`.`, `./libs/tool`, `-f wheels`; `""` is the whole context):
+        /// pip reads them relative to the context's root folder, where the
+        /// install step then runs.
+        sources: Vec<String>,
         span: SourceSpan,
     },
 }
@@ -401,6 +406,7 @@ pub fn plan(
                     _ => pip_files.push(PipStep::Requirements {
                         path: path.clone(),
                         includes: read.includes,
+                        sources: read.sources,
                         span: p.span,
                     }),
                 }
@@ -566,6 +572,7 @@ pub fn plan(
                         PipStep::Requirements {
                             path,
                             includes: Vec::new(),
+                            sources: Vec::new(),
                             span,
                         },
                     );
@@ -1355,6 +1362,8 @@ struct ReadRequirements {
     includes: Vec<String>,
     /// Its pins, when it is a lock.
     lock: Option<Vec<crate::requirements::Pin>>,
+    /// The context paths its lines (and its includes') install from.
+    sources: Vec<String>,
 }
 
 /// Follow a requirements file's includes through the files the caller
@@ -1368,10 +1377,13 @@ fn read_requirements(
     diags: &mut Diagnostics,
     wanted: &mut Vec<String>,
 ) -> ReadRequirements {
-    use crate::requirements::{Entry, include_path, lock_pins, parse};
+    use crate::requirements::{
+        Entry, Local, include_path, local_context_paths, local_paths, lock_pins, parse,
+    };
     let mut out = ReadRequirements {
         includes: Vec::new(),
         lock: None,
+        sources: Vec::new(),
     };
     let mut todo: Vec<(String, Option<IncludedBy>)> = vec![(path.to_string(), None)];
     let mut seen = vec![path.to_string()];
@@ -1407,6 +1419,41 @@ fn read_requirements(
         if from.is_none() {
             out.lock = lock_pins(&entries);
         }
+        for local in local_paths(&entries) {
+            match &local {
+                Local::Editable { line, path } => diags.push(
+                    Diagnostic::error(
+                        "kiln::editable_install",
+                        span,
+                        format!(
+                            "`{file}` line {line} installs `{path}` in editable mode (`-e`): an editable install points at the project's folder in the install step, which the image does not have"
+                        ),
+                    )
+                    .with_help(format!(
+                        "write `{path}` without `-e`: kiln installs the project from the build context as a package (its install step runs again when the project's files change)"
+                    )),
+                ),
+                Local::Path { line, path } | Local::FindLinks { line, path } => {
+                    match local_context_paths(&file, &local) {
+                        Ok(paths) => {
+                            for p in paths {
+                                if !out.sources.contains(&p) {
+                                    out.sources.push(p);
+                                }
+                            }
+                        }
+                        Err(why) => diags.push(
+                            Diagnostic::error(
+                                "kiln::outside_context",
+                                span,
+                                format!("`{file}` line {line} reads `{path}`: {why}"),
+                            )
+                            .with_help("pip runs in the build context's root folder; name local projects and archives with paths inside the context, relative to it"),
+                        ),
+                    }
+                }
+            }
+        }
         for e in &entries {
             let Entry::Include {
                 line,
@@ -1437,6 +1484,7 @@ fn read_requirements(
         }
     }
     out.includes.sort();
+    out.sources.sort();
     out
 }
 
