@@ -301,6 +301,64 @@ fn cpu_image_files_user_and_permissions() {
     );
 }
 
+/// Copies into folders the base has (`/etc`, `/tmp`, `/srv`) or reaches
+/// through a link (`/bin` is `usr/bin` on Debian): the base's folders keep
+/// their owner and mode, the link stays a link (the file lands where it
+/// points, as a Dockerfile's COPY puts it), and only what kiln creates
+/// belongs to the user.
+#[test]
+fn app_files_leave_the_bases_folders_and_links_as_they_were() {
+    let Some(engine) = common::engine(EngineKind::New, "app_files_on_base") else {
+        return;
+    };
+    let ctx = TempDir::new("app-files-on-base");
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nuser \"app\" uid=1000\n\
+         workdir \"/srv/app\"\ncopy \"m.py\" \"m.py\"\ncopy \"m.py\" \"/etc/myapp/conf.py\"\n\
+         copy \"m.py\" \"/tmp/seed.py\"\ncopy \"tool.sh\" \"/bin/tool.sh\"\n",
+    )
+    .expect("write");
+    std::fs::write(ctx.path().join("m.py"), "print('m')\n").expect("write");
+    std::fs::write(ctx.path().join("tool.sh"), "#!/bin/sh\necho tool\n").expect("write");
+    std::fs::set_permissions(
+        ctx.path().join("tool.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let image = engine.image("app-files-on-base");
+    engine
+        .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
+        .expect_ok();
+    let stat = image.sh(
+        "stat -c '%n %U:%G %a %F' /etc /usr /usr/bin /srv /tmp /srv/app /srv/app/m.py /etc/myapp/conf.py /tmp/seed.py /bin",
+    );
+    assert_eq!(
+        stat.lines().collect::<Vec<_>>(),
+        [
+            "/etc root:root 755 directory",
+            "/usr root:root 755 directory",
+            "/usr/bin root:root 755 directory",
+            "/srv root:root 755 directory",
+            "/tmp root:root 1777 directory",
+            "/srv/app app:app 755 directory",
+            "/srv/app/m.py app:app 644 regular file",
+            "/etc/myapp/conf.py app:app 644 regular file",
+            "/tmp/seed.py app:app 644 regular file",
+            "/bin root:root 777 symbolic link",
+        ],
+        "{stat}"
+    );
+    assert_eq!(
+        image.sh("/usr/bin/tool.sh && /bin/sh -c 'echo sh'"),
+        "tool\nsh\n"
+    );
+    assert!(
+        image.sh("touch /tmp/mine && echo ok").contains("ok"),
+        "the user writes to /tmp"
+    );
+}
+
 /// ubuntu:24.04 (and so nvidia/cuda's ubuntu24.04 images) ships a user
 /// `ubuntu` with uid and gid 1000, the recipe's default: `useradd -u 1000`
 /// then fails. kiln renames that account instead.
@@ -1179,6 +1237,17 @@ fn the_old_engine_installs_a_local_project_from_the_context() {
             .run(&["python", "-c", "import greet; print(greet.hello())"])
             .trim(),
         "hi"
+    );
+}
+
+#[test]
+fn a_user_on_a_system_accounts_uid_fails_rather_than_renaming_it() {
+    assert_build_fails_saying(
+        "systemuid",
+        &[
+            "uid 65534 is the base's system account nobody",
+            "give the user another uid",
+        ],
     );
 }
 

@@ -917,9 +917,12 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         uid: u.value.uid,
         gid: u.value.gid,
     });
-    let workdir = plan.workdir.clone();
+    // The recipe's `workdir` is created; relative paths, `run` steps and
+    // checks after the copies go by the image's, which may be the base's.
+    let workdir = (!plan.config.config.working_dir.is_empty())
+        .then(|| plan.config.config.working_dir.clone());
     let mut app_actions = FileActions::new();
-    if let Some(w) = &workdir {
+    if let Some(w) = &plan.workdir {
         app_actions = app_actions.then(FileAction::Mkdir {
             path: w.clone(),
             mode: 0o755,
@@ -993,8 +996,6 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         .iter()
         .filter(|r| r.value.after == RunAfter::Deps)
         .collect();
-    let app = (!app_actions.is_empty())
-        .then(|| State::scratch().file(app_actions.clone(), app_meta.clone()));
     // The parts of a join, in order: the runtime, then the environment's
     // layers; or, where the environment's chain starts from the runtime base
     // (`env_first`), that chain, the other layers, then what the runtime
@@ -1039,10 +1040,31 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let environment = after_deps
         .iter()
         .fold(environment, |state, r| run_step(state, r));
+    // The app files are copied onto the filesystem they will sit on, never
+    // laid out on an empty one: a folder of theirs would then replace the
+    // base's (its owner and mode: `/tmp`'s sticky bit, `/etc` handed to the
+    // user) and a path through a link (`/bin` to `usr/bin`) would become a
+    // folder hiding the link's target. The runtime has every folder of the
+    // base and of apt; as a layer (a DiffOp over it) the files keep their
+    // own branch, so a pip change never re-copies them. Where something
+    // below them comes from elsewhere (a `run` step, a destination in the
+    // venv) they are copied onto the environment itself.
+    let on_environment = !after_deps.is_empty()
+        || plan
+            .copies
+            .iter()
+            .map(|c| resolve_dest(&c.value.dest, workdir.as_deref()))
+            .chain(workdir.iter().cloned())
+            .any(|d| d == VENV || d.starts_with(&format!("{VENV}/")));
+    let has_app = !app_actions.is_empty();
+    let app = (merge && has_app && !on_environment).then(|| {
+        let copied = rt.file(app_actions.clone(), app_meta.clone());
+        State::diff(&rt, &copied, cx.meta("layer: app files", None))
+    });
     let mut image = match &app {
         // Nothing between the environment and the app files: one MergeOp of
         // every layer, rather than a merge of a merge.
-        Some(app) if merge && after_deps.is_empty() => {
+        Some(app) if merge => {
             let mut parts = join_parts();
             parts.push(app.clone());
             State::merge(
@@ -1050,12 +1072,8 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 cx.meta("join runtime + environment + app files", None),
             )
         }
-        Some(app) if merge => State::merge(
-            &[environment.clone(), app.clone()],
-            cx.meta("join app files", None),
-        ),
-        Some(_) => environment.file(app_actions, app_meta),
-        None => environment.clone(),
+        _ if has_app => environment.file(app_actions, app_meta),
+        _ => environment.clone(),
     };
     for r in plan.runs.iter().filter(|r| r.value.after == RunAfter::Copy) {
         image = run_step(image, r);
@@ -1081,13 +1099,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let run_name = |r: &crate::model::Spanned<crate::model::Run>| {
         format!("run {}", first_line(&r.value.command))
     };
-    if app.is_some() && merge && after_deps.is_empty() {
+    names.extend(after_deps.iter().map(|r| run_name(r)));
+    if has_app {
         names.push(app_meta_name.clone());
-    } else {
-        names.extend(after_deps.iter().map(|r| run_name(r)));
-        if app.is_some() {
-            names.push(app_meta_name.clone());
-        }
     }
     names.extend(
         plan.runs
@@ -1107,7 +1121,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 args: vec!["python".into(), "-c".into(), v.value.code.clone()],
                 env: env.clone(),
                 cwd: cwd.to_string(),
-                user: plan.user.as_ref().map(|u| u.value.name.clone()),
+                // The image's user: the recipe's, else the base's.
+                user: (!plan.config.config.user.is_empty())
+                    .then(|| plan.config.config.user.clone()),
                 mounts: Vec::new(),
                 network: llb::Network::None,
                 platform: platform.clone(),
@@ -1247,15 +1263,29 @@ fn resolve_dest(dest: &str, workdir: Option<&str>) -> String {
 /// Create the user and group, with a home, on any glibc base: with
 /// useradd when the base has it, by editing passwd/group files when not.
 fn user_script(name: &str, uid: u32, gid: u32) -> String {
+    // A regular account on the uid (ubuntu:24.04's `ubuntu` on 1000) is
+    // renamed; a system account (`nobody`, `www-data`) is not kiln's to take.
+    let take_over = if !(1000..60000).contains(&uid) {
+        format!(
+            "    echo \"kiln: uid {uid} is the base's system account $old, which kiln does not take over; give the user another uid\" >&2
+    exit 1
+"
+        )
+    } else {
+        format!(
+            "    usermod -l {name} -d /home/{name} -m \"$old\"
+    if [ \"$(getent group \"$old\" | cut -d: -f3)\" = {gid} ]; then groupmod -n {name} \"$old\"; fi
+    if [ ! -d /home/{name} ]; then mkdir -p /home/{name} && chown {uid}:{gid} /home/{name}; fi
+    echo \"kiln: the base's account $old had uid {uid}; it is now {name}\"
+"
+        )
+    };
     format!(
         "set -eu
 if command -v useradd >/dev/null 2>&1; then
   old=$(getent passwd {uid} | cut -d: -f1) || old=
   if [ -n \"$old\" ] && [ \"$old\" != {name} ] && ! getent passwd {name} >/dev/null; then
-    usermod -l {name} -d /home/{name} -m \"$old\"
-    if [ \"$(getent group \"$old\" | cut -d: -f3)\" = {gid} ]; then groupmod -n {name} \"$old\"; fi
-    echo \"kiln: the base's account $old had uid {uid}; it is now {name}\"
-  fi
+{take_over}  fi
   getent group {gid} >/dev/null || groupadd -g {gid} {name}
   getent passwd {name} >/dev/null || useradd -l -m -u {uid} -g {gid} -s /bin/sh {name}
   if [ \"$(id -u {name})\" != {uid} ]; then

@@ -1152,7 +1152,9 @@ impl Decoder {
                 s.pip.push(Spanned::new(Pip::Requirements(norm), span));
             }
         } else if let Some(i) = index {
-            if !(i.value.starts_with("https://") || i.value.starts_with("http://")) {
+            // A URL from a build argument is checked once it has its value.
+            let url_like = i.value.starts_with("https://") || i.value.starts_with("http://");
+            if !(url_like || has_arg_ref(&i.value)) {
                 self.err(
                     "kiln::invalid_value",
                     i.span,

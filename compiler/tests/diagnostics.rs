@@ -775,3 +775,136 @@ fn local_projects_in_requirements_files_install_from_the_context() {
     );
     c.compile(&opts).expect("compiles");
 }
+
+/// A base that sets `USER` and `WORKDIR` keeps them in the image, and
+/// kiln goes by them as the image will: relative copy destinations land
+/// in its workdir, checks after the copies run there as its user; the
+/// recipe's own `workdir` and `user` win over them.
+#[test]
+fn a_bases_user_and_workdir_are_the_images_for_copies_and_checks() {
+    let text = "kiln 1\npython \"3.11\"\nbase \"example.com/ml/base:1\"\ncopy \"m.py\" \"m.py\"\n\
+                verify \"import m\" after=\"copy\"\n";
+    let mut opts = Options::default();
+    let config = kiln_compiler::ImageConfig::from_json(
+        br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin:/bin"],"User":"base","WorkingDir":"/workspace"},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+    )
+    .expect("config");
+    opts.images.insert(
+        "example.com/ml/base:1".into(),
+        kiln_compiler::ResolvedImage {
+            digest: None,
+            config,
+        },
+    );
+    let c = kiln_compiler::load("r.kdl", text).expect("loads");
+    let compiled = c.compile(&opts).expect("compiles");
+    let build = &compiled.builds[0];
+    let image = kiln_compiler::llb::definition_json(&build.definition).to_string();
+    assert!(image.contains(r#""dest":"/workspace/m.py""#), "{image}");
+    let checks =
+        kiln_compiler::llb::definition_json(build.checks.as_ref().expect("checks")).to_string();
+    assert!(
+        checks.contains(r#""cwd":"/workspace""#) && checks.contains(r#""user":"base""#),
+        "{checks}"
+    );
+    assert_eq!(build.config.config.user, "base");
+    assert_eq!(build.config.config.working_dir, "/workspace");
+
+    let own = text.replace(
+        "copy \"m.py\"",
+        "user \"app\"\nworkdir \"/app\"\ncopy \"m.py\"",
+    );
+    let c = kiln_compiler::load("r.kdl", &own).expect("loads");
+    let compiled = c.compile(&opts).expect("compiles");
+    let build = &compiled.builds[0];
+    let image = kiln_compiler::llb::definition_json(&build.definition).to_string();
+    assert!(image.contains(r#""dest":"/app/m.py""#), "{image}");
+    let checks =
+        kiln_compiler::llb::definition_json(build.checks.as_ref().expect("checks")).to_string();
+    assert!(
+        checks.contains(r#""cwd":"/app""#) && checks.contains(r#""user":"app""#),
+        "{checks}"
+    );
+}
+
+/// Errors of a recipe compiled with `opts`, as `file:line:col code message`.
+fn error_lines(text: &str, opts: &Options) -> Vec<String> {
+    match kiln_compiler::compile("a.kdl", text, opts) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .items
+            .iter()
+            .map(|d| format!("{} {} {}", e.location(d), d.code, d.message))
+            .collect(),
+    }
+}
+
+/// A default may read the arguments declared before it (a Dockerfile's
+/// `ARG B=${A}`); anything else that would leave `${…}` in a value is an
+/// error at the argument, never a build that silently drops what named it.
+#[test]
+fn build_arguments_read_earlier_ones_and_never_leave_a_reference_behind() {
+    let chain = "kiln 1\narg \"TORCH\" default=\"2.4.1\"\narg \"FW\" default=\"${TORCH}\"\n\
+                 arg \"PYMAJOR\" default=\"3\"\narg \"PY\" default=\"${PYMAJOR}.11\"\n\
+                 python \"${PY}\"\nframework \"pytorch\" \"${FW}\"\n";
+    assert_eq!(framework_packages(chain), ["torch==2.4.1"]);
+    let mut opts = Options::default();
+    opts.build_args.insert("TORCH".into(), "2.5.1".into());
+    let (plans, _) = kiln_compiler::load("a.kdl", chain)
+        .expect("loads")
+        .plan(&opts)
+        .expect("plans");
+    assert_eq!(
+        plans[0].framework.as_ref().expect("framework").packages,
+        ["torch==2.5.1"]
+    );
+
+    let later = "kiln 1\narg \"A\" default=\"${B}\"\narg \"B\" default=\"x\"\nname \"${A}\"\npython \"3.11\"\n";
+    assert_eq!(
+        error_lines(later, &Options::default()),
+        [
+            "a.kdl:2:5 kiln::unknown_arg the default of `A` reads `${B}`, which names no build argument declared before it"
+        ]
+    );
+    let mut opts = Options::default();
+    opts.build_args.insert("PY".into(), "${PYMAJOR}".into());
+    let errors = error_lines(chain, &opts);
+    assert_eq!(
+        errors[0],
+        "a.kdl:5:5 kiln::invalid_value `--build-arg PY=${PYMAJOR}`: a value given on the command line is used as written, so its `${…}` would reach the recipe unexpanded"
+    );
+
+    // An index URL from an argument is checked once it has its value.
+    let index = "kiln 1\narg \"IDX\" default=\"https://pypi.example.org/simple\"\npython \"3.11\"\npip index=\"${IDX}\"\n";
+    assert!(error_lines(index, &Options::default()).is_empty());
+    let mut opts = Options::default();
+    opts.build_args
+        .insert("IDX".into(), "https://u:p@pypi.example.org/simple".into());
+    assert_eq!(
+        error_lines(index, &opts),
+        [
+            "a.kdl:4:1 kiln::secret_in_recipe `${IDX}` gives the index URL credentials; they would end up in the image's build graph"
+        ]
+    );
+    opts.build_args.insert("IDX".into(), "ftp://x".into());
+    assert_eq!(
+        error_lines(index, &opts),
+        ["a.kdl:4:1 kiln::invalid_value `${IDX}` is `ftp://x` here: not an index URL"]
+    );
+}
+
+/// A python patch release picks its slim image; wheels go by the minor
+/// release.
+#[test]
+fn a_python_patch_release_takes_its_minor_releases_wheels() {
+    let text = "kiln 1\npython \"3.11.4\"\nframework \"pytorch\" \"2.4.1\"\n";
+    assert_eq!(framework_packages(text), ["torch==2.4.1"]);
+    let (plans, _) = kiln_compiler::load("p.kdl", text)
+        .expect("loads")
+        .plan(&Options::default())
+        .expect("plans");
+    assert_eq!(
+        plans[0].runtime.reference.familiar_name_tag(),
+        "python:3.11.4-slim"
+    );
+}

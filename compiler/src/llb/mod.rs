@@ -44,13 +44,15 @@ impl Platform {
     }
 
     fn new(os: &str, arch: &str, variant: Option<&str>) -> Platform {
-        // Normalise the aliases the engine normalises.
-        let architecture = match arch {
+        // Normalise the aliases the engine normalises (case included).
+        let arch = arch.to_ascii_lowercase();
+        let architecture = match arch.as_str() {
             "x86_64" | "x86-64" => "amd64",
             "aarch64" => "arm64",
             a => a,
         };
-        let variant = match (architecture, variant) {
+        let variant = variant.map(str::to_ascii_lowercase);
+        let variant = match (architecture, variant.as_deref()) {
             ("arm64", Some("v8")) => None,
             (_, v) => v.map(str::to_string),
         };

@@ -295,6 +295,15 @@ fn platforms_parse_and_normalise() {
         Platform::parse("linux/arm/v7").expect("ok").to_string(),
         "linux/arm/v7"
     );
+    assert_eq!(
+        Platform::parse("Linux/ARM64/V8").expect("ok").to_string(),
+        "linux/arm64"
+    );
+    assert_eq!(
+        Platform::parse("linux/AMD64").expect("ok").to_string(),
+        "linux/amd64"
+    );
     assert!(Platform::parse("linux").is_err());
+    assert!(Platform::parse("").is_err());
     assert!(Platform::parse("linux/amd64/v2/x").is_err());
 }

@@ -266,9 +266,10 @@ pub fn plan(
         {
             None
         }
+        // Wheels are built per python minor release (`3.11.4` is 3.11's).
         Some(f) => framework::resolve(
             f,
-            &python,
+            &python.split('.').take(2).collect::<Vec<_>>().join("."),
             gpu.as_ref(),
             platform,
             &settings,
@@ -740,13 +741,64 @@ fn select_variant(
     }
 }
 
-/// The declared build arguments' values: `--build-arg`, else the default.
-fn arg_values(recipe: &Recipe, opts: &Options) -> BTreeMap<String, String> {
+/// The declared build arguments' values: `--build-arg` (as written),
+/// else the default, in which `${NAME}` takes the value of an argument
+/// declared before it (as a Dockerfile's `ARG B=${A}`). A default that
+/// names another, or a `--build-arg` value holding `${…}` (which would
+/// reach the recipe unexpanded), is an error at the argument, when `diags`
+/// is given; the argument then has no value.
+fn arg_values(
+    recipe: &Recipe,
+    opts: &Options,
+    mut diags: Option<&mut Diagnostics>,
+) -> BTreeMap<String, String> {
     let mut values: BTreeMap<String, String> = BTreeMap::new();
+    let mut declared: Vec<String> = Vec::new();
     for a in &recipe.args {
-        if let Some(v) = opts.build_args.get(&a.name.value).or(a.default.as_ref()) {
-            values.insert(a.name.value.clone(), v.clone());
+        let name = &a.name.value;
+        let value = match (opts.build_args.get(name), &a.default) {
+            (Some(v), _) if model::has_arg_ref(v) => {
+                if let Some(d) = diags.as_deref_mut() {
+                    d.push(
+                        Diagnostic::error(
+                            "kiln::invalid_value",
+                            a.name.span,
+                            format!(
+                                "`--build-arg {name}={v}`: a value given on the command line is used as written, so its `${{…}}` would reach the recipe unexpanded"
+                            ),
+                        )
+                        .with_help("pass the value itself"),
+                    );
+                }
+                None
+            }
+            (Some(v), _) => Some(v.clone()),
+            (None, Some(default)) => match expand(default, &values, &declared) {
+                Ok(v) => Some(v),
+                Err(other) => {
+                    if let Some(d) = diags.as_deref_mut() {
+                        d.push(
+                            Diagnostic::error(
+                                "kiln::unknown_arg",
+                                a.name.span,
+                                format!(
+                                    "the default of `{name}` reads `${{{other}}}`, which names no build argument declared before it"
+                                ),
+                            )
+                            .with_help(format!(
+                                "declare `{other}` above `{name}` (a default reads only the arguments before it)"
+                            )),
+                        );
+                    }
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if let Some(v) = value {
+            values.insert(name.clone(), v);
         }
+        declared.push(name.clone());
     }
     values
 }
@@ -759,7 +811,7 @@ fn substitute_args(
     opts: &Options,
     diags: &mut Diagnostics,
 ) -> Settings {
-    let values = arg_values(recipe, opts);
+    let values = arg_values(recipe, opts, Some(diags));
     let declared: Vec<String> = recipe.args.iter().map(|a| a.name.value.clone()).collect();
     let mut sub = |text: &str, span: SourceSpan| -> String {
         match expand(text, &values, &declared) {
@@ -916,6 +968,7 @@ fn substitute_args(
         }
         a.value.packages = packages;
     }
+    let mut url_credentials: Vec<(SourceSpan, String)> = Vec::new();
     for p in &mut out.pip {
         let span = p.span;
         match &mut p.value {
@@ -936,7 +989,18 @@ fn substitute_args(
                 }
                 *specs = now;
             }
-            model::Pip::Index { url, .. } => *url = sub(url, span),
+            model::Pip::Index { url, .. } => {
+                let written = url.clone();
+                *url = sub(&written, span);
+                if model::has_arg_ref(&written) && !model::has_arg_ref(url) {
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        bad_values.push((span, written.clone(), "not an index URL".to_string()));
+                    }
+                    if url.contains('@') {
+                        url_credentials.push((span, written.clone()));
+                    }
+                }
+            }
             model::Pip::Requirements(_) => {}
         }
     }
@@ -945,6 +1009,16 @@ fn substitute_args(
     for l in &mut out.label {
         let span = l.span;
         l.value.1 = sub(&l.value.1, span);
+    }
+    for (span, written) in url_credentials {
+        diags.push(
+            Diagnostic::error(
+                "kiln::secret_in_recipe",
+                span,
+                format!("`{written}` gives the index URL credentials; they would end up in the image's build graph"),
+            )
+            .with_help("put the credentials in a build secret and write `secret=\"ID\"`"),
+        );
     }
     bad_values.sort_by_key(|(span, _, _)| span.offset());
     for (span, written, why) in bad_values {
@@ -966,9 +1040,7 @@ fn substitute_args(
             continue;
         }
         let message = if value.is_empty() {
-            format!(
-                "`{written}` is empty here (no --build-arg and no default), and {what} is needed"
-            )
+            format!("`{written}` has no value here, and {what} is needed")
         } else {
             format!("`{written}` is `{value}` here, which is not {what}")
         };
@@ -1134,7 +1206,7 @@ fn image_config(
             c.set_env("NVIDIA_DRIVER_CAPABILITIES", "compute,utility");
         }
     }
-    let args = arg_values(recipe, opts);
+    let args = arg_values(recipe, opts, None);
     let declared: Vec<&str> = recipe.args.iter().map(|a| a.name.value.as_str()).collect();
     // The environment by name (the last of a name wins, as `env` reads it),
     // so a recipe with thousands of `env` entries stays linear.
