@@ -65,11 +65,46 @@ fn errors_only(diags: &Diagnostics) -> Diagnostics {
 }
 
 fn engine_message(context: &str, status: &tonic::Status) -> String {
+    let message = shorten_process(status.message());
     if context.is_empty() {
-        status.message().to_string()
+        message
     } else {
-        format!("{context}: {}", status.message())
+        format!("{context}: {message}")
     }
+}
+
+/// BuildKit names a failed exec by its whole command line (`process
+/// "/bin/sh -c …" did not complete successfully`), which for kiln's install
+/// steps is a script of dozens of lines the user never wrote. The first line
+/// stays; the client shows the step's name, recipe line and log above.
+fn shorten_process(message: &str) -> String {
+    const START: &str = "process \"";
+    const END: &str = "\" did not complete successfully";
+    let (Some(start), Some(end)) = (message.find(START), message.find(END)) else {
+        return message.to_string();
+    };
+    let inner_start = start + START.len();
+    if end < inner_start {
+        return message.to_string();
+    }
+    let command = &message[inner_start..end];
+    // Go's %q writes line breaks as `\n`.
+    let lines = command.split("\\n").count();
+    if lines <= 2 && command.len() <= 200 {
+        return message.to_string();
+    }
+    let first: String = command
+        .split("\\n")
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(120)
+        .collect();
+    format!(
+        "{}{first} … ({lines} lines; the step's log is above){}",
+        &message[..inner_start],
+        &message[end..]
+    )
 }
 
 impl Failure {
@@ -181,6 +216,33 @@ mod tests {
         );
         ds.push(Diagnostic::warning("kiln::style", (0, 4), "a warning"));
         ds
+    }
+
+    #[test]
+    fn a_failed_steps_long_script_is_cut_to_its_first_line() {
+        let script = (0..40)
+            .map(|i| format!("line {i} with \\\"quotes\\\""))
+            .collect::<Vec<_>>()
+            .join("\\n");
+        let message = format!(
+            "process \"/bin/sh -c set -eu\\n{script}\" did not complete successfully: exit code: 1"
+        );
+        let status = tonic::Status::unknown(message);
+        assert_eq!(
+            Failure::engine("", status).to_string(),
+            "process \"/bin/sh -c set -eu … (41 lines; the step's log is above)\" did not complete successfully: exit code: 1"
+        );
+        // A short command (a user's `run`) stays whole.
+        let short = "process \"/bin/sh -c make test\" did not complete successfully: exit code: 2";
+        assert_eq!(
+            Failure::engine("", tonic::Status::unknown(short)).to_string(),
+            short
+        );
+        let other = "failed to compute cache key: \"/data\": not found";
+        assert_eq!(
+            Failure::engine("", tonic::Status::unknown(other)).to_string(),
+            other
+        );
     }
 
     #[test]
