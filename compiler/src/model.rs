@@ -1883,6 +1883,78 @@ pub fn requirement_name(r: &str) -> String {
 /// Whether two versions are the same release under PEP 440's equality:
 /// `1.16` is `1.16.0`, `01.2` is `1.2`, case and a leading `v` do not
 /// count.
+/// Whether `spec`'s version clauses certainly leave out `version` (a
+/// plain release like `1.26.4`): `Some(clause)` with the clause that does.
+/// `None` when they allow it, or when kiln cannot tell (a marker, a URL,
+/// pre-releases, local versions): pip decides those.
+pub fn excludes_release(spec: &str, version: &str) -> Option<String> {
+    fn release(v: &str) -> Option<Vec<u64>> {
+        let v = v.trim();
+        let v = v.strip_prefix('v').unwrap_or(v);
+        v.split('.').map(|p| p.parse::<u64>().ok()).collect()
+    }
+    fn cmp(a: &[u64], b: &[u64]) -> std::cmp::Ordering {
+        let n = a.len().max(b.len());
+        (0..n)
+            .map(|i| {
+                a.get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .cmp(&b.get(i).copied().unwrap_or(0))
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or(std::cmp::Ordering::Equal)
+    }
+    let have = release(version)?;
+    if spec.contains([';', '@']) {
+        return None;
+    }
+    let name_end = spec
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        .unwrap_or(spec.len());
+    let mut rest = spec[name_end..].trim_start();
+    if let Some(r) = rest.strip_prefix('[') {
+        rest = r.split_once(']').map(|(_, after)| after)?.trim_start();
+    }
+    let rest = rest.trim_start_matches('(').trim_end_matches(')');
+    for clause in rest.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let op_len = clause
+            .find(|c: char| !"=<>!~".contains(c))
+            .unwrap_or(clause.len());
+        let (op, v) = (&clause[..op_len], clause[op_len..].trim());
+        let allowed = if let Some(prefix) = v.strip_suffix(".*") {
+            let want = release(prefix)?;
+            let matches = have.len() >= want.len() && have[..want.len()] == want[..];
+            match op {
+                "==" => matches,
+                "!=" => !matches,
+                _ => return None,
+            }
+        } else {
+            let want = release(v)?;
+            let o = cmp(&have, &want);
+            match op {
+                "==" | "===" => o.is_eq(),
+                "!=" => o.is_ne(),
+                "<" => o.is_lt(),
+                "<=" => o.is_le(),
+                ">" => o.is_gt(),
+                ">=" => o.is_ge(),
+                "~=" if want.len() >= 2 => {
+                    o.is_ge()
+                        && have.len() >= want.len() - 1
+                        && have[..want.len() - 1] == want[..want.len() - 1]
+                }
+                _ => return None,
+            }
+        };
+        if !allowed {
+            return Some(clause.to_string());
+        }
+    }
+    None
+}
+
 pub fn same_version(a: &str, b: &str) -> bool {
     fn norm(v: &str) -> (Vec<u64>, String) {
         let v = v.trim().to_ascii_lowercase();

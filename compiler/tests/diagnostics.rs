@@ -908,3 +908,50 @@ fn a_python_patch_release_takes_its_minor_releases_wheels() {
         "python:3.11.4-slim"
     );
 }
+
+/// `distro=` only picks the nvidia/cuda image of `from="base"`.
+#[test]
+fn a_distro_nothing_reads_warns() {
+    assert_eq!(
+        warning_codes(
+            "d.kdl",
+            "kiln 1\npython \"3.10\"\nframework \"pytorch\" \"2.4.1\"\ncuda \"12.4\" distro=\"ubuntu22.04\"\n"
+        ),
+        ["d.kdl:4:1 kiln::distro_unused"]
+    );
+    assert!(
+        warning_codes(
+            "d.kdl",
+            "kiln 1\npython \"3.10\"\ncuda \"12.4\" from=\"base\" distro=\"ubuntu22.04\"\n"
+        )
+        .is_empty()
+    );
+}
+
+/// What a range says of a plain release, and where kiln leaves it to pip.
+#[test]
+fn a_range_excludes_a_release_only_when_kiln_is_sure() {
+    use kiln_compiler::model::excludes_release;
+    for (spec, version, want) in [
+        ("numpy>=2", "1.26.4", Some(">=2")),
+        ("numpy<2", "1.26.4", None),
+        ("numpy (>=1.20, <1.26)", "1.26.4", Some("<1.26")),
+        ("numpy~=1.26.0", "1.26.4", None),
+        ("numpy~=1.25.0", "1.26.4", Some("~=1.25.0")),
+        ("numpy==1.26.*", "1.26.4", None),
+        ("numpy!=1.26.4", "1.26.4", Some("!=1.26.4")),
+        ("numpy==1.26", "1.26.0", None),
+        ("numpy[x]>2", "2", Some(">2")),
+        // Pre-releases, markers and URLs are pip's to judge.
+        ("numpy>=2.0rc1", "1.26.4", None),
+        ("numpy>=2", "2.0.0rc1", None),
+        ("numpy>=2; python_version>'3.8'", "1.26.4", None),
+        ("numpy", "1.26.4", None),
+    ] {
+        assert_eq!(
+            excludes_release(spec, version).as_deref(),
+            want,
+            "{spec} vs {version}"
+        );
+    }
+}

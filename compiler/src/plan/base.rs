@@ -23,6 +23,29 @@ pub(super) fn choose(
     notes: &mut Vec<String>,
 ) -> Option<(Base, Base)> {
     let data = compat::CompatData::builtin();
+    // `distro=` picks the nvidia/cuda image of `from="base"`; anywhere else
+    // nothing reads it.
+    if let Some(c) = &s.cuda
+        && let Some(d) = &c.value.distro
+        && (s.base.is_some() || gpu.is_none_or(|g| g.from != CudaFrom::Base))
+    {
+        let why = if s.base.is_some() {
+            "the recipe's `base` is the image"
+        } else {
+            "CUDA comes as the framework's wheels on python slim, not from an nvidia/cuda image"
+        };
+        diags.push(
+            Diagnostic::warning(
+                "kiln::distro_unused",
+                c.span,
+                format!("`distro=\"{d}\"` has no effect here: {why}"),
+            )
+            .with_help(format!(
+                "write `cuda \"{}\" from=\"base\" distro=\"{d}\"` for an nvidia/cuda {d} base, or drop `distro=`",
+                c.value.version
+            )),
+        );
+    }
     let runtime = if let Some(b) = &s.base {
         let reference = ImageRef::parse(&b.value).ok()?;
         if let Some(g) = gpu

@@ -354,6 +354,9 @@ pub fn plan(
     }
 
     check_base_cuda(&runtime, gpu.as_ref(), framework.as_ref(), diags);
+    if settings.builder.is_some() {
+        check_builder_cuda(&builder, gpu.as_ref(), diags);
+    }
 
     let installer = settings
         .installer
@@ -447,6 +450,27 @@ pub fn plan(
             }
         }
     });
+
+    // A range of a pinned package that leaves out its pin: pip cannot
+    // resolve the two.
+    for (spec, span) in &pip_inline {
+        if model::exact_pin(spec).is_some() {
+            continue;
+        }
+        let name = model::requirement_name(spec);
+        if let Some((_, version)) = pinned.iter().find(|(n, _)| *n == name)
+            && let Some(clause) = model::excludes_release(spec, version)
+        {
+            diags.push(
+                Diagnostic::error(
+                    "kiln::conflicting_pins",
+                    *span,
+                    format!("{name} is pinned to {version}, which `{spec}` leaves out ({clause})"),
+                )
+                .with_help("keep the pin or the range; a variant's `pip` replaces the top-level requirement of the same package"),
+            );
+        }
+    }
 
     // Companions of the framework (torchvision next to torch) must come
     // from the framework's index: they move into its step.
@@ -1626,6 +1650,34 @@ fn image_cuda(base: &Base) -> ImageCuda {
 /// do not bring it), the base must carry that CUDA; a CPU variant on a
 /// CUDA base wastes it; a framework image under the same framework holds
 /// the framework twice.
+/// A `builder` with another CUDA than the variant's: what it compiles
+/// (nvcc, CUDA extensions) would target a CUDA the image does not run.
+fn check_builder_cuda(builder: &Base, gpu: Option<&Gpu>, diags: &mut Diagnostics) {
+    let (Some(span), Some(g)) = (builder.span, gpu) else {
+        return;
+    };
+    let wanted: Vec<&str> = g.cuda.split('.').collect();
+    if let ImageCuda::Version(v) = image_cuda(builder)
+        && v.split('.').zip(&wanted).any(|(have, want)| have != *want)
+    {
+        diags.push(
+            Diagnostic::error(
+                "kiln::cuda_mismatch",
+                span,
+                format!(
+                    "the builder `{}` carries CUDA {v}, but the variant builds for CUDA {}: what it compiles would target another CUDA than the image's",
+                    builder.reference.familiar_name_tag(),
+                    g.cuda
+                ),
+            )
+            .with_help(format!(
+                "use a CUDA {} devel image as `builder` (nvidia/cuda:{}.x-cudnn-devel-…), or write `cuda \"{v}\"`",
+                g.cuda, g.cuda
+            )),
+        );
+    }
+}
+
 fn check_base_cuda(
     runtime: &Base,
     gpu: Option<&Gpu>,
