@@ -955,3 +955,49 @@ fn a_range_excludes_a_release_only_when_kiln_is_sure() {
         );
     }
 }
+
+/// The conda environment file is read from the context like requirements
+/// files: missing is an error at the `conda` line, and so is a python it
+/// pins that is not the recipe's.
+#[test]
+fn the_conda_file_is_read_and_its_python_checked() {
+    let text = "kiln 1\npython \"3.11\"\nconda \"env/environment.yml\"\n";
+    let c = kiln_compiler::load("c.kdl", text).expect("loads");
+    let mut opts = Options::default();
+    assert_eq!(c.context_files_wanted(&opts), ["env/environment.yml"]);
+    opts.context_files
+        .insert("env/environment.yml".into(), None);
+    assert_eq!(
+        error_lines(text, &opts),
+        [
+            "a.kdl:3:7 kiln::missing_file conda environment file `env/environment.yml` is not in the build context"
+        ]
+    );
+    for (file, ok) in [
+        (
+            "name: x\ndependencies:\n  - python=3.10\n  - numpy\n",
+            false,
+        ),
+        ("dependencies:\n  - conda-forge::python==3.10.14\n", false),
+        (
+            "dependencies:\n  - \"python=3.11.*\"\n  - pip:\n    - requests\n",
+            true,
+        ),
+        (
+            "dependencies:\n  - python>=3.9\n  - python-dateutil=2.8\n",
+            true,
+        ),
+        (
+            "channels:\n  - python=3.10\ndependencies:\n  - numpy\n",
+            true,
+        ),
+    ] {
+        opts.context_files
+            .insert("env/environment.yml".into(), Some(file.into()));
+        let errors = error_lines(text, &opts);
+        assert_eq!(errors.is_empty(), ok, "{file:?}: {errors:?}");
+        if !ok {
+            assert!(errors[0].contains("kiln::python_mismatch"), "{errors:?}");
+        }
+    }
+}

@@ -382,6 +382,9 @@ pub fn plan(
     let mut wanted_files = Vec::new();
     let mut lock_hashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut lock_origin: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(c) = &conda {
+        check_conda_file(c, &python, opts, diags, &mut wanted_files);
+    }
     for p in &settings.pip {
         match &p.value {
             model::Pip::Packages(specs) => {
@@ -1450,6 +1453,93 @@ type IncludedBy = (String, usize, &'static str, String);
 /// (the kernel stacks at most 500 overlay layers; docker's graph drivers
 /// stop at 125) matters more than what one more pin re-installs.
 pub const MAX_PACKAGE_LAYERS: usize = 64;
+
+/// The conda environment file, as the caller read it from the context:
+/// missing is an error at the recipe's `conda` line, and so is a python
+/// pinned there that is not the recipe's (the environment's python is the
+/// image's). Not read: taken on trust, asked for.
+fn check_conda_file(
+    c: &Spanned<String>,
+    python: &str,
+    opts: &Options,
+    diags: &mut Diagnostics,
+    wanted: &mut Vec<String>,
+) {
+    match opts.context_files.get(&c.value) {
+        None => wanted.push(c.value.clone()),
+        Some(None) => diags.push(
+            Diagnostic::error(
+                "kiln::missing_file",
+                c.span,
+                format!("conda environment file `{}` is not in the build context", c.value),
+            )
+            .with_help("the path is relative to the build context; check it, and that .dockerignore does not exclude the file"),
+        ),
+        Some(Some(text)) => {
+            let minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+            if let Some(v) = conda_python(text)
+                && minor(&v) != minor(python)
+            {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::python_mismatch",
+                        c.span,
+                        format!(
+                            "`{}` asks for python {v}, but the recipe asks for python {python}: the environment's python is the image's",
+                            c.value
+                        ),
+                    )
+                    .with_help(format!(
+                        "write `python \"{}\"`, or change the python line of `{}`",
+                        minor(&v),
+                        c.value
+                    )),
+                );
+            }
+        }
+    }
+}
+
+/// The python release a conda environment file pins (`- python=3.10`,
+/// `- python==3.10.*`, `- conda-forge::python=3.11.9`), as written without
+/// its operator; `None` when it names none, or only a range.
+fn conda_python(text: &str) -> Option<String> {
+    let mut in_deps = false;
+    for line in text.lines() {
+        let line = line.split(" #").next().unwrap_or_default().trim_end();
+        if !line.starts_with([' ', '-', '\t']) {
+            in_deps = line.trim() == "dependencies:";
+            continue;
+        }
+        let Some(item) = line.trim().strip_prefix('-') else {
+            continue;
+        };
+        if !in_deps {
+            continue;
+        }
+        let item = item.trim().trim_matches(['"', '\'']);
+        let item = item.rsplit("::").next().unwrap_or(item);
+        let Some(rest) = item.strip_prefix("python") else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let version = if let Some(v) = rest.strip_prefix("==") {
+            v
+        } else if let Some(v) = rest.strip_prefix('=') {
+            v
+        } else if rest.starts_with(|c: char| c.is_ascii_digit()) {
+            rest
+        } else {
+            continue;
+        };
+        let version = version.split(['=', ' ']).next().unwrap_or_default();
+        let version = version.trim_end_matches(".*").trim_end_matches('*');
+        if version.split('.').count() >= 2 && version.split('.').all(|p| p.parse::<u32>().is_ok()) {
+            return Some(version.to_string());
+        }
+    }
+    None
+}
 
 /// What kiln learnt of a requirements file from the caller's copy of the
 /// context (see [`Options::context_files`]).
