@@ -1001,3 +1001,23 @@ fn the_conda_file_is_read_and_its_python_checked() {
         }
     }
 }
+
+/// With no framework version, a variant that its CUDA holds back to an
+/// older release than the others get warns.
+#[test]
+fn an_unpinned_framework_held_back_by_a_variant_warns() {
+    let text = "kiln 1\npython \"3.11\"\nframework \"pytorch\"\nvariant \"cpu\" default=#true\nvariant \"gpu\" {\n    cuda \"12.1\"\n}\n";
+    let c = kiln_compiler::load("u.kdl", text).expect("loads");
+    let mut opts = Options::default();
+    assert!(
+        c.compile(&opts)
+            .expect("cpu compiles")
+            .warnings
+            .items
+            .is_empty()
+    );
+    opts.target = Some("gpu".into());
+    let compiled = c.compile(&opts).expect("gpu compiles");
+    let codes: Vec<&str> = compiled.warnings.items.iter().map(|d| d.code).collect();
+    assert_eq!(codes, ["kiln::framework_unpinned"]);
+}

@@ -148,6 +148,26 @@ pub(super) fn resolve(
                         "framework: no version given; {label} {} is the newest release kiln knows for {what} on {platform_name}",
                         r.version
                     ));
+                    // Held back by this variant's CUDA or platform: other
+                    // variants of the recipe may get a newer release.
+                    if let Some(newest) = for_python.last()
+                        && newest.version != r.version
+                    {
+                        diags.push(
+                            Diagnostic::warning(
+                                "kiln::framework_unpinned",
+                                span,
+                                format!(
+                                    "no {label} version: this variant gets {label} {}, the newest with {what} on {platform_name}, while {} is newer; variants without that limit get another release",
+                                    r.version, newest.version
+                                ),
+                            )
+                            .with_help(format!(
+                                "pin one release for every variant: `framework \"{}\" \"{}\"`",
+                                req.value.name, r.version
+                            )),
+                        );
+                    }
                     ReleaseChoice::Known(r)
                 }
                 None if for_python.is_empty() => {
