@@ -1021,3 +1021,27 @@ fn an_unpinned_framework_held_back_by_a_variant_warns() {
     let codes: Vec<&str> = compiled.warnings.items.iter().map(|d| d.code).collect();
     assert_eq!(codes, ["kiln::framework_unpinned"]);
 }
+
+/// PyTorch and JAX ship CPU wheels for linux/amd64 and linux/arm64 only.
+#[test]
+fn a_cpu_variant_for_a_platform_without_wheels_is_an_error() {
+    for fw in [
+        "framework \"pytorch\" \"2.4.1\"",
+        "framework \"jax\" \"0.4.30\"",
+    ] {
+        let text = format!("kiln 1\npython \"3.11\"\n{fw}\n");
+        for (platform, ok) in [
+            ("linux/arm64", true),
+            ("linux/riscv64", false),
+            ("linux/arm/v7", false),
+        ] {
+            let mut opts = Options::default();
+            opts.platforms = vec![kiln_compiler::Platform::parse(platform).expect("platform")];
+            let errors = error_lines(&text, &opts);
+            assert_eq!(errors.is_empty(), ok, "{fw} on {platform}: {errors:?}");
+            if !ok {
+                assert!(errors[0].contains("kiln::no_wheels"), "{errors:?}");
+            }
+        }
+    }
+}

@@ -293,7 +293,18 @@ pub(super) fn resolve(
                         span,
                         format!("{label} {version} ships no wheels for {platform_name}"),
                     )
-                    .with_help("build this variant for linux/amd64"),
+                    .with_help({
+                        let has: Vec<&str> = release
+                            .cpu
+                            .iter()
+                            .filter_map(|i| i.platform.as_deref())
+                            .collect();
+                        if has.is_empty() {
+                            "build this variant for linux/amd64".to_string()
+                        } else {
+                            format!("build this variant for {}", has.join(" or "))
+                        }
+                    }),
                 );
                 return None;
             };
