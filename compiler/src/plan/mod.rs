@@ -410,12 +410,23 @@ pub fn plan(
                             pip_inline.push((pin.spec, p.span));
                         }
                     }
-                    _ => pip_files.push(PipStep::Requirements {
-                        path: path.clone(),
-                        includes: read.includes,
-                        sources: read.sources,
-                        span: p.span,
-                    }),
+                    lock => {
+                        if let Some(pins) = lock
+                            && opts.caps.merge_diff
+                            && conda.is_none()
+                        {
+                            notes.push(format!(
+                                "pip: the lock {path} has {} pins, more than {MAX_PACKAGE_LAYERS}: installed as its file, not as a layer each (images of hundreds of layers strain engines and runtimes)",
+                                pins.len()
+                            ));
+                        }
+                        pip_files.push(PipStep::Requirements {
+                            path: path.clone(),
+                            includes: read.includes,
+                            sources: read.sources,
+                            span: p.span,
+                        })
+                    }
                 }
             }
             model::Pip::Index { url, secret } => indexes.push(Index {
