@@ -1712,8 +1712,12 @@ fn check_requirement_rest(rest: &str) -> Result<(), &'static str> {
         }
         rest = r[end + 1..].trim_start();
     }
-    if rest.starts_with('@') {
-        return Ok(());
+    if let Some(url) = rest.strip_prefix('@') {
+        return if url.trim().is_empty() {
+            Err("`@` needs a URL after it")
+        } else {
+            Ok(())
+        };
     }
     let (spec, marker) = match rest.split_once(';') {
         Some((a, b)) => (a.trim(), Some(b.trim())),
@@ -1737,9 +1741,11 @@ fn check_requirement_rest(rest: &str) -> Result<(), &'static str> {
                 return Err("write one requirement per value");
             }
             if !["==", "===", "!=", "<=", ">=", "~=", "<", ">"].contains(&op) {
-                return Err(
-                    "its version operator is not one of ==, !=, <=, >=, ~=, <, >, ===; `=` alone is not pip's",
-                );
+                return Err(if op == "=" {
+                    "its version operator is not one of ==, !=, <=, >=, ~=, <, >, ===; `=` alone is not pip's"
+                } else {
+                    "its version operator is not one of ==, !=, <=, >=, ~=, <, >, ==="
+                });
             }
             if version.is_empty() {
                 return Err("a version specifier needs a version after its operator");
@@ -1750,12 +1756,116 @@ fn check_requirement_rest(rest: &str) -> Result<(), &'static str> {
             {
                 return Err("write one requirement per value");
             }
+            // `===` compares strings; the rest take PEP 440 versions (`.*`
+            // only after == and !=).
+            let wildcard = matches!(op, "==" | "!=");
+            if op != "===" && !is_pep440(version, wildcard) {
+                return Err(
+                    "its version is not a PEP 440 version (e.g. 1.26.4, 2.0rc1, 1.0.post1)",
+                );
+            }
         }
     }
     match marker {
         Some(m) => check_marker(m),
         None => Ok(()),
     }
+}
+
+/// A PEP 440 version as pip accepts it (case-insensitive, with its
+/// alternative spellings): `[v][N!]N(.N)*[{a|b|rc|alpha|beta|c|pre|preview}[N]]
+/// [.post[N]|-N][.dev[N]][+local]`, and a trailing `.*` where `wildcard`.
+pub fn is_pep440(v: &str, wildcard: bool) -> bool {
+    let v = v.trim().to_ascii_lowercase();
+    let mut s = v.strip_prefix('v').unwrap_or(&v);
+    if wildcard && let Some(prefix) = s.strip_suffix(".*") {
+        // A prefix match takes a release (and an epoch) only.
+        let release = prefix.split_once('!').map_or(prefix, |(e, r)| {
+            if e.chars().all(|c| c.is_ascii_digit()) && !e.is_empty() {
+                r
+            } else {
+                "x"
+            }
+        });
+        return !release.is_empty()
+            && release
+                .split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+    }
+    let (main, local) = match s.split_once('+') {
+        Some((m, l)) => (m, Some(l)),
+        None => (s, None),
+    };
+    if let Some(l) = local
+        && (l.is_empty()
+            || !l
+                .split(['.', '-', '_'])
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric())))
+    {
+        return false;
+    }
+    s = main;
+    if let Some((epoch, rest)) = s.split_once('!') {
+        if epoch.is_empty() || !epoch.chars().all(|c| c.is_ascii_digit()) {
+            return false;
+        }
+        s = rest;
+    }
+    // The release: digits and dots.
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (release, mut rest) = s.split_at(end);
+    let release = match release.strip_suffix('.') {
+        // `1.0.post1`: the dot belongs to what follows.
+        Some(r) if !rest.is_empty() => {
+            rest = &s[end - 1..];
+            r
+        }
+        _ => release,
+    };
+    if release.is_empty() || !release.split('.').all(|p| !p.is_empty()) {
+        return false;
+    }
+    let sep = |r: &str| r.strip_prefix(['.', '-', '_']).unwrap_or(r).to_string();
+    let number = |r: &str| -> String {
+        let r = r.strip_prefix(['.', '-', '_']).unwrap_or(r);
+        r.trim_start_matches(|c: char| c.is_ascii_digit())
+            .to_string()
+    };
+    let mut rest = rest.to_string();
+    // Pre-release.
+    let after_sep = sep(&rest);
+    for tag in ["alpha", "beta", "preview", "pre", "rc", "a", "b", "c"] {
+        if let Some(r) = after_sep.strip_prefix(tag) {
+            rest = number(r);
+            break;
+        }
+    }
+    // Post-release: `.post1`, `-1`.
+    let after_sep = sep(&rest);
+    let mut matched = false;
+    for tag in ["post", "rev", "r"] {
+        if let Some(r) = after_sep.strip_prefix(tag) {
+            rest = number(r);
+            matched = true;
+            break;
+        }
+    }
+    if !matched
+        && let Some(r) = rest.strip_prefix('-')
+        && r.starts_with(|c: char| c.is_ascii_digit())
+    {
+        rest = r
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .to_string();
+    }
+    // Development release.
+    let after_sep = sep(&rest);
+    if let Some(r) = after_sep.strip_prefix("dev") {
+        rest = number(r);
+    }
+    rest.is_empty()
 }
 
 /// An environment marker's names must be PEP 508's: a misspelt one makes

@@ -1045,3 +1045,70 @@ fn a_cpu_variant_for_a_platform_without_wheels_is_an_error() {
         }
     }
 }
+
+/// The framework with extras, at its own release, stays for the extras'
+/// packages (with a warning); at another release it is an error.
+#[test]
+fn the_framework_with_extras_at_its_release_is_kept_for_them() {
+    let text = "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\npip \"torch[opt-einsum]==2.4.1\"\n";
+    let c = kiln_compiler::compile("e.kdl", text, &Options::default()).expect("compiles");
+    let codes: Vec<&str> = c.warnings.items.iter().map(|d| d.code).collect();
+    assert_eq!(codes, ["kiln::framework_in_pip"]);
+    let json = kiln_compiler::llb::definition_json(&c.builds[0].definition).to_string();
+    assert!(json.contains("'torch[opt-einsum]==2.4.1'"), "{json}");
+    let other = text.replace("[opt-einsum]==2.4.1", "[opt-einsum]==2.5.1");
+    let errors = error_lines(&other, &Options::default());
+    assert!(errors[0].contains("kiln::framework_in_pip"), "{errors:?}");
+}
+
+/// Versions in requirements are PEP 440's, in pip's spellings.
+#[test]
+fn requirement_versions_are_pep_440() {
+    use kiln_compiler::model::{check_requirement, is_pep440};
+    for ok in [
+        "1",
+        "1.26.4",
+        "2.0rc1",
+        "2.0.0-rc.1",
+        "1.0.post1",
+        "1.0-1",
+        "1.0.dev3",
+        "1.0a1.post2.dev3",
+        "v1.0",
+        "1!2.0",
+        "2.4.1+cpu",
+        "2.4.1+cu124.abc",
+        "1.0.0.RC1",
+        "2024.1",
+        "1.0preview2",
+    ] {
+        assert!(is_pep440(ok, false), "{ok}");
+    }
+    for bad in [
+        "1.bee", "1..2", ".1", "1.0+", "abc", "1.0-", "1.0.*", "1.0 2", "1.0rc1x",
+    ] {
+        assert!(!is_pep440(bad, false), "{bad}");
+    }
+    assert!(is_pep440("1.26.*", true));
+    assert!(!is_pep440("1.26rc1.*", true));
+    for (spec, ok) in [
+        ("foo==1.bee", false),
+        ("bar@", false),
+        ("bar @ https://x/b.whl", true),
+        ("numpy>=1.26,<2", true),
+        ("foo<>1", false),
+        ("numpy==${V}", true),
+        ("tzdata===2024.1a", true),
+    ] {
+        assert_eq!(
+            check_requirement(spec).is_ok(),
+            ok,
+            "{spec}: {:?}",
+            check_requirement(spec)
+        );
+    }
+    assert_eq!(
+        check_requirement("foo<>1"),
+        Err("its version operator is not one of ==, !=, <=, >=, ~=, <, >, ===")
+    );
+}

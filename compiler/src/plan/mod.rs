@@ -496,6 +496,31 @@ pub fn plan(
             // A pin of the same release adds nothing; any other would put a
             // second build over it.
             if fw.is_itself(spec) {
+                // `torch[opt-einsum]==2.4.1`: the same release, for its
+                // extras' packages. It stays, installed after the
+                // framework's step, which it does not replace (pip takes
+                // `2.4.1+cpu` for `==2.4.1`).
+                if let Some((before, after)) = spec.split_once('[')
+                    && let Some((_, rest)) = after.split_once(']')
+                {
+                    let plain = format!("{}{}", before.trim(), rest.trim());
+                    let same = model::exact_pin(&plain).is_some_and(|(_, v)| v == fw.version)
+                        || rest.trim().is_empty();
+                    if same {
+                        diags.push(
+                            Diagnostic::warning(
+                                "kiln::framework_in_pip",
+                                *span,
+                                format!(
+                                    "`{spec}` is the framework: `framework \"{}\" \"{}\"` installs it, built for this variant; kiln keeps the requirement for its extras",
+                                    fw.name, fw.version
+                                ),
+                            )
+                            .with_help("to be plain, list the extras' packages in `pip` instead"),
+                        );
+                        return true;
+                    }
+                }
                 let same = model::exact_pin(spec).is_some_and(|(_, v)| v == fw.version)
                     || spec
                         .trim()
@@ -535,6 +560,25 @@ pub fn plan(
                         "{} {} pairs with {name} {want}: write \"{name}=={want}\"",
                         fw.name, fw.version
                     )),
+                );
+            }
+            // A range of a companion that leaves out the release that goes
+            // with the framework.
+            let name = model::requirement_name(spec);
+            if model::exact_pin(spec).is_none()
+                && let Some(want) = fw.companion_version(&name)
+                && let Some(clause) = model::excludes_release(spec, want)
+            {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::incompatible",
+                        *span,
+                        format!(
+                            "`{spec}` leaves out {name} {want} ({clause}), the release that goes with {} {}",
+                            fw.name, fw.version
+                        ),
+                    )
+                    .with_help(format!("write \"{name}=={want}\", or change the framework release")),
                 );
             }
             !fw.adopt_companion(spec)
