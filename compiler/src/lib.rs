@@ -153,6 +153,18 @@ pub struct Compiled {
     pub warnings: Diagnostics,
 }
 
+/// Build arguments kiln reads without an `arg` (labels, reproducible
+/// dates).
+const CONSUMED_ARGS: &[&str] = &["SOURCE_DATE_EPOCH", "VCS_URL", "VCS_REF"];
+/// Build arguments every build may be given (BuildKit's predefined ones).
+const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "FTP_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+];
+
 /// A loaded recipe, ready to be planned and compiled with options.
 #[derive(Debug, Clone)]
 pub struct Compilation {
@@ -184,10 +196,38 @@ impl Compilation {
             }
         }
         if diags.has_errors() {
-            Err(diags)
-        } else {
-            Ok((plans, diags))
+            return Err(diags);
         }
+        // A `--build-arg` nothing reads is most often a misspelt name.
+        let declared: Vec<&str> = self
+            .recipe
+            .args
+            .iter()
+            .map(|a| a.name.value.as_str())
+            .collect();
+        for name in opts.build_args.keys() {
+            let known = declared.contains(&name.as_str())
+                || name.starts_with("BUILDKIT_")
+                || CONSUMED_ARGS.contains(&name.as_str())
+                || PROXY_ARGS.contains(&name.to_ascii_uppercase().as_str());
+            if !known {
+                let help = match diag::nearest(name, declared.iter().copied()) {
+                    Some(d) => format!("did you mean `--build-arg {d}=…`?"),
+                    None => {
+                        format!("declare it with `arg \"{name}\"` and use it as `${{{name}}}`")
+                    }
+                };
+                diags.push(
+                    Diagnostic::warning(
+                        "kiln::unused_build_arg",
+                        miette::SourceSpan::new(0.into(), 0),
+                        format!("`--build-arg {name}` is not used: the recipe declares no `arg \"{name}\"`"),
+                    )
+                    .with_help(help),
+                );
+            }
+        }
+        Ok((plans, diags))
     }
 
     /// The context files to read and put in [`Options::context_files`]

@@ -1112,3 +1112,36 @@ fn requirement_versions_are_pep_440() {
         Err("its version operator is not one of ==, !=, <=, >=, ~=, <, >, ===")
     );
 }
+
+/// A `--build-arg` the recipe does not declare warns (a misspelt name);
+/// the ones kiln reads itself and BuildKit's predefined ones do not.
+#[test]
+fn an_unused_build_arg_warns() {
+    let text = "kiln 1\narg \"TORCH\" default=\"2.4.1\"\npython \"3.11\"\n";
+    let c = kiln_compiler::load("b.kdl", text).expect("loads");
+    let mut opts = Options::default();
+    for name in [
+        "TORCH",
+        "SOURCE_DATE_EPOCH",
+        "VCS_REF",
+        "https_proxy",
+        "BUILDKIT_SYNTAX",
+    ] {
+        opts.build_args.insert(name.into(), "1".into());
+    }
+    assert!(
+        c.compile(&opts)
+            .expect("compiles")
+            .warnings
+            .items
+            .is_empty()
+    );
+    opts.build_args.insert("TORHC".into(), "2.5.1".into());
+    let w = c.compile(&opts).expect("compiles").warnings;
+    assert_eq!(w.items.len(), 1);
+    assert_eq!(w.items[0].code, "kiln::unused_build_arg");
+    assert_eq!(
+        w.items[0].help.as_deref(),
+        Some("did you mean `--build-arg TORCH=…`?")
+    );
+}
