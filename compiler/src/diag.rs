@@ -101,7 +101,10 @@ impl SourceFile {
                 line_start = i + c.len_utf8();
             }
         }
-        let col = before[line_start..].chars().count() + 1;
+        // A byte-order mark is no column an editor shows.
+        let line_text = &before[line_start..];
+        let line_text = line_text.strip_prefix('\u{feff}').unwrap_or(line_text);
+        let col = line_text.chars().count() + 1;
         (line, col)
     }
 
@@ -218,16 +221,36 @@ impl Diagnostics {
 
     /// A miette report value for fancy rendering.
     pub fn report(&self) -> Report {
+        // miette counts a byte-order mark's bytes as columns: it is shown
+        // the text without one, and the spans moved to match.
+        let text = self.source.text.as_str();
+        let bom = if text.starts_with('\u{feff}') {
+            '\u{feff}'.len_utf8()
+        } else {
+            0
+        };
         Report {
-            source: NamedSource::new(self.source.name.clone(), self.source.text.clone())
-                .with_language("kdl"),
+            source: NamedSource::new(
+                self.source.name.clone(),
+                if bom == 0 {
+                    self.source.text.clone()
+                } else {
+                    Arc::new(text[bom..].to_string())
+                },
+            )
+            .with_language("kdl"),
             items: self
                 .items
                 .iter()
                 .take(MAX_SHOWN)
-                .map(|d| Item {
-                    d: d.clone(),
-                    location: self.location(d),
+                .map(|d| {
+                    let mut moved = d.clone();
+                    moved.span =
+                        SourceSpan::new(d.span.offset().saturating_sub(bom).into(), d.span.len());
+                    Item {
+                        d: moved,
+                        location: self.location(d),
+                    }
                 })
                 .collect(),
             errors: self.errors().count(),
@@ -409,6 +432,8 @@ mod tests {
         // Offsets past the end or inside a character do not panic.
         assert_eq!(src.line_col(4).0, 1);
         assert_eq!(src.line_col(999).0, 4);
+        let bom = SourceFile::new("r.kdl", "\u{feff}kiln 2\n");
+        assert_eq!(bom.line_col(3 + 5), (1, 6));
     }
 
     #[test]
