@@ -359,6 +359,34 @@ fn app_files_leave_the_bases_folders_and_links_as_they_were() {
     );
 }
 
+/// A `run` step runs in the workdir, which kiln makes first (the user's),
+/// not the engine for the step (root's).
+#[test]
+fn a_run_step_leaves_the_workdir_to_the_user() {
+    let Some(engine) = common::engine(EngineKind::New, "run_workdir_owner") else {
+        return;
+    };
+    let ctx = TempDir::new("run-workdir");
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nuser \"app\" uid=1000\n\
+         workdir \"/app/work\"\nrun \"pwd > /tmp/run-cwd\"\ncopy \"m.py\" \"m.py\"\n\
+         verify \"open('probe', 'w').write('x')\" after=\"copy\"\n",
+    )
+    .expect("write");
+    std::fs::write(ctx.path().join("m.py"), "print('m')\n").expect("write");
+    let image = engine.image("run-workdir");
+    engine
+        .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
+        .expect_ok();
+    assert_eq!(
+        image
+            .sh("cat /tmp/run-cwd; stat -c '%n %U:%G' /app /app/work /app/work/m.py")
+            .trim(),
+        "/app/work\n/app app:app\n/app/work app:app\n/app/work/m.py app:app"
+    );
+}
+
 /// ubuntu:24.04 (and so nvidia/cuda's ubuntu24.04 images) ships a user
 /// `ubuntu` with uid and gid 1000, the recipe's default: `useradd -u 1000`
 /// then fails. kiln renames that account instead.
@@ -407,6 +435,53 @@ fn a_base_that_has_the_users_uid_gets_it_renamed() {
             .sh("echo $HOME; stat -c '%U %G' /app /home/app; ls /home")
             .trim(),
         "/home/app\napp app\napp app\napp"
+    );
+}
+
+/// A notebook-style base: its uid 1000 account's home is its WORKDIR,
+/// with files in it. The account is renamed, but its home stays, so the
+/// image's workdir still holds the base's files.
+#[test]
+fn a_renamed_account_keeps_a_home_the_bases_workdir_is_in() {
+    let Some(engine) = common::engine(EngineKind::New, "uid_taken_home") else {
+        return;
+    };
+    let base = Image {
+        engine,
+        tag: format!("kiln-e2e-base:jovyan-{}", nonce()),
+    };
+    let dir = TempDir::new("jovyan-base");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM python:3.11-slim\nRUN useradd -m -u 1000 jovyan && echo hi > /home/jovyan/settings.cfg\nUSER jovyan\nWORKDIR /home/jovyan\n",
+    )
+    .expect("write");
+    let o = engine
+        .docker()
+        .args(["build", "-q", "-t", &base.tag])
+        .arg(dir.path())
+        .output()
+        .expect("docker build");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ctx = TempDir::new("jovyan-ctx");
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        format!(
+            "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nbase \"{}\"\nuser \"app\" uid=1000\ncopy \"m.py\" \"m.py\"\n",
+            base.tag
+        ),
+    )
+    .expect("write");
+    std::fs::write(ctx.path().join("m.py"), "print('m')\n").expect("write");
+    let image = engine.image("uid-taken-home");
+    engine
+        .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
+        .expect_ok();
+    assert_eq!(
+        image
+            .sh("id -un; pwd; echo $HOME; ls; stat -c '%U' settings.cfg")
+            .trim(),
+        "app\n/home/jovyan\n/home/jovyan\nm.py\nsettings.cfg\nroot"
     );
 }
 

@@ -514,7 +514,20 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         rt_names.push(format!("apt-get install {}", rt_packages.join(" ")));
     }
     if let Some(u) = &plan.user {
-        let script = user_script(&u.value.name, u.value.uid, u.value.gid);
+        // The base's workdir, where the recipe keeps it (see `user_script`).
+        let base_workdir = plan
+            .runtime
+            .resolved
+            .as_ref()
+            .filter(|_| plan.workdir.is_none())
+            .map(|r| r.config.config.working_dir.clone())
+            .filter(|w| !w.is_empty() && w != "/");
+        let script = user_script(
+            &u.value.name,
+            u.value.uid,
+            u.value.gid,
+            base_workdir.as_deref(),
+        );
         let what = format!("user {} ({}:{})", u.value.name, u.value.uid, u.value.gid);
         let meta = cx.meta(&what, Some(u.span));
         rt = rt.run(cx.shell(&script, meta).env(&rt_env)).root();
@@ -1037,6 +1050,21 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             cx.meta(&format!("copy {VENV} from the builder"), None),
         )
     };
+    // `run` steps run in the workdir: the recipe's is made first, the
+    // user's, or the engine would make it (root's) for the step.
+    let workdir_first = !after_deps.is_empty() && plan.workdir.is_some();
+    let environment = match &plan.workdir {
+        Some(w) if workdir_first => environment.file(
+            FileActions::new().then(FileAction::Mkdir {
+                path: w.clone(),
+                mode: 0o755,
+                parents: true,
+                owner,
+            }),
+            cx.meta(&format!("workdir {w}"), None),
+        ),
+        _ => environment,
+    };
     let environment = after_deps
         .iter()
         .fold(environment, |state, r| run_step(state, r));
@@ -1099,6 +1127,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let run_name = |r: &crate::model::Spanned<crate::model::Run>| {
         format!("run {}", first_line(&r.value.command))
     };
+    if let Some(w) = plan.workdir.as_ref().filter(|_| workdir_first) {
+        names.push(format!("workdir {w}"));
+    }
     names.extend(after_deps.iter().map(|r| run_name(r)));
     if has_app {
         names.push(app_meta_name.clone());
@@ -1262,9 +1293,22 @@ fn resolve_dest(dest: &str, workdir: Option<&str>) -> String {
 
 /// Create the user and group, with a home, on any glibc base: with
 /// useradd when the base has it, by editing passwd/group files when not.
-fn user_script(name: &str, uid: u32, gid: u32) -> String {
+fn user_script(name: &str, uid: u32, gid: u32, base_workdir: Option<&str>) -> String {
     // A regular account on the uid (ubuntu:24.04's `ubuntu` on 1000) is
     // renamed; a system account (`nobody`, `www-data`) is not kiln's to take.
+    // Its home moves to /home/NAME, unless the image keeps a base workdir
+    // in it (a notebook image's /home/jovyan): then it stays where it is.
+    let keeps_home = match base_workdir {
+        Some(w) => format!(
+            "    old_home=$(getent passwd \"$old\" | cut -d: -f6)
+    case {w} in \"$old_home\"|\"$old_home\"/*) kiln_move= ;; *) kiln_move=1 ;; esac
+",
+            w = quote(w)
+        ),
+        None => "    kiln_move=1
+"
+        .to_string(),
+    };
     let take_over = if !(1000..60000).contains(&uid) {
         format!(
             "    echo \"kiln: uid {uid} is the base's system account $old, which kiln does not take over; give the user another uid\" >&2
@@ -1273,9 +1317,13 @@ fn user_script(name: &str, uid: u32, gid: u32) -> String {
         )
     } else {
         format!(
-            "    usermod -l {name} -d /home/{name} -m \"$old\"
+            "{keeps_home}    if [ -n \"$kiln_move\" ]; then
+      usermod -l {name} -d /home/{name} -m \"$old\"
+      if [ ! -d /home/{name} ]; then mkdir -p /home/{name} && chown {uid}:{gid} /home/{name}; fi
+    else
+      usermod -l {name} \"$old\"
+    fi
     if [ \"$(getent group \"$old\" | cut -d: -f3)\" = {gid} ]; then groupmod -n {name} \"$old\"; fi
-    if [ ! -d /home/{name} ]; then mkdir -p /home/{name} && chown {uid}:{gid} /home/{name}; fi
     echo \"kiln: the base's account $old had uid {uid}; it is now {name}\"
 "
         )

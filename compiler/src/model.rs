@@ -1938,8 +1938,13 @@ fn without_arg_refs(r: &str) -> String {
             Some(end)
                 if end > 0
                     && after[..end]
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                        .split(":-")
+                        .next()
+                        .and_then(|n| n.split(":+").next())
+                        .is_some_and(|n| {
+                            !n.is_empty()
+                                && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        }) =>
             {
                 out.push_str(&rest[..i]);
                 out.push('0');

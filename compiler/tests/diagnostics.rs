@@ -698,6 +698,7 @@ fn the_config_history_names_kilns_layers_in_order() {
             "kiln: pip install six==1.16.0",
             "kiln: user app (1000:1000)",
             "kiln: pip: dependencies the pins did not name",
+            "kiln: workdir /app",
             "kiln: run echo deps",
             "kiln: copy src",
             "kiln: run echo done",
@@ -1144,4 +1145,36 @@ fn an_unused_build_arg_warns() {
         w.items[0].help.as_deref(),
         Some("did you mean `--build-arg TORCH=…`?")
     );
+}
+
+/// A tree copied onto `/` for a user would hand it the system folders.
+#[test]
+fn a_copy_onto_root_for_a_user_warns() {
+    assert_eq!(
+        warning_codes(
+            "o.kdl",
+            "kiln 1\npython \"3.11\"\nuser \"app\"\ncopy \"overlay\" \"/\"\ncopy \"m.py\" \"/etc/m.py\"\n"
+        ),
+        ["o.kdl:4:1 kiln::copy_onto_root"]
+    );
+    assert!(warning_codes("o.kdl", "kiln 1\npython \"3.11\"\ncopy \"overlay\" \"/\"\n").is_empty());
+}
+
+/// `${NAME:-WORD}` and `${NAME:+WORD}` read build arguments as a
+/// Dockerfile's ARG does, in every string.
+#[test]
+fn argument_references_take_defaults_and_alternatives() {
+    let text = "kiln 1\narg \"A\"\narg \"B\" default=\"${A:-dflt}\"\narg \"C\" default=\"${A:+set}\"\n\
+                name \"n-${B}-${C}\"\npython \"3.11\"\npip \"numpy==${V:-1.26.4}\"\narg \"V\"\n";
+    let title = |opts: &Options| {
+        let (plans, _) = kiln_compiler::load("a.kdl", text)
+            .expect("loads")
+            .plan(opts)
+            .expect("plans");
+        plans[0].name.clone().unwrap_or_default()
+    };
+    assert_eq!(title(&Options::default()), "n-dflt-");
+    let mut opts = Options::default();
+    opts.build_args.insert("A".into(), "x".into());
+    assert_eq!(title(&opts), "n-x-set");
 }

@@ -700,6 +700,26 @@ pub fn plan(
 
     let user = settings.user.clone();
     let workdir = settings.workdir.as_ref().map(|w| w.value.clone());
+    // A tree copied onto `/` passes through the image's system folders; as
+    // with Dockerfile `COPY --chown`, each folder of it that exists gets
+    // the copied folder's mode and the user as owner.
+    if let Some(u) = &user {
+        for c in &settings.copy {
+            if c.value.dest.trim_end_matches('/').is_empty() {
+                diags.push(
+                    Diagnostic::warning(
+                        "kiln::copy_onto_root",
+                        c.span,
+                        format!(
+                            "`{}` is copied onto `/` for the user `{}`: every folder of it the image already has (`etc`, `usr`, …) gets the copied folder's mode and `{}` as owner",
+                            c.value.src, u.value.name, u.value.name
+                        ),
+                    )
+                    .with_help("copy each file or folder to where it goes (`copy \"overlay/etc/app.conf\" \"/etc/app.conf\"`)"),
+                );
+            }
+        }
+    }
 
     let mut verify = settings.verify.clone();
     if let Some(fw) = &framework
@@ -1151,21 +1171,50 @@ fn expand(
         }
         out.push_str(&rest[..i]);
         let after = &rest[i + 2..];
-        let Some(end) = after.find('}') else {
+        // The closing brace, past any nested `${…}` in a default.
+        let mut depth = 0usize;
+        let mut end = None;
+        for (j, c) in after.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    end = Some(j);
+                    break;
+                }
+                '}' => depth -= 1,
+                _ => {}
+            }
+        }
+        let Some(end) = end else {
             out.push_str(&rest[i..]);
             return Ok(out);
         };
-        let name = &after[..end];
+        let inner = &after[..end];
+        // `${NAME}`, `${NAME:-WORD}` (WORD when NAME is unset or empty),
+        // `${NAME:+WORD}` (WORD when it is set), as a Dockerfile's ARG.
+        let (name, modifier) = match inner.find(":-").or_else(|| inner.find(":+")) {
+            Some(k) => (&inner[..k], Some((&inner[k..k + 2], &inner[k + 2..]))),
+            None => (inner, None),
+        };
         let is_name =
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !is_name {
             out.push_str(&rest[i..i + 2 + end + 1]);
-        } else if let Some(v) = values.get(name) {
-            out.push_str(v);
-        } else if declared.iter().any(|d| d == name) {
-            out.push_str("");
-        } else {
+        } else if !declared.iter().any(|d| d == name) {
             return Err(name.to_string());
+        } else {
+            let value = values.get(name).map(String::as_str).unwrap_or("");
+            match modifier {
+                None => out.push_str(value),
+                Some((":-", word)) if value.is_empty() => {
+                    out.push_str(&expand(word, values, declared)?)
+                }
+                Some((":+", word)) if !value.is_empty() => {
+                    out.push_str(&expand(word, values, declared)?)
+                }
+                Some((":-", _)) => out.push_str(value),
+                Some(_) => {}
+            }
         }
         rest = &after[end + 1..];
     }
