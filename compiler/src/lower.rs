@@ -915,13 +915,14 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             if i + 1 == plan.pip.len() {
                 cmd = cx.checked(cmd);
             }
-            deps = deps
-                .run(with_requirements(cx.install_exec(
-                    cmd,
-                    &b_env,
-                    cx.meta(&what, Some(step.span())),
-                )))
-                .root();
+            // Only a requirements file's step reads the context: a pin's
+            // step does not run again when the context changes.
+            let exec = cx.install_exec(cmd, &b_env, cx.meta(&what, Some(step.span())));
+            let exec = match step {
+                PipStep::Requirements { .. } => with_requirements(exec),
+                _ => exec,
+            };
+            deps = deps.run(exec).root();
         }
     }
 

@@ -1679,7 +1679,13 @@ pub fn check_requirement(r: &str) -> Result<(), &'static str> {
     if r.contains(['\n', '`', '$', ';']) && !r.contains("; ") {
         return Err("it contains shell syntax");
     }
-    if r == "." || r.starts_with("./") || r.starts_with("../") || r.starts_with('/') {
+    let head = r.split([';', '@']).next().unwrap_or_default().trim();
+    let head = head.split('[').next().unwrap_or_default();
+    let archive = [".whl", ".tar.gz", ".tgz", ".tar.bz2", ".zip"]
+        .iter()
+        .any(|x| head.ends_with(x));
+    if !r.contains("://") && (head == "." || head.starts_with('.') || head.contains('/') || archive)
+    {
         return Err(
             "it is a path; list local projects and archives in a requirements file (`pip requirements=\"requirements.txt\"`), which kiln installs from the build context",
         );

@@ -758,6 +758,11 @@ fn local_projects_in_requirements_files_install_from_the_context() {
             "kiln::outside_context",
             "`reqs/app.txt` line 2 reads `../outside`: `../outside` lies outside the build context",
         ),
+        (
+            "-e ..\n",
+            "kiln::outside_context",
+            "`reqs/app.txt` line 1 reads `..`: `..` lies outside the build context",
+        ),
     ] {
         opts.context_files
             .insert("reqs/app.txt".into(), Some(file.into()));
@@ -1177,4 +1182,50 @@ fn argument_references_take_defaults_and_alternatives() {
     let mut opts = Options::default();
     opts.build_args.insert("A".into(), "x".into());
     assert_eq!(title(&opts), "n-x-set");
+}
+
+/// Without MergeOp the pip steps run one after another; only a
+/// requirements file's step mounts the context, so a context change does
+/// not re-run the pins before it.
+#[test]
+fn without_mergeop_only_requirements_steps_mount_the_context() {
+    let text = "kiln 1\npython \"3.11\"\npip \"six==1.16.0\"\npip requirements=\"r.txt\"\n";
+    let mut opts = Options::default();
+    opts.caps = kiln_compiler::EngineCaps::legacy();
+    opts.context_files
+        .insert("r.txt".into(), Some("requests\n.\n".into()));
+    let c = kiln_compiler::compile("l.kdl", text, &opts).expect("compiles");
+    let json = kiln_compiler::llb::definition_json(&c.builds[0].definition);
+    let ops = json["ops"].as_array().expect("ops");
+    let mounts_context = |name: &str| -> bool {
+        let op = ops
+            .iter()
+            .find(|o| o["name"].as_str().is_some_and(|n| n.ends_with(name)))
+            .unwrap_or_else(|| panic!("no op {name}: {json}"));
+        op["exec"]["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["target"] == "/kiln/context")
+    };
+    assert!(!mounts_context("pip install six==1.16.0"));
+    assert!(mounts_context("pip install -r r.txt"));
+}
+
+/// uv and pip read a relative `--find-links` of a file in a folder from
+/// different places: with uv that warns.
+#[test]
+fn uv_with_find_links_in_a_subfolder_file_warns() {
+    for (installer, warns) in [("", false), ("installer \"uv\"\n", true)] {
+        let text =
+            format!("kiln 1\npython \"3.11\"\n{installer}pip requirements=\"reqs/offline.txt\"\n");
+        let mut opts = Options::default();
+        opts.context_files.insert(
+            "reqs/offline.txt".into(),
+            Some("--no-index\n--find-links=wheels\ntool\n".into()),
+        );
+        let c = kiln_compiler::compile("u.kdl", &text, &opts).expect("compiles");
+        let codes: Vec<&str> = c.warnings.items.iter().map(|d| d.code).collect();
+        assert_eq!(codes.contains(&"kiln::uv_find_links"), warns, "{codes:?}");
+    }
 }

@@ -77,6 +77,10 @@ fn engine_message(context: &str, status: &tonic::Status) -> String {
 /// "/bin/sh -c …" did not complete successfully`), which for kiln's install
 /// steps is a script of dozens of lines the user never wrote. The first line
 /// stays; the client shows the step's name, recipe line and log above.
+/// Only failures of what the frontend solves itself come through here (a
+/// recipe's `verify` checks, which build the environment first); a step
+/// that fails while the exporter builds the image is reported by the
+/// engine directly, whole.
 fn shorten_process(message: &str) -> String {
     const START: &str = "process \"";
     const END: &str = "\" did not complete successfully";

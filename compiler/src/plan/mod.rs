@@ -394,6 +394,19 @@ pub fn plan(
             }
             model::Pip::Requirements(path) => {
                 let read = read_requirements(path, p.span, opts, diags, &mut wanted_files);
+                if installer == Installer::Uv && !read.find_links_in_folder.is_empty() {
+                    diags.push(
+                        Diagnostic::warning(
+                            "kiln::uv_find_links",
+                            p.span,
+                            format!(
+                                "uv reads a relative `--find-links` from the context's root folder, where pip reads it from the requirements file's folder first: {}",
+                                read.find_links_in_folder.join(", ")
+                            ),
+                        )
+                        .with_help("write the folder relative to the context's root, or use pip"),
+                    );
+                }
                 match read.lock {
                     // A lock's pins get a layer each, like the recipe's (not
                     // hundreds of them: see MAX_PACKAGE_LAYERS).
@@ -1654,6 +1667,9 @@ struct ReadRequirements {
     lock: Option<Vec<crate::requirements::Pin>>,
     /// The context paths its lines (and its includes') install from.
     sources: Vec<String>,
+    /// `--find-links` lines of files in a folder of the context, which pip
+    /// and uv read from different folders.
+    find_links_in_folder: Vec<String>,
 }
 
 /// Follow a requirements file's includes through the files the caller
@@ -1674,6 +1690,7 @@ fn read_requirements(
         includes: Vec::new(),
         lock: None,
         sources: Vec::new(),
+        find_links_in_folder: Vec::new(),
     };
     let mut todo: Vec<(String, Option<IncludedBy>)> = vec![(path.to_string(), None)];
     let mut seen = vec![path.to_string()];
@@ -1711,7 +1728,10 @@ fn read_requirements(
         }
         for local in local_paths(&entries) {
             match &local {
-                Local::Editable { line, path } => diags.push(
+                Local::Editable { line, path }
+                    if local_context_paths(&file, &local).is_ok() =>
+                {
+                    diags.push(
                     Diagnostic::error(
                         "kiln::editable_install",
                         span,
@@ -1722,8 +1742,15 @@ fn read_requirements(
                     .with_help(format!(
                         "write `{path}` without `-e`: kiln installs the project from the build context as a package (its install step runs again when the project's files change)"
                     )),
-                ),
-                Local::Path { line, path } | Local::FindLinks { line, path } => {
+                    )
+                }
+                Local::Editable { line, path }
+                | Local::Path { line, path }
+                | Local::FindLinks { line, path } => {
+                    if matches!(local, Local::FindLinks { .. }) && file.contains('/') {
+                        out.find_links_in_folder
+                            .push(format!("`{file}` line {line} (`{path}`)"));
+                    }
                     match local_context_paths(&file, &local) {
                         Ok(paths) => {
                             for p in paths {
