@@ -185,7 +185,14 @@ pub fn explain(plan: &Plan) -> String {
     let copies: Vec<String> = plan
         .copies
         .iter()
-        .map(|c| format!("{} → {}", c.value.src, c.value.dest))
+        .map(|c| {
+            let workdir = crate::lower::image_workdir(plan);
+            format!(
+                "{} → {}",
+                c.value.src,
+                crate::lower::resolve_dest(&c.value.dest, workdir.as_deref())
+            )
+        })
         .collect();
     if copies.is_empty() {
         o.push_str("  3. app: nothing copied from the context\n");
@@ -197,6 +204,9 @@ pub fn explain(plan: &Plan) -> String {
         );
     }
     let join = match plan.layering {
+        Layering::PerPackage if !copies.is_empty() && crate::lower::app_on_environment(plan) => {
+            "one MergeOp of the runtime and one layer per install; the app files copied onto it (a `run` step or the venv is below them)"
+        }
         Layering::PerPackage => {
             "one MergeOp of the runtime, one layer per install and the app files"
         }

@@ -933,8 +933,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     });
     // The recipe's `workdir` is created; relative paths, `run` steps and
     // checks after the copies go by the image's, which may be the base's.
-    let workdir = (!plan.config.config.working_dir.is_empty())
-        .then(|| plan.config.config.working_dir.clone());
+    let workdir = image_workdir(plan);
     let mut app_actions = FileActions::new();
     if let Some(w) = &plan.workdir {
         app_actions = app_actions.then(FileAction::Mkdir {
@@ -1078,13 +1077,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // own branch, so a pip change never re-copies them. Where something
     // below them comes from elsewhere (a `run` step, a destination in the
     // venv) they are copied onto the environment itself.
-    let on_environment = !after_deps.is_empty()
-        || plan
-            .copies
-            .iter()
-            .map(|c| resolve_dest(&c.value.dest, workdir.as_deref()))
-            .chain(workdir.iter().cloned())
-            .any(|d| d == VENV || d.starts_with(&format!("{VENV}/")));
+    let on_environment = app_on_environment(plan);
     let has_app = !app_actions.is_empty();
     let app = (merge && has_app && !on_environment).then(|| {
         let copied = rt.file(app_actions.clone(), app_meta.clone());
@@ -1278,8 +1271,27 @@ fn first_line(s: &str) -> String {
     }
 }
 
+/// The image's workdir: the recipe's, else the base's.
+pub(crate) fn image_workdir(plan: &Plan) -> Option<String> {
+    (!plan.config.config.working_dir.is_empty()).then(|| plan.config.config.working_dir.clone())
+}
+
+/// Whether the app files are copied onto the environment rather than kept
+/// as a layer over the runtime: something below them comes from elsewhere
+/// (a `run` step after the dependencies, a destination in the venv).
+pub(crate) fn app_on_environment(plan: &Plan) -> bool {
+    let workdir = image_workdir(plan);
+    plan.runs.iter().any(|r| r.value.after == RunAfter::Deps)
+        || plan
+            .copies
+            .iter()
+            .map(|c| resolve_dest(&c.value.dest, workdir.as_deref()))
+            .chain(workdir.iter().cloned())
+            .any(|d| d == VENV || d.starts_with(&format!("{VENV}/")))
+}
+
 /// A copy destination: absolute as is, relative to the workdir otherwise.
-fn resolve_dest(dest: &str, workdir: Option<&str>) -> String {
+pub(crate) fn resolve_dest(dest: &str, workdir: Option<&str>) -> String {
     if dest.starts_with('/') {
         dest.to_string()
     } else {
