@@ -938,10 +938,26 @@ fn substitute_args(
                         "declare it with `arg \"{name}\"` (and pass `--build-arg {name}=…`), or write `$${{{name}}}` for a literal"
                     ),
                 };
+                // At the reference itself where the span (a node's, for
+                // list values) holds it once.
+                let reference = format!("${{{name}");
+                let at = {
+                    let src = diags.source.text.as_str();
+                    let (start, len) = (span.offset(), span.len());
+                    src.get(start..start + len)
+                        .filter(|t| t.matches(&reference).count() == 1)
+                        .and_then(|t| t.find(&reference))
+                        .map_or(span, |i| {
+                            let end = src[start + i..]
+                                .find('}')
+                                .map_or(reference.len(), |e| e + 1);
+                            SourceSpan::new((start + i).into(), end)
+                        })
+                };
                 diags.push(
                     Diagnostic::error(
                         "kiln::unknown_arg",
-                        span,
+                        at,
                         format!(
                             "`${{{name}}}` names no declared build argument, or it has no value"
                         ),
