@@ -193,6 +193,41 @@ fn key_values(items: &[String], what: &str) -> Result<BTreeMap<String, String>> 
     Ok(out)
 }
 
+/// A `--base-config` for an image no variant of the recipe uses is most
+/// often a reference written differently from the recipe's; say so.
+fn warn_unused_base_configs(c: &kiln_compiler::Compilation, opts: &Options, b: &BuildArgs) {
+    if b.base_config.is_empty() {
+        return;
+    }
+    let mut targets: Vec<Option<String>> = vec![None];
+    targets.extend(c.recipe.variants.iter().map(|v| Some(v.name.value.clone())));
+    let mut used: Vec<String> = Vec::new();
+    for t in targets {
+        let o = Options {
+            target: t,
+            ..opts.clone()
+        };
+        if let Ok(images) = c.images_to_resolve(&o) {
+            used.extend(images.into_iter().map(|(r, _)| r));
+        }
+    }
+    for (reference, _) in key_values(&b.base_config, "--base-config").unwrap_or_default() {
+        let Ok(r) = kiln_compiler::image_ref::ImageRef::parse(&reference) else {
+            continue;
+        };
+        let mut by_tag = r.clone();
+        by_tag.digest = None;
+        if !used.contains(&r.to_string()) && !used.contains(&by_tag.to_string()) {
+            used.sort();
+            used.dedup();
+            eprintln!(
+                "kiln: warning: --base-config {reference}: the recipe uses no such image (it uses {})",
+                used.join(", ")
+            );
+        }
+    }
+}
+
 fn options(b: &BuildArgs) -> Result<Options> {
     let mut platforms = Vec::new();
     for p in b.platform.iter().filter(|p| !p.trim().is_empty()) {
@@ -395,6 +430,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let Some(c) = load(&build)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            warn_unused_base_configs(&c, &opts, &build);
             read_context_files(&c, &mut opts, &build)?;
             let compiled = match c.compile(&opts) {
                 Ok(x) => x,
@@ -475,6 +511,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let Some(c) = load(&build)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            warn_unused_base_configs(&c, &opts, &build);
             read_context_files(&c, &mut opts, &build)?;
             // Every variant, unless `--target` names one: a broken gpu
             // variant must not pass because cpu is the default.
@@ -551,6 +588,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let Some(c) = load(&build)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            warn_unused_base_configs(&c, &opts, &build);
             read_context_files(&c, &mut opts, &build)?;
             match c.plan(&opts) {
                 Ok((plans, warnings)) => {
@@ -571,6 +609,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let Some(c) = load(&build)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            warn_unused_base_configs(&c, &opts, &build);
             read_context_files(&c, &mut opts, &build)?;
             match c.compile(&opts) {
                 Ok(compiled) => {

@@ -458,3 +458,62 @@ fn oversized_input_is_refused_without_reading_it_all() {
         stderr(&o)
     );
 }
+
+/// `--base-config` takes a JSON object, and says when the recipe uses no
+/// image by that reference (a reference written differently).
+#[test]
+fn base_configs_are_objects_and_unused_ones_are_named() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-base-config-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let recipe = dir.join("kiln.kdl");
+    std::fs::write(&recipe, "kiln 1\npython \"3.11\"\n").expect("write");
+    std::fs::write(dir.join("arr.json"), "[]").expect("write");
+    std::fs::write(
+        dir.join("ok.json"),
+        r#"{"architecture":"amd64","os":"linux","config":{}}"#,
+    )
+    .expect("write");
+    let r = recipe.to_str().expect("utf8");
+    let arg = |name: &str, file: &str| format!("{name}={}", dir.join(file).display());
+
+    let array = kiln(&[
+        "check",
+        "--base-config",
+        &arg("python:3.11-slim", "arr.json"),
+        r,
+    ]);
+    assert_eq!(array.status.code(), Some(2));
+    assert!(
+        stderr(&array).contains("an image config is a JSON object"),
+        "{}",
+        stderr(&array)
+    );
+
+    let other = kiln(&[
+        "check",
+        "--base-config",
+        &arg("python:3.12-slim", "ok.json"),
+        r,
+    ]);
+    assert!(other.status.success());
+    assert!(
+        stderr(&other).contains(
+            "--base-config python:3.12-slim: the recipe uses no such image (it uses docker.io/library/python:3.11-slim)"
+        ),
+        "{}",
+        stderr(&other)
+    );
+    let used = kiln(&[
+        "check",
+        "--base-config",
+        &arg("python:3.11-slim", "ok.json"),
+        r,
+    ]);
+    assert!(
+        !stderr(&used).contains("no such image"),
+        "{}",
+        stderr(&used)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

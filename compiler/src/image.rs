@@ -79,7 +79,13 @@ impl Default for RootFs {
 impl ImageConfig {
     /// Parse the config JSON an engine returns for an image.
     pub fn from_json(bytes: &[u8]) -> Result<ImageConfig, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        // An object: serde would also read a JSON array as the fields in
+        // order (`[]` as an empty config).
+        let value: Value = serde_json::from_slice(bytes)?;
+        if !value.is_object() {
+            return Err(serde::de::Error::custom("an image config is a JSON object"));
+        }
+        serde_json::from_value(value)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
