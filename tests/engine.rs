@@ -1355,6 +1355,42 @@ fn the_old_engine_reads_requirements_files_and_their_includes() {
     assert!(image.exec(&["pip", "freeze"]).contains("six==1.16.0"));
 }
 
+/// BuildKit 0.8 (no MergeOp): a check on the environment and one on the
+/// finished image both run, and both must pass.
+#[test]
+fn the_old_engine_runs_both_kinds_of_checks() {
+    let Some(old) = common::engine(EngineKind::Old, "old_engine_checks") else {
+        return;
+    };
+    let ctx = TempDir::new("old-checks");
+    std::fs::create_dir_all(ctx.path().join("app")).expect("mkdir");
+    std::fs::write(ctx.path().join("app/m.py"), "X = 1\n").expect("write");
+    let recipe = |after_copy: &str| {
+        format!(
+            "# syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nworkdir \"/app\"\ncopy \"app\" \"/app\"\n\
+             verify \"import sys; print('env check', sys.prefix)\"\nverify \"{after_copy}\" after=\"copy\"\n"
+        )
+    };
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        recipe("import m; assert m.X == 1"),
+    )
+    .expect("write");
+    old.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()))
+        .expect_ok();
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        recipe("import m; assert m.X == 2"),
+    )
+    .expect("write");
+    let failed = old.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()));
+    assert!(
+        !failed.ok,
+        "the failing check after the copy passed:\n{}",
+        failed.report()
+    );
+}
+
 /// `docker history` names kiln's steps, each on its own layer: the sizes
 /// show the names sit on the right layers (numpy's is megabytes, six's and
 /// the app's are small).

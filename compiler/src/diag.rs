@@ -377,9 +377,17 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 /// The candidate nearest to `word`, when it is near enough to be a typo.
 pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(2);
+    // The same word in another case is the best guess (`B` for `b`).
     candidates
         .into_iter()
-        .map(|c| (edit_distance(word, c), c))
+        .map(|c| {
+            let distance = if c.to_lowercase() == word.to_lowercase() {
+                0
+            } else {
+                edit_distance(word, c).max(1)
+            };
+            (distance, c)
+        })
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, c)| (*d, *c))
         .map(|(_, c)| c)
@@ -388,6 +396,13 @@ pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nearest_prefers_the_same_word_in_another_case() {
+        assert_eq!(nearest("B", ["a", "b"]), Some("b"));
+        assert_eq!(nearest("GPU", ["cpu", "gpu"]), Some("gpu"));
+        assert_eq!(nearest("gpx", ["cpu", "gpu"]), Some("gpu"));
+    }
 
     #[test]
     fn rendering_stops_after_a_screenful_and_says_how_many_are_left() {

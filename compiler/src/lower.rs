@@ -1141,7 +1141,10 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     } else {
         let mut env = image_env.clone();
         env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
-        let check = |state: State, v: &crate::model::Spanned<crate::model::Verify>, cwd: &str| {
+        let check = |state: State,
+                     v: &crate::model::Spanned<crate::model::Verify>,
+                     cwd: &str,
+                     after: Option<&State>| {
             let mut exec = Exec {
                 args: vec!["python".into(), "-c".into(), v.value.code.clone()],
                 env: env.clone(),
@@ -1160,6 +1163,16 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             exec.mounts.push(Mount::Tmpfs {
                 target: "/tmp".into(),
             });
+            // Another chain of checks this one must wait for (engines
+            // without MergeOp, which joins them otherwise).
+            if let Some(a) = after {
+                exec.mounts.push(Mount::Bind {
+                    target: "/kiln/checked".into(),
+                    source: a.clone(),
+                    selector: None,
+                    readonly: true,
+                });
+            }
             state.run(exec).root()
         };
         // Environment checks run from `/` (the workdir comes with the app
@@ -1171,7 +1184,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             .collect();
         let mut state = on_env
             .iter()
-            .fold(environment, |state, v| check(state, v, "/"));
+            .fold(environment, |state, v| check(state, v, "/", None));
         let on_image: Vec<_> = plan
             .verify
             .iter()
@@ -1180,12 +1193,14 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         if !on_image.is_empty() {
             let mut s2 = image.clone();
             let cwd = workdir.clone().unwrap_or_else(|| "/".to_string());
-            for v in on_image {
-                s2 = check(s2, v, &cwd);
-            }
             // Both chains must pass: a merge of their results makes the
-            // engine solve them together.
-            state = if on_env.is_empty() {
+            // engine solve them together; without MergeOp the first check
+            // on the image waits for the others (their result mounted).
+            let wait = (!merge && !on_env.is_empty()).then(|| state.clone());
+            for (i, v) in on_image.into_iter().enumerate() {
+                s2 = check(s2, v, &cwd, if i == 0 { wait.as_ref() } else { None });
+            }
+            state = if on_env.is_empty() || !merge {
                 s2
             } else {
                 State::merge(&[state, s2], cx.meta("checks", None))

@@ -1066,7 +1066,16 @@ impl Decoder {
 
     fn user(&mut self, node: &KdlNode) -> Option<User> {
         let name = self.one_string(node, "user name")?;
-        if !valid_user_name(&name.value) {
+        if has_arg_ref(&name.value) {
+            self.err(
+                "kiln::invalid_value",
+                name.span,
+                format!("`{}`: `user` takes no build arguments", name.value),
+            )
+            .help = Some(
+                "write the name; the user is created when the image is built, and its uid= is what files are owned by".into(),
+            );
+        } else if !valid_user_name(&name.value) {
             self.err(
                 "kiln::invalid_name",
                 name.span,

@@ -1229,3 +1229,21 @@ fn uv_with_find_links_in_a_subfolder_file_warns() {
         assert_eq!(codes.contains(&"kiln::uv_find_links"), warns, "{codes:?}");
     }
 }
+
+/// Without MergeOp the two chains of checks (on the environment, on the
+/// finished image) are joined by a mount, not a merge.
+#[test]
+fn without_mergeop_both_kinds_of_checks_join_without_a_merge() {
+    let text = "kiln 1\npython \"3.11\"\ncopy \"app\" \"/app\"\nverify \"print(1)\"\nverify \"print(2)\" after=\"copy\"\n";
+    let mut opts = Options::default();
+    opts.caps = kiln_compiler::EngineCaps::legacy();
+    let c = kiln_compiler::compile("v.kdl", text, &opts).expect("compiles");
+    let checks = kiln_compiler::llb::definition_json(c.builds[0].checks.as_ref().expect("checks"))
+        .to_string();
+    assert!(!checks.contains("mergeop"), "{checks}");
+    assert!(checks.contains(r#""target":"/kiln/checked""#), "{checks}");
+    assert!(
+        checks.contains("print(1)") && checks.contains("print(2)"),
+        "{checks}"
+    );
+}

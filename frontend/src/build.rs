@@ -364,7 +364,7 @@ async fn solve_builds(
         if let Some(c) = checks.as_mut() {
             bind_to_session(c, sessions);
         }
-        if opts.no_cache {
+        if opts.no_cache || opts.no_cache_targets.contains(&build.plan.variant) {
             ignore_cache(&mut image);
             if let Some(c) = checks.as_mut() {
                 ignore_cache(c);

@@ -88,6 +88,9 @@ pub struct FrontendOptions {
     pub request_id: Option<String>,
     /// `--no-cache`: every op ignores the cache.
     pub no_cache: bool,
+    /// `--no-cache-filter NAMES`: the variants named ignore the cache (a
+    /// Dockerfile's stages; names of no variant are ignored, as there).
+    pub no_cache_targets: Vec<String>,
     pub resolve_mode: ResolveMode,
     pub cache_imports: Vec<CacheImport>,
     /// `context:NAME` options (named contexts). Recipes cannot refer to
@@ -115,6 +118,7 @@ impl Default for FrontendOptions {
             labels: BTreeMap::new(),
             request_id: None,
             no_cache: false,
+            no_cache_targets: Vec::new(),
             resolve_mode: ResolveMode::Default,
             cache_imports: Vec::new(),
             named_contexts: Vec::new(),
@@ -214,9 +218,20 @@ impl FrontendOptions {
         }
 
         o.request_id = raw.get("requestid").filter(|v| !v.is_empty()).cloned();
-        // `no-cache` with no value means every stage; a list names stages.
-        // kiln's stages are not user-visible, so any form means all of them.
-        o.no_cache = raw.contains_key("no-cache");
+        // `no-cache` with no value means everything; a list names stages,
+        // which for kiln are the variants.
+        match raw.get("no-cache") {
+            None => {}
+            Some(v) if v.trim().is_empty() => o.no_cache = true,
+            Some(v) => {
+                o.no_cache_targets = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+        }
         o.resolve_mode = match raw.get("image-resolve-mode").map(String::as_str) {
             None | Some("") | Some("default") => ResolveMode::Default,
             Some("pull") => ResolveMode::Pull,
@@ -362,6 +377,13 @@ mod tests {
     }
 
     #[test]
+    fn no_cache_filter_names_variants() {
+        let o = opts(&[("no-cache", "gpu, bogus")]).expect("parses");
+        assert!(!o.no_cache);
+        assert_eq!(o.no_cache_targets, ["gpu", "bogus"]);
+    }
+
+    #[test]
     fn defaults_when_the_client_says_nothing() {
         let o = opts(&[]).expect("parses");
         assert_eq!(o, FrontendOptions::default());
@@ -403,6 +425,7 @@ mod tests {
             ("recipe", true)
         );
         assert!(o.no_cache);
+        assert!(o.no_cache_targets.is_empty());
         assert_eq!(o.resolve_mode, ResolveMode::Pull);
         assert_eq!(o.named_contexts, ["base"]);
         assert_eq!(o.local_sessions["context"], "s2");
