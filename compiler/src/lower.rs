@@ -641,7 +641,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             .run(
                 cx.shell(
                     VENV_SCRIPT,
-                    cx.meta(&format!("python -m venv {VENV}"), None),
+                    cx.meta(&format!("python -m venv {VENV}"), plan.python_span),
                 )
                 .env(&b_env),
             )

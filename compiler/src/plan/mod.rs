@@ -141,6 +141,8 @@ pub struct Plan {
     pub platform: Platform,
     pub name: Option<String>,
     pub python: String,
+    /// The recipe's `python` line (the venv's step points at it).
+    pub python_span: Option<SourceSpan>,
     pub runtime: Base,
     pub builder: Base,
     pub gpu: Option<Gpu>,
@@ -777,6 +779,7 @@ pub fn plan(
         platform: platform.clone(),
         name: settings.name.as_ref().map(|n| n.value.clone()),
         python,
+        python_span: settings.python.as_ref().map(|p| p.span),
         runtime,
         builder,
         gpu,
