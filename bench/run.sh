@@ -200,9 +200,39 @@ build() {
 
 # cold_start TOOL: no build cache (cache mounts included), no image of TOOL.
 # The other tool's image stays, so both can be inspected after the run.
+# A record in use (by a build still running, or one the engine never let go)
+# survives the prune, and steps found in it would make the cold build look
+# faster than it is: the run stops rather than time that.
 cold_start() {
+    local left
     docker image rm -f "$(image_of "$1")" >/dev/null 2>&1 || true
     docker builder prune -af >/dev/null || die "docker builder prune -af failed"
+    left=$(docker buildx du --builder default 2>/dev/null | awk '/^Total:/ { print $2 }')
+    case $left in
+        0B | "") ;;
+        *) die "the build cache still holds $left after docker builder prune -af (a build still running, or records the engine keeps in use; see docker buildx du --verbose): a cold build would not be cold. Stop the other builds or restart the engine (scripts/engine-down.sh && scripts/engine-up.sh)" ;;
+    esac
+}
+
+# cached_steps LOG: the steps a --progress=plain log shows as CACHED, except
+# the frontend image (the frontend's own image is not part of the build).
+cached_steps() {
+    awk '
+        /^#[0-9]+ / {
+            id = $1
+            if (!(id in name) && $2 != "DONE" && $2 != "CACHED" && $2 != "ERROR" && $2 !~ /^[0-9.]+$/) {
+                n = $0; sub(/^#[0-9]+ /, "", n); name[id] = n
+            }
+            if ($2 == "CACHED") cached[id] = 1
+        }
+        END {
+            for (id in cached) {
+                n = name[id]
+                if (n ~ /^(docker-image:\/\/|resolve image config for )/) continue
+                print "  " n
+            }
+        }
+    ' "$1"
 }
 
 # edit_app TOOL: a real code change (the service's output line).
@@ -291,12 +321,15 @@ log "$repeat round(s); logs in $logs"
 # tool_round TOOL ROUND: the four builds of one tool, from a cold start.
 # Returns 1 when a build fails (its times are then dropped).
 tool_round() {
-    local tool=$1 round=$2
+    local tool=$1 round=$2 cached
     : >"$pending"
     : >"$pending_sizes"
     fresh_context "$tool"
     cold_start "$tool"
     build "$tool" cold "$round" || return 1
+    cached=$(cached_steps "$logs/$tool-cold-$round.log")
+    [ -z "$cached" ] || die "round $round: $tool's cold build took steps from the cache, so it was not cold:
+$cached"
     record_size "$tool" "$round"
     check_image "$tool" "sklearn-service: y(20) = 61.0 (running as app in /app)"
     build "$tool" noop "$round" || return 1

@@ -245,8 +245,10 @@ impl Cx<'_> {
                 ("PIP_NO_INPUT", "1"),
                 ("PIP_ROOT_USER_ACTION", "ignore"),
                 // Per-package steps download in parallel; pip's 15 s read
-                // timeout fails them on a busy link.
-                ("PIP_DEFAULT_TIMEOUT", "120"),
+                // timeout fails them on a busy link. 30 s (uv's default)
+                // rides that out, and a request that hangs (a proxy that
+                // dropped it) costs 30 s before pip asks again, not minutes.
+                ("PIP_DEFAULT_TIMEOUT", "30"),
             ],
             Installer::Uv => &[
                 ("UV_CACHE_DIR", "/root/.cache/uv"),
@@ -256,7 +258,7 @@ impl Cx<'_> {
                 // (its user cannot write bytecode into /opt/venv later).
                 ("UV_COMPILE_BYTECODE", "1"),
                 ("UV_PYTHON_DOWNLOADS", "never"),
-                ("UV_HTTP_TIMEOUT", "120"),
+                ("UV_HTTP_TIMEOUT", "30"),
                 ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
                 ("PIP_ROOT_USER_ACTION", "ignore"),
             ],
