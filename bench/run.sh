@@ -214,25 +214,30 @@ cold_start() {
     esac
 }
 
-# cached_steps LOG: the steps a --progress=plain log shows as CACHED, except
-# the frontend image (the frontend's own image is not part of the build).
-cached_steps() {
+# step_table LOG: one tab-separated line per step of a --progress=plain
+# log: "done SECONDS NAME" for a step that ran, "cached - NAME" for one the
+# engine took from its cache.
+step_table() {
     awk '
         /^#[0-9]+ / {
             id = $1
             if (!(id in name) && $2 != "DONE" && $2 != "CACHED" && $2 != "ERROR" && $2 !~ /^[0-9.]+$/) {
                 n = $0; sub(/^#[0-9]+ /, "", n); name[id] = n
             }
+            if ($2 == "DONE") { t = $3; sub(/s$/, "", t); done[id] = t }
             if ($2 == "CACHED") cached[id] = 1
         }
         END {
-            for (id in cached) {
-                n = name[id]
-                if (n ~ /^(docker-image:\/\/|resolve image config for )/) continue
-                print "  " n
-            }
+            for (id in done) printf "done\t%s\t%s\n", done[id], name[id]
+            for (id in cached) printf "cached\t-\t%s\n", name[id]
         }
     ' "$1"
+}
+
+# cached_steps LOG: the steps the log shows as CACHED, except the frontend
+# image (the frontend's own image is not part of the build).
+cached_steps() {
+    step_table "$1" | awk -F'\t' '$1 == "cached" && $3 !~ /^(docker-image:\/\/|resolve image config for )/ { print "  " $3 }'
 }
 
 # edit_app TOOL: a real code change (the service's output line).
@@ -302,16 +307,8 @@ mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1000000 }'; }
 
 # slowest_steps LOG: the five slowest steps of a --progress=plain log.
 slowest_steps() {
-    awk '
-        /^#[0-9]+ / {
-            id = $1
-            if (!(id in name) && $2 != "DONE" && $2 != "CACHED" && $2 != "ERROR" && $2 !~ /^[0-9.]+$/) {
-                n = $0; sub(/^#[0-9]+ /, "", n); name[id] = n
-            }
-            if ($2 == "DONE") { t = $3; sub(/s$/, "", t); done[id] = t }
-        }
-        END { for (id in done) if (done[id] + 0 >= 0.1) printf "%s\t%s\n", done[id], substr(name[id], 1, 110) }
-    ' "$1" | sort -rn | head -n5 | awk -F'\t' '{ printf "  - %ss  %s\n", $1, $2 }'
+    step_table "$1" | awk -F'\t' '$1 == "done" && $2 + 0 >= 0.1 { printf "%s\t%s\n", $2, substr($3, 1, 110) }' |
+        sort -rn | head -n5 | awk -F'\t' '{ printf "  - %ss  %s\n", $1, $2 }'
 }
 
 # ------------------------------------------------------------------ the run
