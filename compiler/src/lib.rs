@@ -185,6 +185,14 @@ pub fn load(filename: &str, text: &str) -> Result<Compilation, Diagnostics> {
 }
 
 impl Compilation {
+    /// The declared build arguments' values for this build: `--build-arg`
+    /// where given, else the default (with the arguments before it
+    /// substituted). An argument with neither, or whose value is in error
+    /// (which planning reports), is left out.
+    pub fn arg_values(&self, opts: &Options) -> BTreeMap<String, String> {
+        plan::arg_values(&self.recipe, opts, None)
+    }
+
     /// Plan the requested variant for every platform.
     pub fn plan(&self, opts: &Options) -> Result<(Vec<plan::Plan>, Diagnostics), Diagnostics> {
         let mut diags = self.warnings.clone();

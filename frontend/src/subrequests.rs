@@ -164,6 +164,9 @@ pub fn targets(compilation: &Compilation) -> TargetList {
 /// arguments and the build secrets its steps mount.
 pub fn outline(compilation: &Compilation, opts: &Options) -> Result<Outline, Failure> {
     let (plans, _) = compilation.plan(opts).map_err(Failure::Recipe)?;
+    // The value this build would use, as the Dockerfile frontend shows it:
+    // the `--build-arg` given, else the default as substituted.
+    let values = compilation.arg_values(opts);
     let mut out = Outline {
         args: compilation
             .recipe
@@ -172,7 +175,7 @@ pub fn outline(compilation: &Compilation, opts: &Options) -> Result<Outline, Fai
             .map(|a| OutlineArg {
                 name: a.name.value.clone(),
                 description: String::new(),
-                value: a.default.clone().unwrap_or_default(),
+                value: values.get(&a.name.value).cloned().unwrap_or_default(),
             })
             .collect(),
         ..Outline::default()

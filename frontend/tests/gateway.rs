@@ -334,6 +334,34 @@ async fn outline_subrequest_lists_args_and_secrets() {
     );
 }
 
+/// As with a Dockerfile, the outline shows the value the build would use:
+/// a `--build-arg` given replaces the default.
+#[tokio::test]
+async fn outline_shows_the_build_arg_given() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(
+        &engine,
+        &[
+            ("filename", "env.kdl"),
+            ("requestid", "frontend.outline"),
+            ("build-arg:NUMPY", "2.0.1"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let ret = the_return(&engine);
+    assert!(ret.error.is_none(), "{:?}", ret.error);
+    assert_eq!(
+        metadata_json(&ret, "result.json")["args"],
+        serde_json::json!([{"name": "NUMPY", "value": "2.0.1"}])
+    );
+    assert!(
+        metadata_text(&ret, "result.txt").contains("NUMPY       2.0.1"),
+        "{}",
+        metadata_text(&ret, "result.txt")
+    );
+}
+
 #[tokio::test]
 async fn describe_subrequest_needs_no_recipe() {
     let engine = FakeEngine::new();

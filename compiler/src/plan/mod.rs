@@ -865,7 +865,7 @@ fn select_variant(
 /// names another, or a `--build-arg` value holding `${…}` (which would
 /// reach the recipe unexpanded), is an error at the argument, when `diags`
 /// is given; the argument then has no value.
-fn arg_values(
+pub(crate) fn arg_values(
     recipe: &Recipe,
     opts: &Options,
     mut diags: Option<&mut Diagnostics>,
