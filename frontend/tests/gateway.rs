@@ -299,21 +299,21 @@ async fn targets_subrequest_lists_variants() {
     assert_eq!(state.solves.len(), 1);
 }
 
-#[tokio::test]
-async fn outline_subrequest_lists_args_and_secrets() {
+/// The frontend's answer to `frontend.outline` for the fixture recipe,
+/// with `opts` added to the request.
+async fn outline_of_fixture(opts: &[(&str, &str)]) -> gw::ReturnRequest {
     let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
-    let code = run_frontend(
-        &engine,
-        &[
-            ("filename", "env.kdl"),
-            ("requestid", "frontend.outline"),
-            ("target", "gpu"),
-        ],
-    )
-    .await;
-    assert_eq!(code, 0);
+    let mut all = vec![("filename", "env.kdl"), ("requestid", "frontend.outline")];
+    all.extend_from_slice(opts);
+    assert_eq!(run_frontend(&engine, &all).await, 0);
     let ret = the_return(&engine);
     assert!(ret.error.is_none(), "{:?}", ret.error);
+    ret
+}
+
+#[tokio::test]
+async fn outline_subrequest_lists_args_and_secrets() {
+    let ret = outline_of_fixture(&[("target", "gpu")]).await;
     assert_eq!(
         metadata_json(&ret, "result.json"),
         serde_json::json!({
@@ -338,19 +338,7 @@ async fn outline_subrequest_lists_args_and_secrets() {
 /// a `--build-arg` given replaces the default.
 #[tokio::test]
 async fn outline_shows_the_build_arg_given() {
-    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
-    let code = run_frontend(
-        &engine,
-        &[
-            ("filename", "env.kdl"),
-            ("requestid", "frontend.outline"),
-            ("build-arg:NUMPY", "2.0.1"),
-        ],
-    )
-    .await;
-    assert_eq!(code, 0);
-    let ret = the_return(&engine);
-    assert!(ret.error.is_none(), "{:?}", ret.error);
+    let ret = outline_of_fixture(&[("build-arg:NUMPY", "2.0.1")]).await;
     assert_eq!(
         metadata_json(&ret, "result.json")["args"],
         serde_json::json!([{"name": "NUMPY", "value": "2.0.1"}])
