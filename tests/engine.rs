@@ -395,37 +395,21 @@ fn a_base_that_has_the_users_uid_gets_it_renamed() {
     let Some(engine) = common::engine(EngineKind::New, "uid_taken") else {
         return;
     };
-    let base = Image {
+    let base = built_base(
         engine,
-        tag: format!("kiln-e2e-base:uid-{}", nonce()),
-    };
-    let dir = TempDir::new("uid-base");
-    std::fs::write(
-        dir.path().join("Dockerfile"),
+        &format!("kiln-e2e-base:uid-{}", nonce()),
         "FROM python:3.11-slim\nRUN groupadd -g 1000 ubuntu && useradd -m -u 1000 -g 1000 ubuntu\n",
-    )
-    .expect("write");
-    let o = engine
-        .docker()
-        .args(["build", "-q", "-t", &base.tag])
-        .arg(dir.path())
-        .output()
-        .expect("docker build");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-
-    let ctx = TempDir::new("uid-ctx");
-    std::fs::write(
-        ctx.path().join("kiln.kdl"),
-        format!(
+        &[],
+    );
+    let image = built_recipe(
+        engine,
+        "uid-taken",
+        &format!(
             "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nbase \"{}\"\nuser \"app\" uid=1000\nworkdir \"/app\"\ncmd \"id\"\n",
             base.tag
         ),
-    )
-    .expect("write");
-    let image = engine.image("uid-taken");
-    engine
-        .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
-        .expect_ok();
+        &[],
+    );
     assert_eq!(
         image.run(&[]).trim(),
         "uid=1000(app) gid=1000(app) groups=1000(app)"
@@ -446,37 +430,21 @@ fn a_renamed_account_keeps_a_home_the_bases_workdir_is_in() {
     let Some(engine) = common::engine(EngineKind::New, "uid_taken_home") else {
         return;
     };
-    let base = Image {
+    let base = built_base(
         engine,
-        tag: format!("kiln-e2e-base:jovyan-{}", nonce()),
-    };
-    let dir = TempDir::new("jovyan-base");
-    std::fs::write(
-        dir.path().join("Dockerfile"),
+        &format!("kiln-e2e-base:jovyan-{}", nonce()),
         "FROM python:3.11-slim\nRUN useradd -m -u 1000 jovyan && echo hi > /home/jovyan/settings.cfg\nUSER jovyan\nWORKDIR /home/jovyan\n",
-    )
-    .expect("write");
-    let o = engine
-        .docker()
-        .args(["build", "-q", "-t", &base.tag])
-        .arg(dir.path())
-        .output()
-        .expect("docker build");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ctx = TempDir::new("jovyan-ctx");
-    std::fs::write(
-        ctx.path().join("kiln.kdl"),
-        format!(
+        &[],
+    );
+    let image = built_recipe(
+        engine,
+        "uid-taken-home",
+        &format!(
             "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nbase \"{}\"\nuser \"app\" uid=1000\ncopy \"m.py\" \"m.py\"\n",
             base.tag
         ),
-    )
-    .expect("write");
-    std::fs::write(ctx.path().join("m.py"), "print('m')\n").expect("write");
-    let image = engine.image("uid-taken-home");
-    engine
-        .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
-        .expect_ok();
+        &[("m.py", "print('m')\n")],
+    );
     assert_eq!(
         image
             .sh("id -un; pwd; echo $HOME; ls; stat -c '%U' settings.cfg")
@@ -694,30 +662,64 @@ fn a_context_change_rebuilds_only_the_app_branch() {
 /// (`--no-cache` would run them too, but BuildKit then gives each step
 /// fresh, empty cache mounts.)
 fn fresh_base(engine: &'static common::Engine, from: &str) -> Image {
-    let base = Image {
+    let tag = format!("kiln-e2e-base:{}", nonce());
+    let run = format!("{tag}\n");
+    built_base(
         engine,
-        tag: format!("kiln-e2e-base:{}", nonce()),
-    };
-    let dir = TempDir::new("base");
-    std::fs::write(dir.path().join("run"), format!("{}\n", base.tag)).expect("write");
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!("FROM {from}\nCOPY run /etc/kiln-e2e-run\n"),
+        &tag,
+        &format!("FROM {from}\nCOPY run /etc/kiln-e2e-run\n"),
+        &[("run", &run)],
     )
-    .expect("write");
+}
+
+/// An image `docker build` makes from `dockerfile` (with `files` beside
+/// it), tagged `tag`: a base for a recipe to build on.
+fn built_base(
+    engine: &'static common::Engine,
+    tag: &str,
+    dockerfile: &str,
+    files: &[(&str, &str)],
+) -> Image {
+    let dir = TempDir::new("base");
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write");
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
     let o = engine
         .docker()
-        .args(["build", "-q", "-t", &base.tag])
+        .args(["build", "-q", "-t", tag])
         .arg(dir.path())
         .output()
         .expect("docker build");
     assert!(
         o.status.success(),
-        "docker build of {}: {}",
-        base.tag,
+        "docker build of {tag}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    base
+    Image {
+        engine,
+        tag: tag.to_string(),
+    }
+}
+
+/// Build `recipe` (with `files` beside it in its context) through the
+/// frontend into a new image named after `test`; the build must succeed.
+fn built_recipe(
+    engine: &'static common::Engine,
+    test: &str,
+    recipe: &str,
+    files: &[(&str, &str)],
+) -> Image {
+    let ctx = TempDir::new("ctx");
+    std::fs::write(ctx.path().join("kiln.kdl"), recipe).expect("write");
+    for (name, text) in files {
+        std::fs::write(ctx.path().join(name), text).expect("write");
+    }
+    let image = engine.image(test);
+    engine
+        .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
+        .expect_ok();
+    image
 }
 
 /// A copy of `tests/e2e/ml` whose recipe ends with `extra`.
