@@ -303,12 +303,18 @@ fn read_context_files(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> Res
             break;
         }
         for file in wanted {
-            let path = dir.join(&file);
             // What .dockerignore leaves out, the engine never sends.
             if ignored(&file) {
                 opts.context_files.insert(file, None);
                 continue;
             }
+            // Symbolic links resolve inside the context, as the engine
+            // resolves them in the context it was sent: a link that leads
+            // out of it finds nothing there.
+            let Some(path) = resolve_in_context(&dir, &file)? else {
+                opts.context_files.insert(file, None);
+                continue;
+            };
             let text = match std::fs::metadata(&path) {
                 // Too large to read here (as in the frontend): pip reads it;
                 // no includes are followed and it is not taken for a lock.
@@ -333,6 +339,75 @@ fn read_context_files(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> Res
         }
     }
     Ok(())
+}
+
+/// Where `file` (a context-relative path) is in the context directory
+/// `dir`, following symbolic links the way the engine follows them in a
+/// build's context: an absolute link target starts again at the context's
+/// root and `..` stops there, so no path leaves the context. `None` when a
+/// link loops or a component is missing (the file is then not in the
+/// context, as the engine would find).
+fn resolve_in_context(dir: &Path, file: &str) -> Result<Option<PathBuf>> {
+    use std::path::Component;
+    // Components still to walk, last first, and the resolved part so far.
+    let mut todo: Vec<std::ffi::OsString> = Path::new(file)
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        resolved.push(part);
+        let here: PathBuf = std::iter::once(dir.as_os_str())
+            .chain(resolved.iter().map(|p| p.as_os_str()))
+            .collect();
+        let meta = match std::fs::symlink_metadata(&here) {
+            Ok(m) => m,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", here.display())),
+        };
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        links += 1;
+        if links > 40 {
+            return Ok(None);
+        }
+        let target = std::fs::read_link(&here)
+            .with_context(|| format!("reading the link {}", here.display()))?;
+        resolved.pop();
+        if target.is_absolute() {
+            resolved.clear();
+        }
+        for c in target.components().rev() {
+            match c {
+                Component::Normal(n) => todo.push(n.to_os_string()),
+                Component::ParentDir => todo.push("..".into()),
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(
+        std::iter::once(dir.as_os_str())
+            .chain(resolved.iter().map(|p| p.as_os_str()))
+            .collect(),
+    ))
 }
 
 /// The patterns of the ignore file a build of this recipe would use, as the

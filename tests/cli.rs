@@ -517,3 +517,50 @@ fn base_configs_are_objects_and_unused_ones_are_named() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn context_links_resolve_inside_the_context_as_the_engine_resolves_them() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-ctxlink-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ctx = dir.join("ctx");
+    std::fs::create_dir_all(ctx.join("sub")).expect("mkdir");
+    std::fs::write(dir.join("outside.txt"), "outsidepkg==1.0\n").expect("write");
+    std::fs::write(ctx.join("lock.txt"), "six==1.16.0\n").expect("write");
+    let recipe = ctx.join("kiln.kdl");
+    let check = |req: &str| {
+        std::fs::write(
+            &recipe,
+            format!("kiln 1\npython \"3.11\"\npip requirements=\"{req}\"\n"),
+        )
+        .expect("write");
+        kiln(&["explain", recipe.to_str().expect("utf8")])
+    };
+    // A link out of the context (relative or absolute) finds nothing there.
+    std::os::unix::fs::symlink("../../outside.txt", ctx.join("sub/out.txt")).expect("symlink");
+    std::os::unix::fs::symlink(dir.join("outside.txt"), ctx.join("abs.txt")).expect("symlink");
+    for req in ["sub/out.txt", "abs.txt"] {
+        let o = check(req);
+        assert_eq!(o.status.code(), Some(1), "{req}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!(
+                "requirements file `{req}` is not in the build context"
+            )),
+            "{req}: {}",
+            stderr(&o)
+        );
+        assert!(!String::from_utf8_lossy(&o.stdout).contains("outsidepkg"));
+    }
+    // Links inside it are followed; an absolute target starts at its root.
+    std::os::unix::fs::symlink("../lock.txt", ctx.join("sub/lock.txt")).expect("symlink");
+    std::os::unix::fs::symlink("/lock.txt", ctx.join("rooted.txt")).expect("symlink");
+    for req in ["sub/lock.txt", "rooted.txt"] {
+        let o = check(req);
+        assert!(o.status.success(), "{req}: {}", stderr(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("six==1.16.0"),
+            "{req}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
