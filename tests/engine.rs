@@ -1500,3 +1500,41 @@ fn the_image_history_names_each_layer_by_its_step() {
         .unwrap_or_default();
     assert!(numpy > 10_000.0, "{layers:?}");
 }
+
+/// `--build-arg HTTPS_PROXY=…` (any case), as with a Dockerfile: the steps
+/// that reach the network see the proxy; the image's config does not.
+#[test]
+fn proxy_build_args_reach_the_steps_and_not_the_image() {
+    let Some(engine) = common::engine(EngineKind::New, "proxy_args") else {
+        return;
+    };
+    let ctx = TempDir::new("ctx");
+    // The nonce makes the step new: a proxy is not part of its cache key.
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        format!(
+            "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nrun \"echo {} $HTTPS_PROXY $no_proxy\"\n",
+            nonce()
+        ),
+    )
+    .expect("write");
+    let image = engine.image("proxy-args");
+    let build = engine.build(
+        &Build::new(ctx.path().join("kiln.kdl"), ctx.path())
+            .tag(&image)
+            .build_arg("HTTPS_PROXY", "http://proxy.invalid:3128")
+            .build_arg("no_proxy", "pypi.internal"),
+    );
+    build.expect_ok();
+    let run = build.named("run echo");
+    assert_eq!(run.len(), 1, "{}", build.summary());
+    assert!(
+        run[0]
+            .log
+            .contains("http://proxy.invalid:3128 pypi.internal"),
+        "{}",
+        run[0].log
+    );
+    let env = image.inspect()["Config"]["Env"].to_string();
+    assert!(!env.to_ascii_lowercase().contains("proxy"), "{env}");
+}

@@ -171,6 +171,7 @@ impl Cx<'_> {
         if self.opts.host_network {
             exec.network = llb::Network::Host;
         }
+        exec.proxy = llb::ProxyEnv::from_build_args(&self.opts.build_args);
         exec
     }
 
@@ -1156,6 +1157,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                     .then(|| plan.config.config.user.clone()),
                 mounts: Vec::new(),
                 network: llb::Network::None,
+                proxy: None,
                 platform: platform.clone(),
                 meta: cx.meta(
                     &format!("verify: {}", first_line(&v.value.code)),

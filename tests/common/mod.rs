@@ -451,6 +451,9 @@ impl Engine {
         if build.no_cache {
             args.push("--no-cache".into());
         }
+        for (k, v) in &build.build_args {
+            args.extend(["--build-arg".into(), format!("{k}={v}")]);
+        }
         if self.needs_host_network {
             args.push("--network=host".into());
         }
@@ -588,6 +591,8 @@ pub struct Build {
     pub tag: Option<String>,
     pub no_cache: bool,
     pub secret: PathBuf,
+    /// `--build-arg NAME=VALUE`, in order.
+    pub build_args: Vec<(String, String)>,
 }
 
 impl Build {
@@ -601,7 +606,13 @@ impl Build {
             tag: None,
             no_cache: false,
             secret: secret().path.clone(),
+            build_args: Vec::new(),
         }
+    }
+
+    pub fn build_arg(mut self, name: &str, value: &str) -> Build {
+        self.build_args.push((name.to_string(), value.to_string()));
+        self
     }
 
     pub fn target(mut self, target: &str) -> Build {

@@ -169,6 +169,21 @@ fn exec_json(e: &pb::ExecOp) -> Value {
     if !meta.user.is_empty() {
         v["user"] = json!(meta.user);
     }
+    if let Some(p) = &meta.proxy_env {
+        let mut proxy = serde_json::Map::new();
+        for (k, val) in [
+            ("http_proxy", &p.http_proxy),
+            ("https_proxy", &p.https_proxy),
+            ("ftp_proxy", &p.ftp_proxy),
+            ("no_proxy", &p.no_proxy),
+            ("all_proxy", &p.all_proxy),
+        ] {
+            if !val.is_empty() {
+                proxy.insert(k.into(), json!(val));
+            }
+        }
+        v["proxy_env"] = Value::Object(proxy);
+    }
     if e.network != 0 {
         v["network"] = json!(
             pb::NetMode::try_from(e.network)

@@ -374,8 +374,46 @@ pub struct Exec {
     pub user: Option<String>,
     pub mounts: Vec<Mount>,
     pub network: Network,
+    /// Proxy variables the engine sets for the process, kept out of the
+    /// op's cache key and of the image (BuildKit's `ProxyEnv`).
+    pub proxy: Option<ProxyEnv>,
     pub platform: Platform,
     pub meta: OpMeta,
+}
+
+/// `HTTP_PROXY` and the like for a build's steps (the build arguments
+/// BuildKit predefines), as the Dockerfile frontend passes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyEnv {
+    pub http: String,
+    pub https: String,
+    pub ftp: String,
+    pub no_proxy: String,
+    pub all: String,
+}
+
+impl ProxyEnv {
+    /// The proxy build arguments (any case: `HTTPS_PROXY`, `https_proxy`)
+    /// among `args`; `None` when there are none.
+    pub fn from_build_args<'a>(
+        args: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Option<ProxyEnv> {
+        let mut p = ProxyEnv::default();
+        let mut any = false;
+        for (k, v) in args {
+            let slot = match k.to_ascii_lowercase().as_str() {
+                "http_proxy" => &mut p.http,
+                "https_proxy" => &mut p.https,
+                "ftp_proxy" => &mut p.ftp,
+                "no_proxy" => &mut p.no_proxy,
+                "all_proxy" => &mut p.all,
+                _ => continue,
+            };
+            *slot = v.clone();
+            any = true;
+        }
+        any.then_some(p)
+    }
 }
 
 impl Exec {
@@ -388,6 +426,7 @@ impl Exec {
             user: None,
             mounts: Vec::new(),
             network: Network::Sandbox,
+            proxy: None,
             platform: platform.clone(),
             meta,
         }
@@ -534,11 +573,26 @@ impl Exec {
         if self.network != Network::Sandbox {
             caps.insert("exec.meta.network");
         }
+        // A process without a network has no use for a proxy.
+        let proxy_env = match (&self.proxy, self.network) {
+            (Some(p), Network::Sandbox | Network::Host) => {
+                caps.insert("exec.meta.proxyenv");
+                Some(pb::ProxyEnv {
+                    http_proxy: p.http.clone(),
+                    https_proxy: p.https.clone(),
+                    ftp_proxy: p.ftp.clone(),
+                    no_proxy: p.no_proxy.clone(),
+                    all_proxy: p.all.clone(),
+                })
+            }
+            _ => None,
+        };
         let meta = pb::Meta {
             args: self.args.clone(),
             env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             cwd: self.cwd.clone(),
             user: self.user.clone().unwrap_or_default(),
+            proxy_env,
             remove_mount_stubs_recursive: true,
             ..Default::default()
         };
