@@ -274,6 +274,32 @@ impl Compilation {
         Ok(out)
     }
 
+    /// An error for a base image the engine could not resolve, at the
+    /// recipe line that chose it (`base`, `builder`, or the `python` or
+    /// `cuda` a default comes from), with the engine's reason.
+    pub fn unresolvable_image(&self, opts: &Options, reference: &str, reason: &str) -> Diagnostics {
+        let span = self.plan(opts).ok().and_then(|(plans, _)| {
+            plans.iter().find_map(|p| {
+                [&p.runtime, &p.builder]
+                    .into_iter()
+                    .find(|b| b.reference.to_string() == reference)
+                    .and_then(|b| b.span)
+            })
+        });
+        let mut diags = Diagnostics::new(self.source.clone());
+        diags.push(
+            Diagnostic::error(
+                "kiln::unresolvable_image",
+                span.unwrap_or_else(|| miette::SourceSpan::new(0.into(), 0)),
+                format!("cannot resolve the base image `{reference}`: {reason}"),
+            )
+            .with_help(
+                "check the image's name and tag, that the engine can reach its registry (or has it locally), and your credentials for it",
+            ),
+        );
+        diags
+    }
+
     /// Compile the requested variant for every platform.
     pub fn compile(&self, opts: &Options) -> Result<Compiled, Diagnostics> {
         let (plans, warnings) = self.plan(opts)?;

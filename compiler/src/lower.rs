@@ -982,12 +982,20 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     } else {
         format!("copy {}", sources.join(" "))
     };
+    // The op points at the `workdir` line when it makes the workdir, and
+    // at every `copy` line it copies for.
+    let app_spans: Vec<SourceSpan> = plan
+        .workdir_span
+        .filter(|_| plan.workdir.is_some())
+        .into_iter()
+        .chain(copy_spans.iter().copied())
+        .collect();
     let app_meta = {
         let what = &app_meta_name;
-        copy_spans
+        app_spans
             .iter()
             .skip(1)
-            .fold(cx.meta(what, copy_spans.first().copied()), |m, s| {
+            .fold(cx.meta(what, app_spans.first().copied()), |m, s| {
                 m.at(Some(cx.range(*s)))
             })
     };
@@ -1064,7 +1072,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 parents: true,
                 owner,
             }),
-            cx.meta(&format!("workdir {w}"), None),
+            cx.meta(&format!("workdir {w}"), plan.workdir_span),
         ),
         _ => environment,
     };

@@ -251,20 +251,26 @@ async fn resolve_images(
     engine: &Engine,
     wanted: Vec<(String, Platform)>,
     opts: &FrontendOptions,
-) -> Result<ResolvedImages, Failure> {
+) -> Result<ResolvedImages, (String, Failure)> {
     let mut tasks = JoinSet::new();
     for (reference, platform) in wanted {
         let engine = engine.clone();
         let mode = opts.resolve_mode;
         tasks.spawn(async move {
-            let resolved = engine.resolve_image(&reference, &platform, mode).await;
-            resolved.map(|r| ((reference, platform), r))
+            match engine.resolve_image(&reference, &platform, mode).await {
+                Ok(r) => Ok(((reference, platform), r)),
+                Err(f) => Err((reference, f)),
+            }
         });
     }
     let mut out = BTreeMap::new();
     while let Some(joined) = tasks.join_next().await {
-        let (key, image) =
-            joined.map_err(|e| Failure::Internal(format!("resolving base images: {e}")))??;
+        let (key, image) = joined.map_err(|e| {
+            (
+                String::new(),
+                Failure::Internal(format!("resolving base images: {e}")),
+            )
+        })??;
         out.insert(key, image);
     }
     Ok(out)
@@ -460,7 +466,13 @@ pub async fn build(engine: &Engine, env: &Environment) -> Result<gateway::Result
         with_files.exclude = read_ignore(engine, &opts, &sessions).await;
         read_context_files(engine, &compilation, &mut with_files, &sessions).await;
     });
-    let resolved = resolved?;
+    let resolved = resolved.map_err(|(reference, failure)| match failure {
+        // The engine's reason, at the recipe line that chose the image.
+        Failure::Engine { status, .. } => {
+            Failure::Recipe(compilation.unresolvable_image(&copts, &reference, status.message()))
+        }
+        other => other,
+    })?;
     copts = with_files;
     copts.images.clear();
     let (builds, warnings) = compile_platforms(&compilation, &copts, &resolved)?;

@@ -267,6 +267,29 @@ async fn engine_solve_errors_pass_through_with_their_details() {
 }
 
 #[tokio::test]
+async fn a_base_the_engine_cannot_resolve_is_an_error_at_its_line() {
+    let recipe = "kiln 1\npython \"3.11\"\n\nbase \"registry.invalid/team/py:3.11\"\n";
+    let mut engine = FakeEngine::new().with_file("env.kdl", recipe.as_bytes());
+    engine.fail_resolve = Some((
+        "registry.invalid".into(),
+        tonic::Status::unknown("failed to do request: no such host"),
+    ));
+    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
+    assert_eq!(code, 1);
+    let error = error_of(&the_return(&engine));
+    assert!(
+        error
+            .message
+            .starts_with("env.kdl:4:6: error[kiln::unresolvable_image]"),
+        "{}",
+        error.message
+    );
+    assert!(error.message.contains("no such host"), "{}", error.message);
+    let source = SourceDetail::decode(error.details[0].value.as_slice()).expect("detail");
+    assert_eq!(source.ranges[0].start.expect("start").line, 4);
+}
+
+#[tokio::test]
 async fn targets_subrequest_lists_variants() {
     let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
     let code = run_frontend(

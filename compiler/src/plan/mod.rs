@@ -157,6 +157,8 @@ pub struct Plan {
     pub conda: Option<Spanned<String>>,
     pub user: Option<Spanned<model::User>>,
     pub workdir: Option<String>,
+    /// Where the recipe sets `workdir` (the op that makes it points there).
+    pub workdir_span: Option<SourceSpan>,
     pub copies: Vec<Spanned<model::Copy>>,
     pub runs: Vec<Spanned<model::Run>>,
     pub verify: Vec<Spanned<crate::model::Verify>>,
@@ -794,6 +796,7 @@ pub fn plan(
         conda,
         user,
         workdir,
+        workdir_span: settings.workdir.as_ref().map(|w| w.span),
         copies: settings.copy.clone(),
         runs: settings.run.clone(),
         verify,

@@ -78,6 +78,8 @@ pub struct FakeEngine {
     pub llb_caps: Vec<String>,
     /// Fail a solve whose definition contains this text, with this status.
     pub fail_solve: Option<(String, Status)>,
+    /// Fail resolving an image whose reference contains this text.
+    pub fail_resolve: Option<(String, Status)>,
     pub state: Arc<Mutex<Recorded>>,
 }
 
@@ -135,6 +137,7 @@ impl FakeEngine {
                 .collect(),
             llb_caps: MODERN_LLB_CAPS.iter().map(|s| (*s).to_string()).collect(),
             fail_solve: None,
+            fail_resolve: None,
             state: Arc::default(),
         }
     }
@@ -247,6 +250,11 @@ impl LlbBridge for FakeEngine {
             request.r#ref.clone(),
             platform_text(request.platform.as_ref()),
         ));
+        if let Some((text, status)) = &self.fail_resolve {
+            if request.r#ref.contains(text.as_str()) {
+                return Err(status.clone());
+            }
+        }
         Ok(Response::new(gw::ResolveImageConfigResponse {
             digest: BASE_DIGEST.into(),
             config: image_config(request.platform.as_ref()),
@@ -272,6 +280,11 @@ impl LlbBridge for FakeEngine {
             format!("meta:{reference}"),
             platform_text(request.platform.as_ref()),
         ));
+        if let Some((text, status)) = &self.fail_resolve {
+            if reference.contains(text.as_str()) {
+                return Err(status.clone());
+            }
+        }
         Ok(Response::new(gw::ResolveSourceMetaResponse {
             source: request.source,
             image: Some(gw::ResolveSourceImageResponse {
