@@ -175,6 +175,20 @@ impl Cx<'_> {
         exec
     }
 
+    /// A script of kiln's own (an install, the user, apt): as [`Cx::shell`],
+    /// but a long one is handed to the shell in `KILN_STEP`, so a failure's
+    /// last line (`process "/bin/sh -c …" did not complete successfully`,
+    /// which quotes the whole command) stays one short line; the step's
+    /// name, recipe line and log are shown above it.
+    fn script(&self, script: &str, meta: OpMeta) -> Exec {
+        let mut exec = self.shell(script, meta);
+        if script.lines().count() > 2 || script.len() > 200 {
+            exec.args = vec!["/bin/sh".into(), "-c".into(), "eval \"$KILN_STEP\"".into()];
+            exec.env.push(("KILN_STEP".into(), script.to_string()));
+        }
+        exec
+    }
+
     fn platform_id(&self) -> String {
         self.plan.platform.to_string().replace('/', "-")
     }
@@ -394,7 +408,7 @@ fi
             Installer::Uv => "",
         };
         let exec = self
-            .shell(
+            .script(
                 &format!("{}{RETRY_FUNCTION}{pip}{script}", self.install_prelude()),
                 meta,
             )
@@ -445,7 +459,7 @@ fi
         );
         let pid = self.platform_id();
         let exec = self
-            .shell(&script, meta)
+            .script(&script, meta)
             .env(&env)
             .mount(Mount::Cache {
                 target: APT_CACHE.into(),
@@ -533,7 +547,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         );
         let what = format!("user {} ({}:{})", u.value.name, u.value.uid, u.value.gid);
         let meta = cx.meta(&what, Some(u.span));
-        rt = rt.run(cx.shell(&script, meta).env(&rt_env)).root();
+        rt = rt.run(cx.script(&script, meta).env(&rt_env)).root();
         rt_names.push(what);
     }
 
@@ -584,7 +598,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             quote(UV_REQUIREMENT)
         );
         let exec = cx
-            .shell(
+            .script(
                 &format!("{}{script}", cx.install_prelude()),
                 cx.meta("install uv (builder only)", None),
             )
@@ -619,7 +633,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 file.value
             );
             let exec = cx
-                .shell(
+                .script(
                     &format!("{}{script}", cx.install_prelude()),
                     cx.meta(
                         &format!("conda env create -f {}", file.value),
@@ -642,7 +656,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         }
         None => b_ready
             .run(
-                cx.shell(
+                cx.script(
                     VENV_SCRIPT,
                     cx.meta(&format!("python -m venv {VENV}"), plan.python_span),
                 )
@@ -1331,6 +1345,20 @@ pub(crate) fn resolve_dest(dest: &str, workdir: Option<&str>) -> String {
     }
 }
 
+/// Whether a copy to `dest` lands on `/` itself (`/`, `/app/..`, `.` with
+/// no workdir), `.` and `..` taken as the engine takes them.
+pub(crate) fn lands_on_root(dest: &str, workdir: Option<&str>) -> bool {
+    let mut depth = 0usize;
+    for part in resolve_dest(dest, workdir).split('/') {
+        match part {
+            "" | "." => {}
+            ".." => depth = depth.saturating_sub(1),
+            _ => depth += 1,
+        }
+    }
+    depth == 0
+}
+
 /// Create the user and group, with a home, on any glibc base: with
 /// useradd when the base has it, by editing passwd/group files when not.
 fn user_script(name: &str, uid: u32, gid: u32, base_workdir: Option<&str>) -> String {
@@ -1374,7 +1402,14 @@ if command -v useradd >/dev/null 2>&1; then
   old=$(getent passwd {uid} | cut -d: -f1) || old=
   if [ -n \"$old\" ] && [ \"$old\" != {name} ] && ! getent passwd {name} >/dev/null; then
 {take_over}  fi
-  getent group {gid} >/dev/null || groupadd -g {gid} {name}
+  if ! getent group {gid} >/dev/null; then
+    kiln_gid=$(getent group {name} | cut -d: -f3)
+    if [ -n \"$kiln_gid\" ]; then
+      echo \"kiln: the base already has a group {name} with gid $kiln_gid, not {gid}; give the user gid=$kiln_gid, or another name\" >&2
+      exit 1
+    fi
+    groupadd -g {gid} {name}
+  fi
   getent passwd {name} >/dev/null || useradd -l -m -u {uid} -g {gid} -s /bin/sh {name}
   if [ \"$(id -u {name})\" != {uid} ]; then
     echo \"kiln: the base already has a user {name} with uid $(id -u {name}), not {uid}\" >&2

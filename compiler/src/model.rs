@@ -795,7 +795,13 @@ impl Decoder {
                         pairs.push((Spanned::new(key.value().to_string(), e.span()), v.value));
                     }
                 }
-                if pairs.is_empty() {
+                // (Entries in error were reported already.)
+                let entries = node
+                    .entries()
+                    .iter()
+                    .filter(|e| e.name().is_none_or(|n| n.value() != "variant"))
+                    .count();
+                if pairs.is_empty() && entries == 0 {
                     self.err("kiln::wrong_arity", span, "`env` sets nothing")
                         .help = Some("write `env NAME=\"value\"`".into());
                 }
@@ -839,7 +845,13 @@ impl Decoder {
                         pairs.push((Spanned::new(key.value().to_string(), e.span()), v.value));
                     }
                 }
-                if pairs.is_empty() {
+                // (Entries in error were reported already.)
+                let entries = node
+                    .entries()
+                    .iter()
+                    .filter(|e| e.name().is_none_or(|n| n.value() != "variant"))
+                    .count();
+                if pairs.is_empty() && entries == 0 {
                     self.err("kiln::wrong_arity", span, "`label` sets nothing");
                 }
                 for (k, v) in pairs {
@@ -901,6 +913,17 @@ impl Decoder {
                 ) else {
                     return;
                 };
+                if dest.value.trim().is_empty() {
+                    self.err(
+                        "kiln::empty_value",
+                        dest.span,
+                        "`copy` needs a destination, not an empty string",
+                    )
+                    .help = Some(
+                        "write a path in the image: `/app/src`, or `.` for the workdir".into(),
+                    );
+                    return;
+                }
                 if let Some(norm) = self.check_context_path(&src, "copy source") {
                     s.copy.push(Spanned::new(
                         Copy {
@@ -1353,6 +1376,17 @@ impl Decoder {
 
     fn string(&mut self, e: &KdlEntry, what: &str) -> Option<Spanned<String>> {
         match e.value() {
+            // No argument, path, variable or label can hold a NUL: the
+            // engine would cut it there, or fail to run the step.
+            KdlValue::String(s) if s.contains('\0') => {
+                self.err(
+                    "kiln::invalid_character",
+                    value_span(e),
+                    format!("the {what} contains a NUL character (`\\u{{0}}`)"),
+                )
+                .help = Some("remove it: no command, path, variable or label can hold one".into());
+                None
+            }
             KdlValue::String(s) => Some(Spanned::new(s.clone(), value_span(e))),
             KdlValue::Float(_) | KdlValue::Integer(_) => {
                 let repr = e
@@ -1477,12 +1511,13 @@ impl Decoder {
         }
     }
 
+    /// A user or group id: 0 to 4294967294 (all ones, `(uid_t)-1`, means
+    /// "no id" to the kernel, and `useradd`/`groupadd` refuse it).
     fn u32_prop(&mut self, node: &KdlNode, key: &str) -> Option<u32> {
+        const MAX_ID: u32 = u32::MAX - 1;
         let e = self.prop(node, key)?;
         match e.value() {
-            KdlValue::Integer(n) if (0..=i128::from(u32::MAX)).contains(n) => {
-                u32::try_from(*n).ok()
-            }
+            KdlValue::Integer(n) if (0..=i128::from(MAX_ID)).contains(n) => u32::try_from(*n).ok(),
             KdlValue::String(s) if s.parse::<u32>().is_ok() => {
                 self.err(
                     "kiln::wrong_type",
@@ -1496,7 +1531,7 @@ impl Decoder {
                 self.err(
                     "kiln::wrong_type",
                     value_span(e),
-                    format!("`{key}` must be a whole number from 0 to {}", u32::MAX),
+                    format!("`{key}` must be a whole number from 0 to {MAX_ID}"),
                 );
                 None
             }

@@ -1163,6 +1163,37 @@ fn a_copy_onto_root_for_a_user_warns() {
         ["o.kdl:4:1 kiln::copy_onto_root"]
     );
     assert!(warning_codes("o.kdl", "kiln 1\npython \"3.11\"\ncopy \"overlay\" \"/\"\n").is_empty());
+    // Any spelling of `/`: `.` and `..` as the engine takes them, a
+    // relative destination from the workdir.
+    for (workdir, dest) in [
+        ("", "/app/.."),
+        ("", "."),
+        ("", "./"),
+        ("workdir \"/srv\"\n", ".."),
+        ("workdir \"/srv\"\n", "../.."),
+    ] {
+        let text = format!(
+            "kiln 1\npython \"3.11\"\nuser \"app\"\n{workdir}copy \"overlay\" \"{dest}\"\n"
+        );
+        assert_eq!(
+            warning_codes("o.kdl", &text).len(),
+            1,
+            "{dest} from {workdir:?}"
+        );
+    }
+    for (workdir, dest) in [
+        ("", "app"),
+        ("workdir \"/srv\"\n", "."),
+        ("", "/app/../etc"),
+    ] {
+        let text = format!(
+            "kiln 1\npython \"3.11\"\nuser \"app\"\n{workdir}copy \"overlay\" \"{dest}\"\n"
+        );
+        assert!(
+            warning_codes("o.kdl", &text).is_empty(),
+            "{dest} from {workdir:?}"
+        );
+    }
 }
 
 /// `${NAME:-WORD}` and `${NAME:+WORD}` read build arguments as a

@@ -722,7 +722,7 @@ pub fn plan(
     // the copied folder's mode and the user as owner.
     if let Some(u) = &user {
         for c in &settings.copy {
-            if c.value.dest.trim_end_matches('/').is_empty() {
+            if crate::lower::lands_on_root(&c.value.dest, workdir.as_deref()) {
                 diags.push(
                     Diagnostic::warning(
                         "kiln::copy_onto_root",
