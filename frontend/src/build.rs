@@ -436,12 +436,6 @@ pub async fn build(engine: &Engine, env: &Environment) -> Result<gateway::Result
             return Err(subrequests::unsupported(id));
         }
     }
-    if !opts.named_contexts.is_empty() {
-        eprintln!(
-            "kiln-frontend: named contexts are not used by kiln recipes; ignoring {}",
-            opts.named_contexts.join(", ")
-        );
-    }
 
     let sessions = if engine.caps.has_llb(crate::locals::SESSION_CAP) {
         Sessions {
@@ -452,6 +446,18 @@ pub async fn build(engine: &Engine, env: &Environment) -> Result<gateway::Result
         Sessions::default()
     };
     let recipe = read_recipe(engine, &opts, &sessions).await?;
+    if !opts.named_contexts.is_empty() {
+        // Said where the user sees it: the build does not do what the
+        // flag asks (a Dockerfile would swap a `FROM` for it).
+        let message = format!(
+            "--build-context is not supported by kiln recipes; ignoring {} (set the image with `base`/`builder`, or a build argument in it)",
+            opts.named_contexts.join(", ")
+        );
+        eprintln!("kiln-frontend: warning: {message}");
+        engine
+            .warn(&recipe.vertex, &message, None, Vec::new())
+            .await;
+    }
     let compilation = kiln_compiler::load(&recipe.name, &recipe.text).map_err(Failure::Recipe)?;
     let mut copts = compile_options(&opts, engine, env.default_platform.as_ref());
     if let Some(id) = &opts.request_id {

@@ -290,6 +290,35 @@ async fn a_base_the_engine_cannot_resolve_is_an_error_at_its_line() {
 }
 
 #[tokio::test]
+async fn a_named_context_is_not_used_and_the_build_output_says_so() {
+    let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+    let code = run_frontend(
+        &engine,
+        &[
+            ("filename", "env.kdl"),
+            (
+                "context:python:3.11-slim",
+                "docker-image://team/python:3.11",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let state = engine.recorded();
+    let said: Vec<String> = state
+        .warnings
+        .iter()
+        .map(|w| String::from_utf8_lossy(&w.short).into_owned())
+        .collect();
+    assert!(
+        said.iter()
+            .any(|w| w.contains("--build-context is not supported")
+                && w.contains("python:3.11-slim")),
+        "{said:?}"
+    );
+}
+
+#[tokio::test]
 async fn targets_subrequest_lists_variants() {
     let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
     let code = run_frontend(

@@ -205,9 +205,16 @@ pub fn plan(
     let python = match &settings.python {
         Some(p) => p.value.clone(),
         None => {
+            // At the variant that lacks it, when others have one.
+            let span = recipe
+                .variants
+                .iter()
+                .find(|v| v.name.value == variant_name)
+                .filter(|_| recipe.variants.iter().any(|v| v.settings.python.is_some()))
+                .map_or(whole, |v| v.name.span);
             let d = Diagnostic::error(
                 "kiln::missing_python",
-                whole,
+                span,
                 "the recipe does not say which python to use",
             )
             .with_help("add `python \"3.11\"` near the top");
