@@ -187,6 +187,25 @@ fn warnings_name_the_line_and_the_build_goes_on() {
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     assert_eq!(get("LD_LIBRARY_PATH"), Some("/usr/local/cuda/lib64:"));
     assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
+
+    // Without the base's config (the CLI with no --base-config) the same
+    // variables are unknown: one warning per entry names them and the base.
+    let compiled = kiln_compiler::compile("w.kdl", text, &Options::default()).expect("compiles");
+    let unknown: Vec<&str> = compiled
+        .warnings
+        .items
+        .iter()
+        .filter(|d| d.code == "kiln::base_config_unknown")
+        .map(|d| d.message.as_str())
+        .collect();
+    assert_eq!(unknown.len(), 2, "{unknown:?}");
+    assert!(
+        unknown[0].starts_with(
+            "`$LD_LIBRARY_PATH` may come from the base image `docker.io/library/python:3.11-slim`"
+        ),
+        "{unknown:?}"
+    );
+    assert!(unknown[1].starts_with("`$LANG` may come"), "{unknown:?}");
 }
 
 #[test]

@@ -1404,7 +1404,26 @@ fn image_config(
             expand_env(&e.value.1, &lookup)
         };
         // Without the base's config (`kiln compile` with no --base-config)
-        // its variables are unknown, not unset.
+        // its variables are unknown, not unset: the value written may not
+        // be the one a build through the frontend gets, and kiln says so.
+        if runtime.resolved.is_none() && !unset.is_empty() {
+            let names: Vec<String> = unset.iter().map(|n| format!("`${n}`")).collect();
+            diags.push(
+                Diagnostic::warning(
+                    "kiln::base_config_unknown",
+                    e.span,
+                    format!(
+                        "{} may come from the base image `{}`, whose config kiln has not read: taken as empty here",
+                        names.join(", "),
+                        runtime.reference
+                    ),
+                )
+                .with_help(format!(
+                    "pass `--base-config {}=CONFIG.json` (the image's config, e.g. from `docker image inspect`), or build through the frontend, which reads it",
+                    runtime.reference
+                )),
+            );
+        }
         if runtime.resolved.is_some() {
             for name in unset {
                 let help = match nearest(&name, declared.iter().copied()) {
