@@ -811,18 +811,35 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         // Then one step with dependencies for everything: it installs what the
         // pins left out, the loose requirements and the requirements files.
         let mut args = Vec::new();
-        let mut first_span = None;
+        // The step points at the lines it installs: the loose requirements
+        // and files, or, when all are pins, every pip line (it checks them).
+        let mut pin_spans: Vec<SourceSpan> = Vec::new();
+        let mut loose_spans: Vec<SourceSpan> = Vec::new();
         for step in &plan.pip {
-            match step {
-                PipStep::Package { spec, .. } => args.push(quote(spec)),
-                PipStep::Group { specs, .. } => args.extend(specs.iter().map(|s| quote(s))),
+            let spans = match step {
+                PipStep::Package { spec, .. } => {
+                    args.push(quote(spec));
+                    &mut pin_spans
+                }
+                PipStep::Group { specs, .. } => {
+                    args.extend(specs.iter().map(|s| quote(s)));
+                    &mut loose_spans
+                }
                 PipStep::Requirements { path, .. } => {
                     args.push("-r".into());
                     args.push(quote(&format!("{CONTEXT_MOUNT}/{path}")));
+                    &mut loose_spans
                 }
+            };
+            if !spans.contains(&step.span()) {
+                spans.push(step.span());
             }
-            first_span = first_span.or(Some(step.span()));
         }
+        let step_spans = if loose_spans.is_empty() {
+            pin_spans
+        } else {
+            loose_spans
+        };
         layers.extend(package_layers.iter().cloned());
         layer_names.extend(plan.pip.iter().filter_map(|p| match p {
             PipStep::Package { spec, .. } => Some(format!("pip install {spec}")),
@@ -888,11 +905,14 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             } else {
                 (install, "pip install: remaining requirements".to_string())
             };
-            let mut exec = with_requirements(cx.install_exec(
-                format!("{pins_path}{cmd}"),
-                &b_env,
-                cx.meta(&what, first_span),
-            ));
+            let meta = step_spans
+                .iter()
+                .skip(1)
+                .fold(cx.meta(&what, step_spans.first().copied()), |m, s| {
+                    m.at(Some(cx.range(*s)))
+                });
+            let mut exec =
+                with_requirements(cx.install_exec(format!("{pins_path}{cmd}"), &b_env, meta));
             remaining_name = Some(what.clone());
             if plan.installer == Installer::Pip && !env_first {
                 for (i, state) in package_states.iter().enumerate() {
