@@ -1016,13 +1016,13 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     } else {
         format!("copy {}", sources.join(" "))
     };
-    // The op points at the `workdir` line when it makes the workdir, and
-    // at every `copy` line it copies for.
-    let app_spans: Vec<SourceSpan> = plan
-        .workdir_span
-        .filter(|_| plan.workdir.is_some())
-        .into_iter()
-        .chain(copy_spans.iter().copied())
+    // The op points at every `copy` line it copies for (first: a missing
+    // source is what fails most), and at the `workdir` line when it makes
+    // the workdir.
+    let app_spans: Vec<SourceSpan> = copy_spans
+        .iter()
+        .copied()
+        .chain(plan.workdir_span.filter(|_| plan.workdir.is_some()))
         .collect();
     let app_meta = {
         let what = &app_meta_name;
