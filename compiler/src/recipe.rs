@@ -81,6 +81,21 @@ pub fn parse(name: &str, text: &str) -> Result<Syntax, Diagnostics> {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric())
                     .collect();
+                // A `#` comment, as in a Dockerfile or YAML: KDL reads `#`
+                // as the start of a keyword (`#true`) and says only that the
+                // node name is invalid.
+                let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+                let line = text.get(line_start..).unwrap_or("");
+                let line = line[..line.find('\n').unwrap_or(line.len())].trim_start();
+                let keyword = ["#true", "#false", "#null", "#inf", "#-inf", "#nan"]
+                    .iter()
+                    .any(|k| line.starts_with(k));
+                if line.starts_with('#') && !keyword {
+                    diag.help = Some(
+                        "KDL comments start with `//` (or `/* … */`), not `#`: write `// …`"
+                            .to_string(),
+                    );
+                }
                 if matches!(word.as_str(), "true" | "false" | "null") && d.help.is_none() {
                     diag = diag.with_help(format!(
                         "KDL 2 writes `#{word}`; bare `{word}` is KDL 1, and a recipe must be all KDL 1 or all KDL 2"

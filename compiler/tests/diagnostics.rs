@@ -648,6 +648,23 @@ fn a_kdl1_keyword_in_a_kdl2_recipe_is_explained() {
     assert!(help.contains("KDL 2 writes `#true`"), "{help}");
 }
 
+/// A `#` comment (Dockerfile, YAML habit): the help says KDL's is `//`;
+/// a line that starts with a KDL keyword does not get that help.
+#[test]
+fn a_hash_comment_is_explained() {
+    let help = |text: &str| {
+        let errors = kiln_compiler::compile("h.kdl", text, &Options::default())
+            .err()
+            .expect("fails");
+        errors.items[0].help.clone().unwrap_or_default()
+    };
+    assert!(
+        help("kiln 1\npython \"3.11\"\n  # deps\npip \"six==1.16.0\"\n")
+            .contains("KDL comments start with `//`")
+    );
+    assert!(!help("kiln 1\npython \"3.11\"\n#true\n").contains("KDL comments"));
+}
+
 /// A pin of one of NVIDIA's CUDA wheels next to a framework that brings
 /// them warns on a GPU variant, not on a CPU one.
 #[test]
@@ -1296,4 +1313,25 @@ fn without_mergeop_both_kinds_of_checks_join_without_a_merge() {
         checks.contains("print(1)") && checks.contains("print(2)"),
         "{checks}"
     );
+}
+
+/// `--target` finds a variant whatever its case, as a Dockerfile's stage
+/// names; two variants that differ only in case need the exact name.
+#[test]
+fn targets_match_without_regard_to_case_unless_ambiguous() {
+    let variant = |text: &str, target: &str| {
+        let opts = Options {
+            target: Some(target.to_string()),
+            ..Options::default()
+        };
+        kiln_compiler::compile("t.kdl", text, &opts)
+            .map(|c| c.variant)
+            .map_err(|d| d.items[0].code)
+    };
+    let text = "kiln 1\npython \"3.11\"\nvariant \"cpu\" default=#true\nvariant \"GPU\"\n";
+    assert_eq!(variant(text, "gpu"), Ok("GPU".to_string()));
+    assert_eq!(variant(text, "CPU"), Ok("cpu".to_string()));
+    let both = "kiln 1\npython \"3.11\"\nvariant \"gpu\"\nvariant \"GPU\"\n";
+    assert_eq!(variant(both, "GPU"), Ok("GPU".to_string()));
+    assert_eq!(variant(both, "Gpu"), Err("kiln::unknown_target"));
 }

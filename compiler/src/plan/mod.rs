@@ -819,7 +819,22 @@ fn select_variant(
     diags: &mut Diagnostics,
 ) -> Option<(String, Option<String>, Settings)> {
     match &opts.target {
-        Some(t) => match recipe.variants.iter().find(|v| &v.name.value == t) {
+        // As a Dockerfile's stage names, `--target` is matched without
+        // regard to case, unless that names two variants.
+        Some(t) => match recipe
+            .variants
+            .iter()
+            .find(|v| &v.name.value == t)
+            .or_else(|| {
+                let mut same = recipe
+                    .variants
+                    .iter()
+                    .filter(|v| v.name.value.eq_ignore_ascii_case(t));
+                match (same.next(), same.next()) {
+                    (Some(v), None) => Some(v),
+                    _ => None,
+                }
+            }) {
             Some(v) => Some((
                 v.name.value.clone(),
                 v.description.clone(),
