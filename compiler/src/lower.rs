@@ -1016,14 +1016,18 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     } else {
         format!("copy {}", sources.join(" "))
     };
-    // The op points at every `copy` line it copies for (first: a missing
-    // source is what fails most), and at the `workdir` line when it makes
-    // the workdir.
-    let app_spans: Vec<SourceSpan> = copy_spans
-        .iter()
-        .copied()
-        .chain(plan.workdir_span.filter(|_| plan.workdir.is_some()))
-        .collect();
+    // The op points at every `copy` line it copies for (a missing source
+    // is what fails most; the client shows one snippet from the lowest line
+    // marked, so the workdir line would head it), else at the `workdir`
+    // line when it makes the workdir.
+    let app_spans: Vec<SourceSpan> = if copy_spans.is_empty() {
+        plan.workdir_span
+            .filter(|_| plan.workdir.is_some())
+            .into_iter()
+            .collect()
+    } else {
+        copy_spans.clone()
+    };
     let app_meta = {
         let what = &app_meta_name;
         app_spans
