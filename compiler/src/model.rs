@@ -1649,13 +1649,18 @@ fn find_arg(node: &KdlNode, value: &str) -> Option<SourceSpan> {
 }
 
 /// `3`, `3.11`, `2.4.1`, `12.4`, with at least `min_parts` numeric parts.
+/// Dotted numbers, `min_parts` to 4 of them, written canonically: no
+/// leading zeros (`3.011` is not how any image tag or index spells 3.11).
 pub fn is_version(v: &str, min_parts: usize) -> bool {
     let parts: Vec<&str> = v.split('.').collect();
     parts.len() >= min_parts
         && parts.len() <= 4
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 6
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (p.len() == 1 || !p.starts_with('0'))
+        })
 }
 
 fn valid_variant_name(n: &str) -> bool {
