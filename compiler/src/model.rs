@@ -1555,6 +1555,16 @@ impl Decoder {
 
     /// A path inside the build context, normalised; an error when it leaves it.
     fn check_context_path(&mut self, value: &Spanned<String>, what: &str) -> Option<String> {
+        if value.value.trim().is_empty() {
+            self.err(
+                "kiln::empty_value",
+                value.span,
+                format!("the {what} is an empty string"),
+            )
+            .help =
+                Some("write a path in the build context, e.g. `requirements.txt` or `src`".into());
+            return None;
+        }
         if let Some((scheme, _)) = value.value.split_once("://")
             && !scheme.is_empty()
             && scheme
