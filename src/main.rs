@@ -502,6 +502,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             checks,
         } => {
             let mut opts = options(&build)?;
+            if let Some(path) = &config_out
+                && build.recipe.as_os_str() != "-"
+                && std::fs::canonicalize(path)
+                    .ok()
+                    .is_some_and(|p| std::fs::canonicalize(&build.recipe).is_ok_and(|r| r == p))
+            {
+                bail!(
+                    "--config-out {} is the recipe itself; name another file",
+                    path.display()
+                );
+            }
             let Some(c) = load(&build)? else {
                 return Ok(ExitCode::FAILURE);
             };
@@ -535,6 +546,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
                 Format::Json => {
+                    if checks && compiled.builds.iter().all(|b| b.checks.is_none()) {
+                        bail!("the recipe has no `verify` checks for this variant");
+                    }
                     let mut all = Vec::new();
                     for b in &compiled.builds {
                         let def = if checks {

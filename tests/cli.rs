@@ -564,3 +564,33 @@ fn context_links_resolve_inside_the_context_as_the_engine_resolves_them() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn config_out_never_overwrites_the_recipe() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-cfgself-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let recipe = dir.join("kiln.kdl");
+    std::fs::write(&recipe, "kiln 1\npython \"3.11\"\n").expect("write");
+    std::os::unix::fs::symlink("kiln.kdl", dir.join("link.kdl")).expect("symlink");
+    for out in ["kiln.kdl", "link.kdl"] {
+        let o = kiln(&[
+            "compile",
+            recipe.to_str().expect("utf8"),
+            "--config-out",
+            dir.join(out).to_str().expect("utf8"),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{out}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is the recipe itself"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(o.stdout.is_empty());
+    }
+    assert_eq!(
+        std::fs::read_to_string(&recipe).expect("read"),
+        "kiln 1\npython \"3.11\"\n"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
