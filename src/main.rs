@@ -229,6 +229,25 @@ fn warn_unused_base_configs(c: &kiln_compiler::Compilation, opts: &Options, b: &
 }
 
 fn options(b: &BuildArgs) -> Result<Options> {
+    if !b.platform.is_empty() && b.platform.iter().all(|p| p.trim().is_empty()) {
+        bail!("--platform names no platform; write e.g. --platform linux/amd64");
+    }
+    if b.context_name.is_empty()
+        || !b
+            .context_name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        bail!(
+            "--context-name {:?}: a local source name is letters, digits, `.`, `_` and `-` (buildctl's `--local NAME=DIR`)",
+            b.context_name
+        );
+    }
+    if let Some(dir) = &b.context
+        && !dir.is_dir()
+    {
+        bail!("--context {}: not a directory", dir.display());
+    }
     let mut platforms = Vec::new();
     for p in b.platform.iter().filter(|p| !p.trim().is_empty()) {
         platforms.push(Platform::parse(p).map_err(|e| anyhow::anyhow!("--platform {p}: {e}"))?);

@@ -594,3 +594,23 @@ fn config_out_never_overwrites_the_recipe() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn options_that_name_nothing_are_refused() {
+    let recipe = "examples/sklearn-service/kiln.kdl";
+    for (args, says) in [
+        (vec!["--platform", ","], "--platform names no platform"),
+        (
+            vec!["--context", "/nonexistent-kiln-ctx"],
+            "not a directory",
+        ),
+        (vec!["--context-name", "a b"], "a local source name is"),
+        (vec!["--context-name", ""], "a local source name is"),
+    ] {
+        let mut all = vec!["check", recipe];
+        all.extend(args.iter().copied());
+        let o = kiln(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+}

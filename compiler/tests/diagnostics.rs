@@ -1335,3 +1335,25 @@ fn targets_match_without_regard_to_case_unless_ambiguous() {
     assert_eq!(variant(both, "GPU"), Ok("GPU".to_string()));
     assert_eq!(variant(both, "Gpu"), Err("kiln::unknown_target"));
 }
+
+/// `SOURCE_DATE_EPOCH` sets the image's creation time; a value that is not
+/// whole seconds since 1970 (or lies past year 9999) fails the build.
+#[test]
+fn source_date_epoch_must_be_a_time() {
+    let created = |epoch: &str| {
+        let mut opts = Options::default();
+        opts.build_args
+            .insert("SOURCE_DATE_EPOCH".into(), epoch.to_string());
+        kiln_compiler::compile("e.kdl", "kiln 1\npython \"3.11\"\n", &opts)
+            .map(|c| c.builds[0].config.created.clone())
+            .map_err(|d| d.items[0].code)
+    };
+    assert_eq!(
+        created("1700000000"),
+        Ok(Some("2023-11-14T22:13:20Z".to_string()))
+    );
+    assert_eq!(created(""), Ok(None));
+    for bad in ["abc", "1.5", "-1", "99999999999999"] {
+        assert_eq!(created(bad), Err("kiln::invalid_build_arg"), "{bad}");
+    }
+}

@@ -1509,14 +1509,26 @@ fn image_config(
     if let Some(n) = &s.name {
         labels.insert("org.opencontainers.image.title".into(), n.value.clone());
     }
-    if let Some(epoch) = opts
-        .build_args
-        .get("SOURCE_DATE_EPOCH")
-        .and_then(|e| e.parse::<i64>().ok())
-    {
-        let ts = rfc3339(epoch);
-        labels.insert("org.opencontainers.image.created".into(), ts.clone());
-        c.created = Some(ts);
+    // Seconds since 1970 up to the end of year 9999 (what RFC 3339 can
+    // write); anything else is refused, as BuildKit refuses it.
+    const LAST_EPOCH: i64 = 253_402_300_799;
+    match opts.build_args.get("SOURCE_DATE_EPOCH").map(|e| e.trim()) {
+        None | Some("") => {}
+        Some(e) => match e.parse::<i64>() {
+            Ok(epoch) if (0..=LAST_EPOCH).contains(&epoch) => {
+                let ts = rfc3339(epoch);
+                labels.insert("org.opencontainers.image.created".into(), ts.clone());
+                c.created = Some(ts);
+            }
+            _ => diags.push(
+                Diagnostic::error(
+                    "kiln::invalid_build_arg",
+                    SourceSpan::new(0.into(), 0),
+                    format!("`--build-arg SOURCE_DATE_EPOCH={e}` is not a time: it takes whole seconds since 1970-01-01 UTC"),
+                )
+                .with_help("pass e.g. `--build-arg SOURCE_DATE_EPOCH=$(git log -1 --format=%ct)`"),
+            ),
+        },
     }
     if let Some(url) = opts.build_args.get("VCS_URL") {
         labels.insert("org.opencontainers.image.source".into(), url.clone());
