@@ -310,7 +310,12 @@ fn compile_platforms(
 
 /// Print warnings to stderr and, where the engine shows them, to the client.
 async fn report_warnings(engine: &Engine, recipe: &RecipeFile, warnings: &Diagnostics) {
+    // Each platform's plan says the same things about the recipe: once each.
+    let mut said = std::collections::BTreeSet::new();
     for d in warnings.warnings() {
+        if !said.insert((d.span.offset(), d.span.len(), d.message.clone())) {
+            continue;
+        }
         let location = warnings.location(d);
         let mut message = format!("{location}: {}", d.message);
         if let Some(help) = &d.help {

@@ -319,6 +319,21 @@ async fn a_named_context_is_not_used_and_the_build_output_says_so() {
 }
 
 #[tokio::test]
+async fn a_multi_platform_build_says_each_warning_once() {
+    let engine = FakeEngine::new().with_fixture("kiln.kdl", "warn.kdl");
+    let code = run_frontend(&engine, &[("platform", "linux/amd64,linux/arm64")]).await;
+    assert_eq!(code, 0);
+    let state = engine.recorded();
+    let said: Vec<String> = state
+        .warnings
+        .iter()
+        .map(|w| String::from_utf8_lossy(&w.short).into_owned())
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("is newer"), "{said:?}");
+}
+
+#[tokio::test]
 async fn targets_subrequest_lists_variants() {
     let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
     let code = run_frontend(
