@@ -278,12 +278,14 @@ impl Compilation {
     /// recipe line that chose it (`base`, `builder`, or the `python` or
     /// `cuda` a default comes from), with the engine's reason.
     pub fn unresolvable_image(&self, opts: &Options, reference: &str, reason: &str) -> Diagnostics {
+        // A base the recipe names is at its line; one kiln chose for the
+        // python (`python:3.11-slim`) is at the `python` line.
         let span = self.plan(opts).ok().and_then(|(plans, _)| {
             plans.iter().find_map(|p| {
                 [&p.runtime, &p.builder]
                     .into_iter()
                     .find(|b| b.reference.to_string() == reference)
-                    .and_then(|b| b.span)
+                    .and_then(|b| b.span.or(p.python_span))
             })
         });
         let mut diags = Diagnostics::new(self.source.clone());

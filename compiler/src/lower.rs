@@ -181,9 +181,23 @@ impl Cx<'_> {
     /// which quotes the whole command) stays one short line; the step's
     /// name, recipe line and log are shown above it.
     fn script(&self, script: &str, meta: OpMeta) -> Exec {
+        // The step's name (without the variant's tag, so that equal steps
+        // of two variants stay one) ends the line as a comment: engines
+        // without source maps (BuildKit 0.8) name the failed step only so.
+        let what: String = meta
+            .name
+            .strip_prefix(&format!("{} ", self.plan.tag()))
+            .unwrap_or(&meta.name)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         let mut exec = self.shell(script, meta);
         if script.lines().count() > 2 || script.len() > 200 {
-            exec.args = vec!["/bin/sh".into(), "-c".into(), "eval \"$KILN_STEP\"".into()];
+            exec.args = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                format!("eval \"$KILN_STEP\" # kiln: {what}"),
+            ];
             exec.env.push(("KILN_STEP".into(), script.to_string()));
         }
         exec

@@ -1357,3 +1357,41 @@ fn source_date_epoch_must_be_a_time() {
         assert_eq!(created(bad), Err("kiln::invalid_build_arg"), "{bad}");
     }
 }
+
+/// An engine that has the base for one platform may hand it out for
+/// another: the image would hold programs for the wrong machine.
+#[test]
+fn a_base_built_for_another_platform_warns() {
+    use kiln_compiler::{ImageConfig, ResolvedImage};
+    let codes = |platform: &str| {
+        let config = ImageConfig::from_json(
+            br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin:/bin"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+        )
+        .expect("config");
+        let opts = Options {
+            platforms: vec![Platform::parse(platform).expect("platform")],
+            images: [(
+                "docker.io/library/python:3.11-slim".to_string(),
+                ResolvedImage {
+                    digest: None,
+                    config,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Options::default()
+        };
+        let c =
+            kiln_compiler::compile("p.kdl", "kiln 1\npython \"3.11\"\n", &opts).expect("compiles");
+        c.warnings
+            .items
+            .iter()
+            .map(|d| format!("{} {}", c.warnings.location(d), d.code))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        codes("linux/arm64"),
+        ["p.kdl:2:8 kiln::base_platform_mismatch"]
+    );
+    assert!(codes("linux/amd64").is_empty());
+}

@@ -251,7 +251,7 @@ async fn resolve_images(
     engine: &Engine,
     wanted: Vec<(String, Platform)>,
     opts: &FrontendOptions,
-) -> Result<ResolvedImages, (String, Failure)> {
+) -> Result<ResolvedImages, (String, Option<Platform>, Failure)> {
     let mut tasks = JoinSet::new();
     for (reference, platform) in wanted {
         let engine = engine.clone();
@@ -259,7 +259,7 @@ async fn resolve_images(
         tasks.spawn(async move {
             match engine.resolve_image(&reference, &platform, mode).await {
                 Ok(r) => Ok(((reference, platform), r)),
-                Err(f) => Err((reference, f)),
+                Err(f) => Err((reference, Some(platform), f)),
             }
         });
     }
@@ -268,6 +268,7 @@ async fn resolve_images(
         let (key, image) = joined.map_err(|e| {
             (
                 String::new(),
+                None,
                 Failure::Internal(format!("resolving base images: {e}")),
             )
         })??;
@@ -294,7 +295,21 @@ fn compile_platforms(
             .map(|((r, _), image)| (r.clone(), image.clone()))
             .collect();
         let compiled = compilation.compile(&opts).map_err(Failure::Recipe)?;
-        warnings.get_or_insert(compiled.warnings);
+        // Every platform's plan saw this platform's base configs: what
+        // they say of a base's platform holds for this platform's alone.
+        let own = format!(" for {platform} is built");
+        let (mismatch, rest): (Vec<_>, Vec<_>) = compiled
+            .warnings
+            .items
+            .iter()
+            .cloned()
+            .partition(|d| d.code == "kiln::base_platform_mismatch");
+        let w = warnings.get_or_insert_with(|| Diagnostics {
+            source: compiled.warnings.source.clone(),
+            items: rest,
+        });
+        w.items
+            .extend(mismatch.into_iter().filter(|d| d.message.contains(&own)));
         let build = compiled
             .builds
             .into_iter()
@@ -375,7 +390,13 @@ async fn solve_builds(
         if let Some(c) = checks.as_mut() {
             bind_to_session(c, sessions);
         }
-        if opts.no_cache || opts.no_cache_targets.contains(&build.plan.variant) {
+        // Variant names match without regard to case, as `--target` does.
+        if opts.no_cache
+            || opts
+                .no_cache_targets
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case(&build.plan.variant))
+        {
             ignore_cache(&mut image);
             if let Some(c) = checks.as_mut() {
                 ignore_cache(c);
@@ -477,10 +498,15 @@ pub async fn build(engine: &Engine, env: &Environment) -> Result<gateway::Result
         with_files.exclude = read_ignore(engine, &opts, &sessions).await;
         read_context_files(engine, &compilation, &mut with_files, &sessions).await;
     });
-    let resolved = resolved.map_err(|(reference, failure)| match failure {
+    let several = copts.platforms().len() > 1;
+    let resolved = resolved.map_err(|(reference, platform, failure)| match failure {
         // The engine's reason, at the recipe line that chose the image.
         Failure::Engine { status, .. } => {
-            Failure::Recipe(compilation.unresolvable_image(&copts, &reference, status.message()))
+            let reason = match platform {
+                Some(p) if several => format!("for {p}: {}", status.message()),
+                _ => status.message().to_string(),
+            };
+            Failure::Recipe(compilation.unresolvable_image(&copts, &reference, &reason))
         }
         other => other,
     })?;

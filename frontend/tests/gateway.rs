@@ -287,6 +287,41 @@ async fn a_base_the_engine_cannot_resolve_is_an_error_at_its_line() {
     assert!(error.message.contains("no such host"), "{}", error.message);
     let source = SourceDetail::decode(error.details[0].value.as_slice()).expect("detail");
     assert_eq!(source.ranges[0].start.expect("start").line, 4);
+
+    // The base kiln chose for the python: at the `python` line, and on a
+    // multi-platform build the platform is named.
+    let recipe = "kiln 1\n\npython \"3.11\"\n";
+    let mut engine = FakeEngine::new().with_file("env.kdl", recipe.as_bytes());
+    engine.fail_resolve = Some((
+        "python:3.11-slim".into(),
+        tonic::Status::unknown("no match for platform in manifest"),
+    ));
+    let code = run_frontend(
+        &engine,
+        &[
+            ("filename", "env.kdl"),
+            ("platform", "linux/amd64,linux/arm64"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 1);
+    let error = error_of(&the_return(&engine));
+    assert!(
+        error.message.starts_with("env.kdl:3:8: "),
+        "{}",
+        error.message
+    );
+    // (Both platforms fail; whichever the engine answered first is named.)
+    assert!(
+        error
+            .message
+            .contains("for linux/amd64: no match for platform")
+            || error
+                .message
+                .contains("for linux/arm64: no match for platform"),
+        "{}",
+        error.message
+    );
 }
 
 #[tokio::test]
@@ -331,6 +366,29 @@ async fn a_multi_platform_build_says_each_warning_once() {
         .collect();
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains("is newer"), "{said:?}");
+}
+
+#[tokio::test]
+async fn a_base_the_engine_has_for_another_platform_warns_for_that_platform_only() {
+    let mut engine = FakeEngine::new().with_file("kiln.kdl", b"kiln 1\npython \"3.11\"\n");
+    engine.only_platform = Some(kiln_proto::pb::Platform {
+        os: "linux".into(),
+        architecture: "amd64".into(),
+        ..Default::default()
+    });
+    let code = run_frontend(&engine, &[("platform", "linux/amd64,linux/arm64")]).await;
+    assert_eq!(code, 0);
+    let state = engine.recorded();
+    let said: Vec<String> = state
+        .warnings
+        .iter()
+        .map(|w| String::from_utf8_lossy(&w.short).into_owned())
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains("the engine gave for linux/arm64 is built for linux/amd64"),
+        "{said:?}"
+    );
 }
 
 #[tokio::test]
@@ -510,6 +568,26 @@ async fn no_cache_marks_every_op_of_the_build() {
         }
     }
     assert!(built > 0, "no build solve recorded");
+}
+
+/// `--no-cache-filter CPU` names the variant `cpu`, as `--target` would;
+/// another variant's name leaves the build's cache alone.
+#[tokio::test]
+async fn no_cache_filter_names_variants_whatever_their_case() {
+    let ignored = |filter: &'static str| async move {
+        let engine = FakeEngine::new().with_fixture("env.kdl", "env.kdl");
+        let code = run_frontend(&engine, &[("filename", "env.kdl"), ("no-cache", filter)]).await;
+        assert_eq!(code, 0);
+        let state = engine.recorded();
+        state
+            .solves
+            .iter()
+            .filter_map(|s| s.definition.as_ref())
+            .flat_map(|d| d.metadata.values())
+            .any(|m| m.ignore_cache)
+    };
+    assert!(ignored("CPU").await);
+    assert!(!ignored("gpu").await);
 }
 
 #[tokio::test]

@@ -1370,6 +1370,29 @@ fn image_config(
         .as_ref()
         .map(|r| r.config.clone())
         .unwrap_or_default();
+    // An engine that has the base for one platform only may hand it out
+    // for any (a local single-platform image): the image would then say
+    // arm64 and hold amd64 programs. Said here, as newer Dockerfile
+    // frontends say it (InvalidBaseImagePlatform).
+    if runtime.resolved.is_some()
+        && !c.architecture.is_empty()
+        && c.architecture != platform.architecture
+    {
+        diags.push(
+            Diagnostic::warning(
+                "kiln::base_platform_mismatch",
+                runtime.span.or(s.python.as_ref().map(|p| p.span)).unwrap_or_else(|| SourceSpan::new(0.into(), 0)),
+                format!(
+                    "the base image `{}` the engine gave for {platform} is built for {}/{}: the image's programs would not run on {platform}",
+                    runtime.reference, c.os, c.architecture
+                ),
+            )
+            .with_help(format!(
+                "use a base that has a {platform} build (a multi-platform image in a registry), or build for {}/{} only",
+                c.os, c.architecture
+            )),
+        );
+    }
     c.architecture = platform.architecture.clone();
     c.os = platform.os.clone();
     c.variant = platform.variant.clone();

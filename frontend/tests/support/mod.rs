@@ -80,6 +80,9 @@ pub struct FakeEngine {
     pub fail_solve: Option<(String, Status)>,
     /// Fail resolving an image whose reference contains this text.
     pub fail_resolve: Option<(String, Status)>,
+    /// Answer every resolve with this platform's config (an engine that
+    /// has the image for one platform only).
+    pub only_platform: Option<pb::Platform>,
     pub state: Arc<Mutex<Recorded>>,
 }
 
@@ -138,6 +141,7 @@ impl FakeEngine {
             llb_caps: MODERN_LLB_CAPS.iter().map(|s| (*s).to_string()).collect(),
             fail_solve: None,
             fail_resolve: None,
+            only_platform: None,
             state: Arc::default(),
         }
     }
@@ -257,7 +261,7 @@ impl LlbBridge for FakeEngine {
         }
         Ok(Response::new(gw::ResolveImageConfigResponse {
             digest: BASE_DIGEST.into(),
-            config: image_config(request.platform.as_ref()),
+            config: image_config(self.only_platform.as_ref().or(request.platform.as_ref())),
             r#ref: request.r#ref,
         }))
     }
@@ -289,7 +293,7 @@ impl LlbBridge for FakeEngine {
             source: request.source,
             image: Some(gw::ResolveSourceImageResponse {
                 digest: BASE_DIGEST.into(),
-                config: image_config(request.platform.as_ref()),
+                config: image_config(self.only_platform.as_ref().or(request.platform.as_ref())),
                 ..Default::default()
             }),
             ..Default::default()
