@@ -288,6 +288,7 @@ fn options(b: &BuildArgs) -> Result<Options> {
         host_network: b.network_host,
         exclude: ignore_patterns(b)?,
         context_files: BTreeMap::new(),
+        ..Options::default()
     })
 }
 

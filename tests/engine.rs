@@ -1503,6 +1503,7 @@ fn the_image_history_names_each_layer_by_its_step() {
 
 /// `--build-arg HTTPS_PROXY=…` (any case), as with a Dockerfile: the steps
 /// that reach the network see the proxy; the image's config does not.
+/// `--add-host`, `--shm-size` and `--ulimit` reach the steps as well.
 #[test]
 fn proxy_build_args_reach_the_steps_and_not_the_image() {
     let Some(engine) = common::engine(EngineKind::New, "proxy_args") else {
@@ -1513,7 +1514,7 @@ fn proxy_build_args_reach_the_steps_and_not_the_image() {
     std::fs::write(
         ctx.path().join("kiln.kdl"),
         format!(
-            "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nrun \"echo {} $HTTPS_PROXY $no_proxy\"\n",
+            "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nrun \"echo {} $HTTPS_PROXY $no_proxy; getent hosts pypi.internal | tr -s ' '; echo shm $(($(stat -f -c '%b*%S' /dev/shm))); echo nofile $(ulimit -n)\"\n",
             nonce()
         ),
     )
@@ -1523,7 +1524,10 @@ fn proxy_build_args_reach_the_steps_and_not_the_image() {
         &Build::new(ctx.path().join("kiln.kdl"), ctx.path())
             .tag(&image)
             .build_arg("HTTPS_PROXY", "http://proxy.invalid:3128")
-            .build_arg("no_proxy", "pypi.internal"),
+            .build_arg("no_proxy", "pypi.internal")
+            .flag("--add-host=pypi.internal:10.1.2.3")
+            .flag("--shm-size=256m")
+            .flag("--ulimit=nofile=1024:1024"),
     );
     build.expect_ok();
     let run = build.named("run echo");
@@ -1535,6 +1539,10 @@ fn proxy_build_args_reach_the_steps_and_not_the_image() {
         "{}",
         run[0].log
     );
+    // The sandbox flags too: the host, /dev/shm's size, the open-files limit.
+    for said in ["10.1.2.3 pypi.internal", "shm 268435456", "nofile 1024"] {
+        assert!(run[0].log.contains(said), "{said}: {}", run[0].log);
+    }
     let env = image.inspect()["Config"]["Env"].to_string();
     assert!(!env.to_ascii_lowercase().contains("proxy"), "{env}");
 }

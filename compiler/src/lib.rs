@@ -83,6 +83,12 @@ pub struct Options {
     /// Run build steps on the host network (the client's `--network=host`,
     /// which BuildKit hands frontends as `force-network-mode=host`).
     pub host_network: bool,
+    /// The client's `--add-host NAME=IP`s, in every step's /etc/hosts.
+    pub extra_hosts: Vec<(String, String)>,
+    /// The client's `--ulimit`s: (name, soft, hard), for every step.
+    pub ulimits: Vec<(String, i64, i64)>,
+    /// The client's `--shm-size` in bytes: every step's /dev/shm.
+    pub shm_size: Option<i64>,
     /// What of the context no build step reads: the context's
     /// `.dockerignore` patterns (see [`ignore::parse`]).
     pub exclude: Vec<String>,
@@ -107,6 +113,9 @@ impl Default for Options {
             images: BTreeMap::new(),
             context_name: "context".to_string(),
             host_network: false,
+            extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: None,
             exclude: Vec::new(),
             context_files: BTreeMap::new(),
         }

@@ -172,7 +172,17 @@ impl Cx<'_> {
             exec.network = llb::Network::Host;
         }
         exec.proxy = llb::ProxyEnv::from_build_args(&self.opts.build_args);
+        exec.sandbox = self.sandbox();
         exec
+    }
+
+    /// The client's sandbox settings for a step.
+    fn sandbox(&self) -> llb::Sandbox {
+        llb::Sandbox {
+            extra_hosts: self.opts.extra_hosts.clone(),
+            ulimits: self.opts.ulimits.clone(),
+            shm_size: self.opts.shm_size,
+        }
     }
 
     /// A script of kiln's own (an install, the user, apt): as [`Cx::shell`],
@@ -1218,6 +1228,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 mounts: Vec::new(),
                 network: llb::Network::None,
                 proxy: None,
+                sandbox: cx.sandbox(),
                 platform: platform.clone(),
                 meta: cx.meta(
                     &format!("verify: {}", first_line(&v.value.code)),

@@ -391,3 +391,53 @@ fn a_variant_pin_replaces_the_top_level_pin_of_the_same_package() {
     assert_eq!(installs("old"), vec!["numpy==1.26.4", "pandas==2.2.2"]);
     assert_eq!(installs("new"), vec!["pandas==2.2.2", "NumPy==2.0.2"]);
 }
+
+/// `--add-host`, `--ulimit` and `--shm-size` reach every step, the checks
+/// included, as a Dockerfile's RUN gets them.
+#[test]
+fn the_clients_sandbox_settings_reach_every_step() {
+    let opts = Options {
+        images: slim_config(),
+        extra_hosts: vec![("pypi.internal".into(), "10.0.0.5".into())],
+        ulimits: vec![("nofile".into(), 1024, 2048)],
+        shm_size: Some(256 << 20),
+        ..Options::default()
+    };
+    let text = "kiln 1\npython \"3.11\"\napt \"curl\"\npip \"six==1.16.0\"\nuser \"app\"\nrun \"true\"\nverify \"import six\"\n";
+    let value = snapshot("sandbox", text, &opts);
+    let mut execs = 0;
+    for def in ["llb", "checks"] {
+        for op in value["builds"][0][def]["ops"].as_array().expect("ops") {
+            let Some(exec) = op.get("exec") else { continue };
+            execs += 1;
+            assert_eq!(
+                exec["extra_hosts"],
+                json!(["pypi.internal=10.0.0.5"]),
+                "{}",
+                op["name"]
+            );
+            assert_eq!(
+                exec["ulimit"],
+                json!(["nofile=1024:2048"]),
+                "{}",
+                op["name"]
+            );
+            let shm = exec["mounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .find(|m| m["target"] == "/dev/shm")
+                .unwrap_or_else(|| panic!("no /dev/shm in {}", op["name"]));
+            assert_eq!(shm["type"], "tmpfs");
+            assert_eq!(shm["size"], 256 << 20);
+            let caps: Vec<&str> = op["caps"]
+                .as_array()
+                .expect("caps")
+                .iter()
+                .filter_map(|c| c.as_str())
+                .collect();
+            assert!(caps.contains(&"exec.meta.ulimit") && caps.contains(&"exec.mount.tmpfs.size"));
+        }
+    }
+    assert!(execs >= 6, "{execs} execs");
+}

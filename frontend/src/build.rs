@@ -239,6 +239,9 @@ pub fn compile_options(
         images: BTreeMap::new(),
         context_name: opts.context_local.clone(),
         host_network: opts.host_network,
+        extra_hosts: opts.extra_hosts.clone(),
+        ulimits: opts.ulimits.clone(),
+        shm_size: opts.shm_size,
         exclude: Vec::new(),
         context_files: BTreeMap::new(),
     }

@@ -96,6 +96,12 @@ pub struct FrontendOptions {
     /// `context:NAME` options (named contexts). Recipes cannot refer to
     /// named contexts yet; they are accepted and ignored.
     pub named_contexts: Vec<String>,
+    /// `--add-host NAME=IP`s for every step.
+    pub extra_hosts: Vec<(String, String)>,
+    /// `--ulimit`s: (name, soft, hard).
+    pub ulimits: Vec<(String, i64, i64)>,
+    /// `--shm-size` in bytes.
+    pub shm_size: Option<i64>,
     /// `local-sessionid:NAME`: the client session serving local NAME, when
     /// it is not the build's own (buildx with several clients).
     pub local_sessions: BTreeMap<String, String>,
@@ -122,6 +128,9 @@ impl Default for FrontendOptions {
             resolve_mode: ResolveMode::Default,
             cache_imports: Vec::new(),
             named_contexts: Vec::new(),
+            extra_hosts: Vec::new(),
+            ulimits: Vec::new(),
+            shm_size: None,
             local_sessions: BTreeMap::new(),
             host_network: false,
         }
@@ -258,6 +267,24 @@ impl FrontendOptions {
                 });
             }
         }
+        if let Some(v) = raw.get("add-hosts") {
+            o.extra_hosts = parse_add_hosts(v)?;
+        }
+        if let Some(v) = raw.get("ulimit") {
+            o.ulimits = parse_ulimits(v)?;
+        }
+        o.shm_size = match raw.get("shm-size").map(|v| v.trim()) {
+            None | Some("") | Some("0") => None,
+            Some(v) => match v.parse::<i64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    return Err(OptionError::Invalid {
+                        key: "shm-size".to_string(),
+                        message: format!("`{v}` is not a size in bytes"),
+                    });
+                }
+            },
+        };
         o.named_contexts = with_prefix(raw, "context:").into_keys().collect();
         o.local_sessions = with_prefix(raw, "local-sessionid:");
         o.host_network = match raw.get("force-network-mode").map(String::as_str) {
@@ -274,6 +301,68 @@ impl FrontendOptions {
         };
         Ok(o)
     }
+}
+
+/// `add-hosts` as buildx sends `--add-host`s: `NAME=IP` (or `NAME:IP`
+/// with an IPv4 address), comma separated.
+fn parse_add_hosts(v: &str) -> Result<Vec<(String, String)>, OptionError> {
+    let invalid = |message: String| OptionError::Invalid {
+        key: "add-hosts".to_string(),
+        message,
+    };
+    let mut out = Vec::new();
+    for field in v.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let (host, ip) = field
+            .split_once('=')
+            .or_else(|| field.split_once(':'))
+            .ok_or_else(|| invalid(format!("`{field}` is not NAME=IP")))?;
+        let ip = ip.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!("`{field}` is not NAME=IP")));
+        }
+        out.push((host.to_ascii_lowercase(), ip.to_string()));
+    }
+    Ok(out)
+}
+
+/// `ulimit` as buildx sends `--ulimit`s: `NAME=SOFT[:HARD]`, comma
+/// separated (`-1` is unlimited).
+fn parse_ulimits(v: &str) -> Result<Vec<(String, i64, i64)>, OptionError> {
+    const NAMES: &[&str] = &[
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+        "as",
+    ];
+    let invalid = |field: &str| OptionError::Invalid {
+        key: "ulimit".to_string(),
+        message: format!("`{field}` is not NAME=SOFT[:HARD] with a known limit name"),
+    };
+    let mut out = Vec::new();
+    for field in v.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let (name, values) = field.split_once('=').ok_or_else(|| invalid(field))?;
+        if !NAMES.contains(&name) {
+            return Err(invalid(field));
+        }
+        let (soft, hard) = values.split_once(':').unwrap_or((values, values));
+        let (Ok(soft), Ok(hard)) = (soft.parse::<i64>(), hard.parse::<i64>()) else {
+            return Err(invalid(field));
+        };
+        out.push((name.to_string(), soft, hard));
+    }
+    Ok(out)
 }
 
 /// One worker as `BUILDKIT_WORKERS` lists it (Go's `client.WorkerInfo`,
@@ -523,5 +612,42 @@ mod tests {
         );
         assert_eq!(env.session_id.as_deref(), Some("s1"));
         assert_eq!(env.options["target"], "cpu");
+    }
+
+    #[test]
+    fn sandbox_options_as_buildx_sends_them() {
+        let o = opts(&[
+            ("add-hosts", "Pypi.internal=10.0.0.5,old:10.0.0.6,v6=::1"),
+            ("ulimit", "nofile=1024:2048,nproc=-1"),
+            ("shm-size", "268435456"),
+        ])
+        .expect("parses");
+        assert_eq!(
+            o.extra_hosts,
+            [
+                ("pypi.internal".to_string(), "10.0.0.5".to_string()),
+                ("old".to_string(), "10.0.0.6".to_string()),
+                ("v6".to_string(), "::1".to_string())
+            ]
+        );
+        assert_eq!(
+            o.ulimits,
+            [
+                ("nofile".to_string(), 1024, 2048),
+                ("nproc".to_string(), -1, -1)
+            ]
+        );
+        assert_eq!(o.shm_size, Some(268_435_456));
+        assert_eq!(opts(&[("shm-size", "0")]).expect("parses").shm_size, None);
+        for (k, v) in [
+            ("add-hosts", "noip"),
+            ("add-hosts", "h=not-an-ip"),
+            ("ulimit", "files=10"),
+            ("ulimit", "nofile=x"),
+            ("shm-size", "1g"),
+        ] {
+            let e = opts(&[(k, v)]).expect_err(v);
+            assert!(e.to_string().contains(k), "{e}");
+        }
     }
 }

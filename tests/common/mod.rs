@@ -454,6 +454,7 @@ impl Engine {
         for (k, v) in &build.build_args {
             args.extend(["--build-arg".into(), format!("{k}={v}")]);
         }
+        args.extend(build.flags.iter().cloned());
         if self.needs_host_network {
             args.push("--network=host".into());
         }
@@ -593,6 +594,8 @@ pub struct Build {
     pub secret: PathBuf,
     /// `--build-arg NAME=VALUE`, in order.
     pub build_args: Vec<(String, String)>,
+    /// Other `docker buildx build` flags, as given.
+    pub flags: Vec<String>,
 }
 
 impl Build {
@@ -607,7 +610,14 @@ impl Build {
             no_cache: false,
             secret: secret().path.clone(),
             build_args: Vec::new(),
+            flags: Vec::new(),
         }
+    }
+
+    /// Another `docker buildx build` flag (`--add-host=h:1.2.3.4`).
+    pub fn flag(mut self, flag: &str) -> Build {
+        self.flags.push(flag.to_string());
+        self
     }
 
     pub fn build_arg(mut self, name: &str, value: &str) -> Build {

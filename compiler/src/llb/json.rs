@@ -154,6 +154,9 @@ fn exec_json(e: &pb::ExecOp) -> Value {
                     .unwrap_or_default();
                 v["cache"] = json!({"id": c.id, "sharing": sharing});
             }
+            if let Some(t) = m.tmpfs_opt.as_ref().filter(|t| t.size > 0) {
+                v["size"] = json!(t.size);
+            }
             if let Some(s) = &m.secret_opt {
                 v["secret"] = json!({"id": s.id, "uid": s.uid, "gid": s.gid, "mode": format!("{:o}", s.mode), "optional": s.optional});
             }
@@ -168,6 +171,22 @@ fn exec_json(e: &pb::ExecOp) -> Value {
     });
     if !meta.user.is_empty() {
         v["user"] = json!(meta.user);
+    }
+    if !meta.extra_hosts.is_empty() {
+        v["extra_hosts"] = json!(
+            meta.extra_hosts
+                .iter()
+                .map(|h| format!("{}={}", h.host, h.ip))
+                .collect::<Vec<_>>()
+        );
+    }
+    if !meta.ulimit.is_empty() {
+        v["ulimit"] = json!(
+            meta.ulimit
+                .iter()
+                .map(|u| format!("{}={}:{}", u.name, u.soft, u.hard))
+                .collect::<Vec<_>>()
+        );
     }
     if let Some(p) = &meta.proxy_env {
         let mut proxy = serde_json::Map::new();

@@ -377,8 +377,22 @@ pub struct Exec {
     /// Proxy variables the engine sets for the process, kept out of the
     /// op's cache key and of the image (BuildKit's `ProxyEnv`).
     pub proxy: Option<ProxyEnv>,
+    /// Sandbox settings from the build client (`--add-host`, `--ulimit`,
+    /// `--shm-size`), as a Dockerfile's RUN gets them.
+    pub sandbox: Sandbox,
     pub platform: Platform,
     pub meta: OpMeta,
+}
+
+/// What a build client may set for every step's sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    /// NAME → IP in /etc/hosts.
+    pub extra_hosts: Vec<(String, String)>,
+    /// (name, soft, hard), `nofile` and the like.
+    pub ulimits: Vec<(String, i64, i64)>,
+    /// The size of /dev/shm, in bytes.
+    pub shm_size: Option<i64>,
 }
 
 /// `HTTP_PROXY` and the like for a build's steps (the build arguments
@@ -427,6 +441,7 @@ impl Exec {
             mounts: Vec::new(),
             network: Network::Sandbox,
             proxy: None,
+            sandbox: Sandbox::default(),
             platform: platform.clone(),
             meta,
         }
@@ -587,12 +602,46 @@ impl Exec {
             }
             _ => None,
         };
+        if !self.sandbox.ulimits.is_empty() {
+            caps.insert("exec.meta.ulimit");
+        }
+        if let Some(size) = self.sandbox.shm_size {
+            caps.insert("exec.mount.tmpfs");
+            caps.insert("exec.mount.tmpfs.size");
+            mounts.push(pb::Mount {
+                input: -1,
+                dest: "/dev/shm".into(),
+                output: -1,
+                mount_type: pb::MountType::Tmpfs as i32,
+                tmpfs_opt: Some(pb::TmpfsOpt { size }),
+                ..Default::default()
+            });
+        }
         let meta = pb::Meta {
             args: self.args.clone(),
             env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             cwd: self.cwd.clone(),
             user: self.user.clone().unwrap_or_default(),
             proxy_env,
+            extra_hosts: self
+                .sandbox
+                .extra_hosts
+                .iter()
+                .map(|(host, ip)| pb::HostIp {
+                    host: host.clone(),
+                    ip: ip.clone(),
+                })
+                .collect(),
+            ulimit: self
+                .sandbox
+                .ulimits
+                .iter()
+                .map(|(name, soft, hard)| pb::Ulimit {
+                    name: name.clone(),
+                    soft: *soft,
+                    hard: *hard,
+                })
+                .collect(),
             remove_mount_stubs_recursive: true,
             ..Default::default()
         };
