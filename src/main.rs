@@ -169,13 +169,13 @@ fn read_recipe(path: &Path) -> Result<(String, String)> {
     } else {
         path
     };
-    let text = String::from_utf8(bytes).map_err(|e| {
-        anyhow::anyhow!(
-            "{} is not UTF-8 text (invalid byte at offset {}); a recipe is a KDL text file",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
+    if let Some((line, col)) = kiln_compiler::diag::invalid_utf8_position(&bytes) {
+        bail!(
+            "{}:{line}:{col}: not UTF-8 text (an invalid byte here); a recipe is a KDL text file",
+            path.display()
+        );
+    }
+    let text = String::from_utf8(bytes).context("reading the recipe")?;
     Ok((path.display().to_string(), text))
 }
 

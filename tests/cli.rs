@@ -614,3 +614,20 @@ fn options_that_name_nothing_are_refused() {
         assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn a_recipe_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-utf8-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let recipe = dir.join("u.kdl");
+    std::fs::write(&recipe, b"kiln 1\nname \"a\xffb\"\n").expect("write");
+    let o = kiln(&["check", recipe.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("u.kdl:2:8: not UTF-8 text"),
+        "{}",
+        stderr(&o)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

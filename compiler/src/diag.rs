@@ -477,3 +477,32 @@ mod tests {
         assert!(text.contains("= help: remove it"));
     }
 }
+
+/// Where the first byte that is not UTF-8 is in a file that should be
+/// text: `(line, column)`, 1-based, the column in bytes.
+pub fn invalid_utf8_position(bytes: &[u8]) -> Option<(usize, usize)> {
+    let offset = std::str::from_utf8(bytes).err()?.valid_up_to();
+    let before = &bytes[..offset];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    Some((line, offset - line_start + 1))
+}
+
+#[cfg(test)]
+mod utf8_tests {
+    #[test]
+    fn the_first_invalid_byte_is_located_by_line_and_column() {
+        assert_eq!(
+            super::invalid_utf8_position(b"kiln 1\nname \"a\xffb\"\n"),
+            Some((2, 8))
+        );
+        assert_eq!(super::invalid_utf8_position(b"\xfe"), Some((1, 1)));
+        assert_eq!(
+            super::invalid_utf8_position("kiln 1\n\u{e9}".as_bytes()),
+            None
+        );
+    }
+}

@@ -201,12 +201,14 @@ pub async fn read_recipe(
         .read_file(&id, &opts.filename)
         .await
         .map_err(|s| Failure::engine(format!("reading {where_} (pass another file with -f)"), s))?;
-    let text = String::from_utf8(data).map_err(|e| {
-        Failure::Input(format!(
-            "{where_} is not UTF-8 text (invalid byte at {})",
-            e.utf8_error().valid_up_to()
-        ))
-    })?;
+    if let Some((line, col)) = kiln_compiler::diag::invalid_utf8_position(&data) {
+        return Err(Failure::Input(format!(
+            "{}:{line}:{col}: {where_} is not UTF-8 text (an invalid byte here)",
+            opts.filename
+        )));
+    }
+    let text = String::from_utf8(data)
+        .map_err(|e| Failure::Input(format!("{where_} is not UTF-8 text ({e})")))?;
     Ok(RecipeFile {
         name: opts.filename.clone(),
         text,
