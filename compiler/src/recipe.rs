@@ -90,6 +90,32 @@ pub fn parse(name: &str, text: &str) -> Result<Syntax, Diagnostics> {
                 let keyword = ["#true", "#false", "#null", "#inf", "#-inf", "#nan"]
                     .iter()
                     .any(|k| line.starts_with(k));
+                // A backslash escape KDL does not know (`\q`, a Windows
+                // path): the parser says only that the string is not one.
+                let span_text = text
+                    .get(start..(start + d.span.len()).min(text.len()))
+                    .unwrap_or("");
+                if span_text.starts_with('"') {
+                    let mut chars = span_text.chars().peekable();
+                    while let Some(c) = chars.next() {
+                        if c != '\\' {
+                            continue;
+                        }
+                        match chars.next() {
+                            Some(
+                                'n' | 'r' | 't' | '\\' | '"' | 'b' | 'f' | 's' | 'u' | '/' | ' '
+                                | '\t' | '\n',
+                            ) => {}
+                            Some(other) => {
+                                diag.help = Some(format!(
+                                    "`\\{other}` is not a KDL escape: write `\\\\` for a backslash, or a raw string `#\"…\"#` (KDL 2) / `r\"…\"` (KDL 1)"
+                                ));
+                                break;
+                            }
+                            None => {}
+                        }
+                    }
+                }
                 if line.starts_with('#') && !keyword {
                     diag.help = Some(
                         "KDL comments start with `//` (or `/* … */`), not `#`: write `// …`"

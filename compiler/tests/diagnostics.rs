@@ -665,6 +665,21 @@ fn a_hash_comment_is_explained() {
     assert!(!help("kiln 1\npython \"3.11\"\n#true\n").contains("KDL comments"));
 }
 
+/// A backslash escape KDL does not know (a Windows path, a regex): the
+/// help names it and says how to write a backslash.
+#[test]
+fn an_unknown_escape_is_explained() {
+    let errors = kiln_compiler::compile(
+        "q.kdl",
+        "kiln 1\nname \"a\\qb\"\npython \"3.11\"\n",
+        &Options::default(),
+    )
+    .err()
+    .expect("fails");
+    let help = errors.items[0].help.clone().unwrap_or_default();
+    assert!(help.contains("`\\q` is not a KDL escape"), "{help}");
+}
+
 /// A pin of one of NVIDIA's CUDA wheels next to a framework that brings
 /// them warns on a GPU variant, not on a CPU one.
 #[test]
