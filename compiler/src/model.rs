@@ -796,12 +796,7 @@ impl Decoder {
                     }
                 }
                 // (Entries in error were reported already.)
-                let entries = node
-                    .entries()
-                    .iter()
-                    .filter(|e| e.name().is_none_or(|n| n.value() != "variant"))
-                    .count();
-                if pairs.is_empty() && entries == 0 {
+                if pairs.is_empty() && !sets_anything(node) {
                     self.err("kiln::wrong_arity", span, "`env` sets nothing")
                         .help = Some("write `env NAME=\"value\"`".into());
                 }
@@ -846,12 +841,7 @@ impl Decoder {
                     }
                 }
                 // (Entries in error were reported already.)
-                let entries = node
-                    .entries()
-                    .iter()
-                    .filter(|e| e.name().is_none_or(|n| n.value() != "variant"))
-                    .count();
-                if pairs.is_empty() && entries == 0 {
+                if pairs.is_empty() && !sets_anything(node) {
                     self.err("kiln::wrong_arity", span, "`label` sets nothing");
                 }
                 for (k, v) in pairs {
@@ -1659,6 +1649,14 @@ fn find_arg(node: &KdlNode, value: &str) -> Option<SourceSpan> {
 }
 
 /// `3`, `3.11`, `2.4.1`, `12.4`, with at least `min_parts` numeric parts.
+/// Whether a node has entries besides `variant=` (an `env` or `label`
+/// with none sets nothing).
+fn sets_anything(node: &KdlNode) -> bool {
+    node.entries()
+        .iter()
+        .any(|e| e.name().is_none_or(|n| n.value() != "variant"))
+}
+
 /// Dotted numbers, `min_parts` to 4 of them, written canonically: no
 /// leading zeros (`3.011` is not how any image tag or index spells 3.11).
 pub fn is_version(v: &str, min_parts: usize) -> bool {

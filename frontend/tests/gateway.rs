@@ -14,6 +14,16 @@ use support::{
 };
 use tonic::Code;
 
+/// The warnings the frontend gave the engine, as the client shows them.
+fn warnings_said(engine: &FakeEngine) -> Vec<String> {
+    engine
+        .recorded()
+        .warnings
+        .iter()
+        .map(|w| String::from_utf8_lossy(&w.short).into_owned())
+        .collect()
+}
+
 fn error_of(ret: &gw::ReturnRequest) -> RpcStatus {
     ret.error.clone().expect("an error in Return")
 }
@@ -339,12 +349,7 @@ async fn a_named_context_is_not_used_and_the_build_output_says_so() {
     )
     .await;
     assert_eq!(code, 0);
-    let state = engine.recorded();
-    let said: Vec<String> = state
-        .warnings
-        .iter()
-        .map(|w| String::from_utf8_lossy(&w.short).into_owned())
-        .collect();
+    let said = warnings_said(&engine);
     assert!(
         said.iter()
             .any(|w| w.contains("--build-context is not supported")
@@ -358,12 +363,7 @@ async fn a_multi_platform_build_says_each_warning_once() {
     let engine = FakeEngine::new().with_fixture("kiln.kdl", "warn.kdl");
     let code = run_frontend(&engine, &[("platform", "linux/amd64,linux/arm64")]).await;
     assert_eq!(code, 0);
-    let state = engine.recorded();
-    let said: Vec<String> = state
-        .warnings
-        .iter()
-        .map(|w| String::from_utf8_lossy(&w.short).into_owned())
-        .collect();
+    let said = warnings_said(&engine);
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains("is newer"), "{said:?}");
 }
@@ -378,12 +378,7 @@ async fn a_base_the_engine_has_for_another_platform_warns_for_that_platform_only
     });
     let code = run_frontend(&engine, &[("platform", "linux/amd64,linux/arm64")]).await;
     assert_eq!(code, 0);
-    let state = engine.recorded();
-    let said: Vec<String> = state
-        .warnings
-        .iter()
-        .map(|w| String::from_utf8_lossy(&w.short).into_owned())
-        .collect();
+    let said = warnings_said(&engine);
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(
         said[0].contains("the engine gave for linux/arm64 is built for linux/amd64"),
