@@ -148,14 +148,22 @@ fn kdl_v1_recipes_are_read_and_located() {
     assert_eq!(d.location(&d.items[0]), "v1.kdl:4:1");
 }
 
-#[test]
-fn warnings_name_the_line_and_the_build_goes_on() {
+/// Options with the engine's config for `python:3.11-slim` (amd64, this
+/// environment).
+fn with_slim_base(env: &[&str]) -> Options {
     use kiln_compiler::{ImageConfig, ResolvedImage};
     let config = ImageConfig::from_json(
-        br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin:/bin","LANG=C.UTF-8"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
+        serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Env": env},
+            "rootfs": {"type": "layers", "diff_ids": []}
+        })
+        .to_string()
+        .as_bytes(),
     )
     .expect("config");
-    let opts = Options {
+    Options {
         images: [(
             "docker.io/library/python:3.11-slim".to_string(),
             ResolvedImage {
@@ -166,7 +174,12 @@ fn warnings_name_the_line_and_the_build_goes_on() {
         .into_iter()
         .collect(),
         ..Options::default()
-    };
+    }
+}
+
+#[test]
+fn warnings_name_the_line_and_the_build_goes_on() {
+    let opts = with_slim_base(&["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"]);
     let text = "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\npip \"torch==2.4.1\" \"six==1.16.0\"\nenv LD_LIBRARY_PATH=\"/usr/local/cuda/lib64:$LD_LIBRARY_PATH\" LC_ALL=\"$LANG\"\n";
     let compiled = kiln_compiler::compile("w.kdl", text, &opts).expect("compiles with warnings");
     let got: Vec<String> = compiled
@@ -1367,24 +1380,10 @@ fn source_date_epoch_must_be_a_time() {
 /// another: the image would hold programs for the wrong machine.
 #[test]
 fn a_base_built_for_another_platform_warns() {
-    use kiln_compiler::{ImageConfig, ResolvedImage};
     let codes = |platform: &str| {
-        let config = ImageConfig::from_json(
-            br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/usr/local/bin:/usr/bin:/bin"]},"rootfs":{"type":"layers","diff_ids":[]}}"#,
-        )
-        .expect("config");
         let opts = Options {
             platforms: vec![Platform::parse(platform).expect("platform")],
-            images: [(
-                "docker.io/library/python:3.11-slim".to_string(),
-                ResolvedImage {
-                    digest: None,
-                    config,
-                },
-            )]
-            .into_iter()
-            .collect(),
-            ..Options::default()
+            ..with_slim_base(&["PATH=/usr/local/bin:/usr/bin:/bin"])
         };
         let c =
             kiln_compiler::compile("p.kdl", "kiln 1\npython \"3.11\"\n", &opts).expect("compiles");
