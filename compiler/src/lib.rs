@@ -78,6 +78,10 @@ pub struct Options {
     /// Base image configs the caller resolved, keyed by the reference as the
     /// plan names it (see [`Compilation::images_to_resolve`]).
     pub images: BTreeMap<String, ResolvedImage>,
+    /// Base image configs for one platform each, as an engine resolves
+    /// them for a multi-platform build; they come before [`Options::images`]
+    /// for the platform they name.
+    pub platform_images: BTreeMap<(String, Platform), ResolvedImage>,
     /// Name of the local source holding the build context.
     pub context_name: String,
     /// Run build steps on the host network (the client's `--network=host`,
@@ -111,6 +115,7 @@ impl Default for Options {
             labels: BTreeMap::new(),
             caps: EngineCaps::default(),
             images: BTreeMap::new(),
+            platform_images: BTreeMap::new(),
             context_name: "context".to_string(),
             host_network: false,
             extra_hosts: Vec::new(),

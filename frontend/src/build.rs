@@ -239,6 +239,7 @@ pub fn compile_options(
         labels: opts.labels.clone(),
         caps: engine.caps.engine_caps(),
         images: BTreeMap::new(),
+        platform_images: BTreeMap::new(),
         context_name: opts.context_local.clone(),
         host_network: opts.host_network,
         extra_hosts: opts.extra_hosts.clone(),
@@ -282,50 +283,18 @@ async fn resolve_images(
     Ok(out)
 }
 
-/// Compile every platform, each with its own platform's base image configs.
-/// (`Options::images` is keyed by reference alone, so a multi-platform
-/// build compiles once per platform and keeps that platform's build.)
+/// Compile every platform at once, each plan with its own platform's base
+/// image configs.
 fn compile_platforms(
     compilation: &Compilation,
     base: &Options,
     resolved: &ResolvedImages,
 ) -> Result<(Vec<PlatformBuild>, Diagnostics), Failure> {
-    let mut builds = Vec::new();
-    let mut warnings = None;
-    for platform in base.platforms() {
-        let mut opts = base.clone();
-        opts.images = resolved
-            .iter()
-            .filter(|((_, p), _)| *p == platform)
-            .map(|((r, _), image)| (r.clone(), image.clone()))
-            .collect();
-        let compiled = compilation.compile(&opts).map_err(Failure::Recipe)?;
-        // Every platform's plan saw this platform's base configs: what
-        // they say of a base's platform holds for this platform's alone.
-        let own = format!(" for {platform} is built");
-        let (mismatch, rest): (Vec<_>, Vec<_>) = compiled
-            .warnings
-            .items
-            .iter()
-            .cloned()
-            .partition(|d| d.code == "kiln::base_platform_mismatch");
-        let w = warnings.get_or_insert_with(|| Diagnostics {
-            source: compiled.warnings.source.clone(),
-            items: rest,
-        });
-        w.items
-            .extend(mismatch.into_iter().filter(|d| d.message.contains(&own)));
-        let build = compiled
-            .builds
-            .into_iter()
-            .find(|b| b.platform == platform)
-            .ok_or_else(|| {
-                Failure::Internal(format!("the compiler returned no build for {platform}"))
-            })?;
-        builds.push(build);
-    }
-    let warnings = warnings.unwrap_or_else(|| Diagnostics::new(compilation.source.clone()));
-    Ok((builds, warnings))
+    let mut opts = base.clone();
+    opts.images.clear();
+    opts.platform_images = resolved.clone();
+    let compiled = compilation.compile(&opts).map_err(Failure::Recipe)?;
+    Ok((compiled.builds, compiled.warnings))
 }
 
 /// Print warnings to stderr and, where the engine shows them, to the client.

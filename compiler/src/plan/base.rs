@@ -284,8 +284,12 @@ fn described(
     opts: &Options,
     platform: &Platform,
 ) -> Base {
-    let _ = platform;
-    let resolved = opts.images.get(&reference.to_string()).cloned();
+    let key = reference.to_string();
+    let resolved = opts
+        .platform_images
+        .get(&(key.clone(), platform.clone()))
+        .or_else(|| opts.images.get(&key))
+        .cloned();
     Base {
         reference,
         why: why.to_string(),
