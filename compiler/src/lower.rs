@@ -152,6 +152,16 @@ impl Cx<'_> {
         OpMeta::named(format!("{} {what}", self.plan.tag())).at(span.map(|s| self.range(s)))
     }
 
+    /// As [`Cx::meta`], pointing at each of `spans` (the first heads it).
+    fn meta_at_all(&self, what: &str, spans: &[SourceSpan]) -> OpMeta {
+        spans
+            .iter()
+            .skip(1)
+            .fold(self.meta(what, spans.first().copied()), |m, s| {
+                m.at(Some(self.range(*s)))
+            })
+    }
+
     fn range(&self, span: SourceSpan) -> SourceRange {
         let (start_line, start_col) = self.source.line_col(span.offset());
         let end = span.offset() + span.len();
@@ -929,12 +939,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             } else {
                 (install, "pip install: remaining requirements".to_string())
             };
-            let meta = step_spans
-                .iter()
-                .skip(1)
-                .fold(cx.meta(&what, step_spans.first().copied()), |m, s| {
-                    m.at(Some(cx.range(*s)))
-                });
+            let meta = cx.meta_at_all(&what, &step_spans);
             let mut exec =
                 with_requirements(cx.install_exec(format!("{pins_path}{cmd}"), &b_env, meta));
             remaining_name = Some(what.clone());
@@ -1052,15 +1057,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     } else {
         copy_spans.clone()
     };
-    let app_meta = {
-        let what = &app_meta_name;
-        app_spans
-            .iter()
-            .skip(1)
-            .fold(cx.meta(what, app_spans.first().copied()), |m, s| {
-                m.at(Some(cx.range(*s)))
-            })
-    };
+    let app_meta = cx.meta_at_all(&app_meta_name, &app_spans);
 
     // ---- join -------------------------------------------------------------
     let image_env = plan.config.env_pairs();
