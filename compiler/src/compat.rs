@@ -675,8 +675,22 @@ mod tests {
         for v in ["0.4.20", "0.4.30", "0.4.38", "0.5.0", "0.6.0"] {
             assert!(d.release(Framework::Jax, v).is_some(), "jax {v}");
         }
+        // Newer than the promise: what a recipe written today names.
+        for v in ["2.9.1", "2.10.0", "2.11.0", "2.12.1", "2.13.0", "2.14.1"] {
+            assert!(d.release(Framework::PyTorch, v).is_some(), "pytorch {v}");
+        }
+        for v in ["2.20.0", "2.21.0"] {
+            assert!(
+                d.release(Framework::TensorFlow, v).is_some(),
+                "tensorflow {v}"
+            );
+        }
+        for v in ["0.7.2", "0.8.3", "0.9.0.1", "0.10.2", "0.11.2", "0.12.0.1"] {
+            assert!(d.release(Framework::Jax, v).is_some(), "jax {v}");
+        }
         for c in [
-            "11.8", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.8",
+            "11.8", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.8", "12.9", "13.0", "13.1",
+            "13.2",
         ] {
             assert!(!d.cuda_distros(c).is_empty(), "nvidia/cuda images for {c}");
         }
@@ -771,9 +785,9 @@ mod tests {
         assert_eq!(version_cmp("2.4", "2.4.0"), Ordering::Less);
         let d = data();
         assert_eq!(
-            d.newest_in_line(Framework::PyTorch, "2.9.0")
+            d.newest_in_line(Framework::PyTorch, "2.16.0")
                 .map(|r| r.version.as_str()),
-            Some("2.8.0")
+            Some("2.14.1")
         );
         assert_eq!(
             d.newest_in_line(Framework::Jax, "0.4.99")

@@ -300,11 +300,11 @@ fn versions_may_come_from_build_arguments() {
 }
 
 /// A release newer than the data, for a CUDA the data does not know: two
-/// warnings, and the newest CUDA build's index renamed (whl/cu130), with
+/// warnings, and the newest CUDA build's index renamed (whl/cu134), with
 /// the verify checking the CUDA asked for.
 #[test]
 fn a_newer_release_for_a_newer_cuda_is_a_warning_and_a_renamed_index() {
-    let text = "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.9.0\"\ncuda \"13.0\"\n";
+    let text = "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.16.0\"\ncuda \"13.4\"\n";
     let c = kiln_compiler::compile("n.kdl", text, &Options::default()).expect("compiles");
     let got: Vec<String> = c
         .warnings
@@ -326,13 +326,13 @@ fn a_newer_release_for_a_newer_cuda_is_a_warning_and_a_renamed_index() {
     let fw = plans.0[0].framework.as_ref().expect("framework");
     assert_eq!(
         fw.index_url.as_deref(),
-        Some("https://download.pytorch.org/whl/cu130")
+        Some("https://download.pytorch.org/whl/cu134")
     );
-    assert_eq!(fw.packages, ["torch==2.9.0"]);
+    assert_eq!(fw.packages, ["torch==2.16.0"]);
     assert!(
         fw.verify
             .as_deref()
-            .is_some_and(|v| v.contains("== '13.0'") && !v.contains("12.9")),
+            .is_some_and(|v| v.contains("== '13.4'") && !v.contains("13.2")),
         "{:?}",
         fw.verify
     );
