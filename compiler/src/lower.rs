@@ -657,6 +657,12 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         && plan.installer == Installer::Pip
         && b_packages.is_empty()
         && same_base;
+    // Whether the last pip step may run on the join of runtime and pins
+    // (see below): not with runtime apt packages, which it would see there
+    // (a compiler, a `-dev` package) where the pins' steps do not, so that a
+    // requirement would build or fail depending on how it is written. Every
+    // pip step sees the builder alone: its base and `stage="build"` packages.
+    let pins_on_join = env_first && rt_packages.is_empty();
 
     // The environment: a venv, or a conda environment at the same path.
     let env_state = match conda {
@@ -893,7 +899,8 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             // at the venv alone, so it gets the pins merged into its root.
             //
             // Where the environment's chain starts from the runtime base
-            // (`env_first`), the step runs on the join of runtime and pins
+            // and the runtime adds no apt packages (`pins_on_join`), the
+            // step runs on the join of runtime and pins
             // instead: pip sees the pins installed where they are in the
             // image, nothing is mounted (a mounted cached install step must
             // be loaded, about 0.1 s each, one after another, right after a
@@ -906,7 +913,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 State::merge(&parts, cx.meta("join runtime + environment", None))
             };
             let (base, pins_path) = match plan.installer {
-                Installer::Pip if env_first => (pins_join(), ""),
+                Installer::Pip if pins_on_join => (pins_join(), ""),
                 Installer::Pip => (deps.clone(), PINS_PATH),
                 Installer::Uv => (
                     State::merge(
@@ -943,7 +950,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             let mut exec =
                 with_requirements(cx.install_exec(format!("{pins_path}{cmd}"), &b_env, meta));
             remaining_name = Some(what.clone());
-            if plan.installer == Installer::Pip && !env_first {
+            if plan.installer == Installer::Pip && !pins_on_join {
                 for (i, state) in package_states.iter().enumerate() {
                     exec = exec.mount(Mount::Bind {
                         target: format!("{PINS_MOUNT}/{i}"),
@@ -959,7 +966,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 &done,
                 cx.meta("layer: remaining requirements", None),
             ));
-            if env_first {
+            if pins_on_join {
                 remaining_on_join = Some(done);
             }
         }

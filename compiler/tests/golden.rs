@@ -371,6 +371,38 @@ fn a_separate_builder_mounts_each_install_step_for_the_pins_check() {
 }
 
 #[test]
+fn no_pip_step_sees_the_runtimes_apt_packages() {
+    // With runtime apt packages (a compiler and headers, say), the last pip
+    // step runs in the builder as the pins' steps do: a loose requirement
+    // must not build against packages a pinned one would not see.
+    let (root, pins, _) = pins_check(
+        "kiln 1\npython \"3.11\"\napt \"gcc\" \"libpq-dev\"\npip \"six==1.16.0\" \"idna==3.7\"\n",
+    );
+    assert!(root.ends_with("python -m venv /opt/venv"), "{root}");
+    assert_eq!(pins.len(), 2, "{pins:?}");
+    let opts = Options {
+        images: slim_config(),
+        ..Options::default()
+    };
+    let value = snapshot(
+        "loose-with-apt",
+        "kiln 1\npython \"3.11\"\napt \"gcc\"\npip \"psycopg2>=2.9\"\n",
+        &opts,
+    );
+    let ops = value["builds"][0]["llb"]["ops"].as_array().expect("ops");
+    let step = ops
+        .iter()
+        .find(|o| {
+            o["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("pip install: remaining requirements"))
+        })
+        .expect("the loose requirements' step");
+    let on = input_name(ops, &step["inputs"][0]);
+    assert!(on.ends_with("python -m venv /opt/venv"), "{on}");
+}
+
+#[test]
 fn a_variant_pin_replaces_the_top_level_pin_of_the_same_package() {
     let text = "kiln 1\npython \"3.11\"\npip \"numpy==1.26.4\" \"pandas==2.2.2\"\nvariant \"old\" default=#true\nvariant \"new\" {\n    pip \"NumPy==2.0.2\"\n}\n";
     let installs = |target: &str| -> Vec<String> {
