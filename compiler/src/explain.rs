@@ -67,7 +67,12 @@ pub fn explain(plan: &Plan) -> String {
     }
 
     o.push_str("\nstages (built in parallel, joined at the end)\n");
+    // As lowering installs them: the distro's python first, where the
+    // runtime takes it from apt.
     let mut rt: Vec<String> = Vec::new();
+    if plan.runtime.python_from_apt {
+        rt.push("python3".into());
+    }
     for a in &plan.apt_runtime {
         rt.extend(a.value.iter().cloned());
     }
@@ -85,6 +90,9 @@ pub fn explain(plan: &Plan) -> String {
             .unwrap_or_default()
     );
     let mut bp: Vec<String> = Vec::new();
+    if plan.builder.python_from_apt && plan.conda.is_none() {
+        bp.extend(["python3".to_string(), "python3-venv".to_string()]);
+    }
     for a in &plan.apt_build {
         bp.extend(a.value.iter().cloned());
     }
@@ -96,9 +104,14 @@ pub fn explain(plan: &Plan) -> String {
         Some(f) => format!("conda environment from {} at {VENV}", f.value),
         None => format!("venv at {VENV}"),
     };
+    let installs = if plan.conda.is_some() && plan.pip.is_empty() && plan.framework.is_none() {
+        String::new()
+    } else {
+        format!(", packages installed with {installer}")
+    };
     let _ = writeln!(
         o,
-        "  2. builder: {}{env_kind}, packages installed with {installer}",
+        "  2. builder: {}{env_kind}{installs}",
         if bp.is_empty() {
             String::new()
         } else {
@@ -233,10 +246,12 @@ pub fn explain(plan: &Plan) -> String {
         Installer::Uv => "/root/.cache/uv",
     };
     let pid = plan.platform.to_string().replace('/', "-");
-    let _ = writeln!(
-        o,
-        "  {installer} cache: {cache} (cache mount kiln-{installer}-{pid}, shared)"
-    );
+    if !installs.is_empty() {
+        let _ = writeln!(
+            o,
+            "  {installer} cache: {cache} (cache mount kiln-{installer}-{pid}, shared)"
+        );
+    }
     if !plan.apt_runtime.is_empty() || !plan.apt_build.is_empty() || plan.runtime.python_from_apt {
         let _ = writeln!(
             o,

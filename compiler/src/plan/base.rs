@@ -179,9 +179,15 @@ pub(super) fn choose(
             .unwrap_or_else(|| format!("python:{python}-slim"));
         let reference = ImageRef::parse(&tag).ok()?;
         let why = if gpu.is_some() {
-            notes.push(format!(
-                "base: {tag}; the GPU variant gets CUDA from the framework's wheels, so CUDA is installed once, by pip"
-            ));
+            notes.push(if s.framework.is_some() {
+                format!(
+                    "base: {tag}; the GPU variant gets CUDA from the framework's wheels, so CUDA is installed once, by pip"
+                )
+            } else {
+                format!(
+                    "base: {tag}; the GPU variant has no framework: its CUDA libraries are only what the pip requirements install (NVIDIA's `nvidia-*` wheels)"
+                )
+            });
             "slim python; CUDA comes as wheels"
         } else {
             notes.push(format!("base: {tag} (no `base` given)"));

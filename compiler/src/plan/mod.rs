@@ -367,6 +367,9 @@ pub fn plan(
     check_base_cuda(&runtime, gpu.as_ref(), framework.as_ref(), diags);
     if settings.builder.is_some() {
         check_builder_cuda(&builder, gpu.as_ref(), diags);
+        if let Some(c) = &settings.conda {
+            check_conda_builder(&builder, c, diags);
+        }
     }
 
     let installer = settings
@@ -1971,6 +1974,45 @@ fn image_cuda(base: &Base) -> ImageCuda {
 /// the framework twice.
 /// A `builder` with another CUDA than the variant's: what it compiles
 /// (nvcc, CUDA extensions) would target a CUDA the image does not run.
+/// `conda` runs `conda env create` in the builder: an explicit `builder`
+/// that kiln knows has no `conda` (the official python, Debian, Ubuntu and
+/// nvidia/cuda images; micromamba's image has `micromamba` only) would fail
+/// there with "conda: not found".
+fn check_conda_builder(builder: &Base, conda: &Spanned<String>, diags: &mut Diagnostics) {
+    let Some(span) = builder.span else {
+        return;
+    };
+    let name = builder.reference.familiar_name();
+    let without_conda = matches!(
+        name.as_str(),
+        "python"
+            | "debian"
+            | "ubuntu"
+            | "buildpack-deps"
+            | "nvidia/cuda"
+            | "nvcr.io/nvidia/cuda"
+            | "tensorflow/tensorflow"
+            | "mambaorg/micromamba"
+    );
+    if without_conda {
+        diags.push(
+            Diagnostic::error(
+                "kiln::builder_without_conda",
+                span,
+                format!(
+                    "`conda \"{}\"` builds the environment in the builder, and `{}` has no `conda`",
+                    conda.value,
+                    builder.reference.familiar_name_tag()
+                ),
+            )
+            .with_help(format!(
+                "leave out `builder` (kiln then uses {}), or name an image with conda in it (continuumio/miniconda3, condaforge/miniforge3)",
+                crate::lower::CONDA_BUILDER
+            )),
+        );
+    }
+}
+
 fn check_builder_cuda(builder: &Base, gpu: Option<&Gpu>, diags: &mut Diagnostics) {
     let (Some(span), Some(g)) = (builder.span, gpu) else {
         return;
