@@ -84,6 +84,10 @@ pub struct Settings {
     pub verify: Vec<Spanned<Verify>>,
     pub label: Vec<Spanned<(String, String)>>,
     pub expose: Vec<Spanned<String>>,
+    /// Set by `overlay`: the packages a variant's `pip` names, which replace
+    /// the pins of the same packages in the top level's lock files (the
+    /// span of each top-level `pip requirements=` line, and those names).
+    pub pip_replaced: Vec<(miette::SourceSpan, Vec<String>)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -2198,6 +2202,18 @@ impl Settings {
             ca_bundle: pick(&self.ca_bundle, &v.ca_bundle),
             apt: cat(&self.apt, &v.apt),
             pip: overlay_pip(&self.pip, &v.pip),
+            pip_replaced: {
+                let names = variant_pip_names(&v.pip);
+                if names.is_empty() {
+                    Vec::new()
+                } else {
+                    self.pip
+                        .iter()
+                        .filter(|p| matches!(p.value, Pip::Requirements(_)))
+                        .map(|p| (p.span, names.clone()))
+                        .collect()
+                }
+            },
             env: cat(&self.env, &v.env),
             copy: cat(&self.copy, &v.copy),
             run: cat(&self.run, &v.run),
@@ -2212,15 +2228,7 @@ impl Settings {
 /// variant names replaces the top-level requirement of the same package
 /// (`pip "numpy==2.0.2"` in a variant over a top-level `numpy==1.26.4`).
 fn overlay_pip(top: &[Spanned<Pip>], variant: &[Spanned<Pip>]) -> Vec<Spanned<Pip>> {
-    let names: Vec<String> = variant
-        .iter()
-        .filter_map(|p| match &p.value {
-            Pip::Packages(specs) => Some(specs),
-            _ => None,
-        })
-        .flatten()
-        .map(|s| requirement_name(s))
-        .collect();
+    let names = variant_pip_names(variant);
     let mut out: Vec<Spanned<Pip>> = top
         .iter()
         .filter_map(|p| match &p.value {
@@ -2237,6 +2245,18 @@ fn overlay_pip(top: &[Spanned<Pip>], variant: &[Spanned<Pip>]) -> Vec<Spanned<Pi
         .collect();
     out.extend(variant.iter().cloned());
     out
+}
+
+/// The packages a level's inline `pip` requirements name.
+fn variant_pip_names(pip: &[Spanned<Pip>]) -> Vec<String> {
+    pip.iter()
+        .filter_map(|p| match &p.value {
+            Pip::Packages(specs) => Some(specs),
+            _ => None,
+        })
+        .flatten()
+        .map(|s| requirement_name(s))
+        .collect()
 }
 
 impl Recipe {

@@ -429,7 +429,17 @@ pub fn plan(
                             && conda.is_none()
                             && pins.len() <= MAX_PACKAGE_LAYERS =>
                     {
+                        let replaced: Vec<String> = settings
+                            .pip_replaced
+                            .iter()
+                            .filter(|(span, _)| *span == p.span)
+                            .flat_map(|(_, names)| names.iter().cloned())
+                            .collect();
                         for pin in pins {
+                            // A variant's own pin of the package wins.
+                            if replaced.contains(&model::requirement_name(&pin.spec)) {
+                                continue;
+                            }
                             if !pin.hashes.is_empty() {
                                 lock_hashes.insert(pin.spec.clone(), pin.hashes);
                             }
