@@ -787,7 +787,10 @@ impl Decoder {
                         self.string(args[0], "variable name"),
                         self.string(args[1], "value"),
                     ) {
-                        pairs.push((k, v.value));
+                        // The pair spans the key and the value, as the
+                        // property form's entry does: a problem found in the
+                        // value later (a build argument) points at it too.
+                        pairs.push((k, v.value, Some(span_to(args[0].span(), args[1].span()))));
                     }
                 }
                 for e in node.entries() {
@@ -796,7 +799,11 @@ impl Decoder {
                         continue;
                     }
                     if let Some(v) = self.string(e, "environment value") {
-                        pairs.push((Spanned::new(key.value().to_string(), e.span()), v.value));
+                        pairs.push((
+                            Spanned::new(key.value().to_string(), e.span()),
+                            v.value,
+                            None,
+                        ));
                     }
                 }
                 // (Entries in error were reported already.)
@@ -804,7 +811,7 @@ impl Decoder {
                     self.err("kiln::wrong_arity", span, "`env` sets nothing")
                         .help = Some("write `env NAME=\"value\"`".into());
                 }
-                for (k, v) in pairs {
+                for (k, v, pair) in pairs {
                     if !valid_env_name(&k.value) {
                         self.err(
                             "kiln::invalid_name",
@@ -812,7 +819,8 @@ impl Decoder {
                             format!("`{}` is not an environment variable name", k.value),
                         );
                     }
-                    s.env.push(Spanned::new((k.value, v), k.span));
+                    s.env
+                        .push(Spanned::new((k.value, v), pair.unwrap_or(k.span)));
                 }
             }
             "label" => {
@@ -832,7 +840,10 @@ impl Decoder {
                         self.string(args[0], "label key"),
                         self.string(args[1], "label value"),
                     ) {
-                        pairs.push((k, v.value));
+                        // The pair spans the key and the value, as the
+                        // property form's entry does: a problem found in the
+                        // value later (a build argument) points at it too.
+                        pairs.push((k, v.value, Some(span_to(args[0].span(), args[1].span()))));
                     }
                 }
                 for e in node.entries() {
@@ -841,14 +852,18 @@ impl Decoder {
                         continue;
                     }
                     if let Some(v) = self.string(e, "label value") {
-                        pairs.push((Spanned::new(key.value().to_string(), e.span()), v.value));
+                        pairs.push((
+                            Spanned::new(key.value().to_string(), e.span()),
+                            v.value,
+                            None,
+                        ));
                     }
                 }
                 // (Entries in error were reported already.)
                 if pairs.is_empty() && !sets_anything(node) {
                     self.err("kiln::wrong_arity", span, "`label` sets nothing");
                 }
-                for (k, v) in pairs {
+                for (k, v, pair) in pairs {
                     if k.value.trim().is_empty() {
                         self.err(
                             "kiln::empty_value",
@@ -858,7 +873,8 @@ impl Decoder {
                         .help = Some("write `label \"org.example.team\" \"ml\"`".into());
                         continue;
                     }
-                    s.label.push(Spanned::new((k.value, v), k.span));
+                    s.label
+                        .push(Spanned::new((k.value, v), pair.unwrap_or(k.span)));
                 }
             }
             "expose" => {
@@ -2278,4 +2294,11 @@ fn with_article(what: &str) -> String {
         "a"
     };
     format!("{article} {what}")
+}
+
+/// The span from the start of `a` to the end of `b`.
+fn span_to(a: miette::SourceSpan, b: miette::SourceSpan) -> miette::SourceSpan {
+    let start = a.offset().min(b.offset());
+    let end = (a.offset() + a.len()).max(b.offset() + b.len());
+    miette::SourceSpan::new(start.into(), end - start)
 }

@@ -1399,3 +1399,32 @@ fn a_base_built_for_another_platform_warns() {
     );
     assert!(codes("linux/amd64").is_empty());
 }
+
+/// A build argument in a positional `label` value is reported at the value,
+/// and the help lists the arguments the recipe declares.
+#[test]
+fn an_undeclared_argument_in_a_value_points_at_it_and_lists_the_declared_ones() {
+    let text = "kiln 1\narg \"EXTRA\" default=\"x\"\narg \"TEAM\"\npython \"3.11\"\nlabel \"k2\" \"${LBL}\"\n";
+    let diags = match kiln_compiler::compile("a.kdl", text, &Options::default()) {
+        Ok(_) => panic!("compiled"),
+        Err(d) => d,
+    };
+    let got: Vec<(String, String)> = diags
+        .items
+        .iter()
+        .map(|d| {
+            (
+                format!("{} {}", diags.location(d), d.code),
+                d.help.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(got[0].0, "a.kdl:5:13 kiln::unknown_arg", "{got:?}");
+    assert!(got[0].1.contains("(declared: `EXTRA`, `TEAM`)"), "{got:?}");
+    let none = "kiln 1\npython \"3.11\"\nworkdir \"${WD:-/app}\"\n";
+    assert!(
+        error_lines(none, &Options::default())[0].starts_with("a.kdl:3:10 kiln::unknown_arg"),
+        "{:?}",
+        error_lines(none, &Options::default())
+    );
+}

@@ -973,10 +973,22 @@ fn substitute_args(
         match expand(text, &values, &declared) {
             Ok(t) => t,
             Err(name) => {
+                let listed = if declared.is_empty() {
+                    "the recipe declares none".to_string()
+                } else {
+                    format!(
+                        "declared: {}",
+                        declared
+                            .iter()
+                            .map(|d| format!("`{d}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
                 let help = match nearest(&name, declared.iter().map(String::as_str)) {
-                    Some(n) => format!("did you mean `${{{n}}}`?"),
+                    Some(n) => format!("did you mean `${{{n}}}`? ({listed})"),
                     None => format!(
-                        "declare it with `arg \"{name}\"` (and pass `--build-arg {name}=…`), or write `$${{{name}}}` for a literal"
+                        "declare it with `arg \"{name}\"` (and pass `--build-arg {name}=…`), or write `$${{{name}}}` for a literal ({listed})"
                     ),
                 };
                 // At the reference itself where the span (a node's, for
