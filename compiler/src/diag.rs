@@ -230,15 +230,17 @@ impl Diagnostics {
             0
         };
         Report {
-            source: NamedSource::new(
-                self.source.name.clone(),
-                if bom == 0 {
-                    self.source.text.clone()
-                } else {
-                    Arc::new(text[bom..].to_string())
-                },
-            )
-            .with_language("kdl"),
+            source: CharColumns(
+                NamedSource::new(
+                    self.source.name.clone(),
+                    if bom == 0 {
+                        self.source.text.clone()
+                    } else {
+                        Arc::new(text[bom..].to_string())
+                    },
+                )
+                .with_language("kdl"),
+            ),
             items: self
                 .items
                 .iter()
@@ -272,11 +274,52 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+/// The recipe as miette reads it, but with the snippet header's column
+/// counted in characters, as kiln's own `FILE:LINE:COL` counts it (miette
+/// counts bytes: `é` would be two columns).
+#[derive(Debug)]
+struct CharColumns(NamedSource<Arc<String>>);
+
+impl miette::SourceCode for CharColumns {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let inner = self
+            .0
+            .read_span(span, context_lines_before, context_lines_after)?;
+        if context_lines_before != 0 {
+            // miette gives column 0 then: nothing to count.
+            return Ok(inner);
+        }
+        let text = self.0.inner().as_str();
+        let at = span.offset().min(text.len());
+        let line_start = text[..at].rfind(['\n', '\r']).map_or(0, |i| i + 1);
+        let Some(column) = text.get(line_start..at).map(|t| t.chars().count()) else {
+            return Ok(inner);
+        };
+        let mut contents = miette::MietteSpanContents::new_named(
+            self.0.name().to_string(),
+            inner.data(),
+            *inner.span(),
+            inner.line(),
+            column,
+            inner.line_count(),
+        );
+        if let Some(language) = inner.language() {
+            contents = contents.with_language(language);
+        }
+        Ok(Box::new(contents))
+    }
+}
+
 /// miette view of [`Diagnostics`]: one top diagnostic whose related items
 /// are the individual problems, all over one named source.
 #[derive(Debug)]
 pub struct Report {
-    source: NamedSource<Arc<String>>,
+    source: CharColumns,
     items: Vec<Item>,
     errors: usize,
     warnings: usize,
@@ -419,6 +462,25 @@ mod tests {
         assert_eq!(plain.matches("error[kiln::test]").count(), MAX_SHOWN);
         assert!(plain.ends_with("… and 70 more problem(s), not shown; fix the ones above first\n"));
         assert_eq!(diags.report().to_string(), "recipe has 120 error(s)");
+    }
+
+    #[test]
+    fn the_snippet_header_counts_characters_as_the_location_does() {
+        let text = "kiln 1\nlabel \"é日本語\" \"x\"; python 3.10\n";
+        let mut diags = Diagnostics::new(SourceFile::new("r.kdl", text));
+        let at = text.find("3.10").expect("3.10");
+        diags.push(Diagnostic::error(
+            "kiln::test",
+            SourceSpan::from((at, 4)),
+            "bad",
+        ));
+        let mut out = String::new();
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .render_report(&mut out, &diags.report())
+            .expect("renders");
+        let location = diags.location(&diags.items[0]);
+        assert_eq!(location, "r.kdl:2:26");
+        assert!(out.contains("[r.kdl:2:26]"), "{out}");
     }
 
     #[test]
