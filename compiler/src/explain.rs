@@ -268,7 +268,7 @@ pub fn explain(plan: &Plan) -> String {
         Some(id) => {
             let _ = writeln!(
                 o,
-                "  CA bundle: secret `{id}`, mounted into install steps only"
+                "  CA bundle: secret `{id}`, mounted into install and `run` steps only"
             );
         }
         None => o.push_str("  no CA bundle secret\n"),

@@ -228,17 +228,8 @@ impl Cx<'_> {
     }
 
     /// Secrets and variables every install step gets.
-    fn install_mounts(&self, mut exec: Exec) -> Exec {
-        if let Some(id) = &self.plan.ca_bundle {
-            exec = exec.mount(Mount::Secret {
-                target: secret_path(id),
-                id: id.clone(),
-                uid: 0,
-                gid: 0,
-                mode: 0o444,
-                optional: true,
-            });
-        }
+    fn install_mounts(&self, exec: Exec) -> Exec {
+        let mut exec = self.ca_mount(exec);
         for idx in &self.plan.indexes {
             if let Some(id) = &idx.secret {
                 exec = exec.mount(Mount::Secret {
@@ -254,15 +245,42 @@ impl Cx<'_> {
         exec
     }
 
+    /// Shell code that points the usual TLS clients (OpenSSL's default
+    /// paths, pip, requests, curl, conda, git) at the CA bundle when its
+    /// secret is there: the secret is optional, and a path to a missing file
+    /// would fail them.
+    fn ca_exports(&self) -> Option<String> {
+        self.plan.ca_bundle.as_ref().map(|id| {
+            let p = secret_path(id);
+            format!(
+                "if [ -s {p} ]; then export SSL_CERT_FILE={p} PIP_CERT={p} REQUESTS_CA_BUNDLE={p} CURL_CA_BUNDLE={p} CONDA_SSL_VERIFY={p} GIT_SSL_CAINFO={p}; fi"
+            )
+        })
+    }
+
+    /// The CA bundle's secret, where the recipe has one (optional: a build
+    /// without it runs with the image's own roots).
+    fn ca_mount(&self, exec: Exec) -> Exec {
+        match &self.plan.ca_bundle {
+            Some(id) => exec.mount(Mount::Secret {
+                target: secret_path(id),
+                id: id.clone(),
+                uid: 0,
+                gid: 0,
+                mode: 0o444,
+                optional: true,
+            }),
+            None => exec,
+        }
+    }
+
     /// The shell prelude of install steps: trust the CA bundle when the
     /// secret is present, read index credentials from their netrc secret.
     fn install_prelude(&self) -> String {
         let mut s = String::from("set -eu\n");
-        if let Some(id) = &self.plan.ca_bundle {
-            let p = secret_path(id);
-            s.push_str(&format!(
-                "if [ -s {p} ]; then export SSL_CERT_FILE={p} PIP_CERT={p} REQUESTS_CA_BUNDLE={p} CURL_CA_BUNDLE={p} CONDA_SSL_VERIFY={p}; fi\n"
-            ));
+        if let Some(ca) = self.ca_exports() {
+            s.push_str(&ca);
+            s.push('\n');
         }
         if let Some(id) = self.plan.indexes.iter().find_map(|i| i.secret.as_ref()) {
             s.push_str(&format!("export NETRC={}\n", secret_path(id)));
@@ -1068,16 +1086,27 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
 
     // ---- join -------------------------------------------------------------
     let image_env = plan.config.env_pairs();
+    // A `run` step is the user's command as written; with a `ca-bundle` it
+    // trusts the bundle as kiln's install steps do (a `curl` or `pip` of its
+    // own behind a TLS-intercepting proxy), through `KILN_CA` so the command
+    // stays readable in the step's name and in a failure's last line.
     let run_step = |state: State, r: &crate::model::Spanned<crate::model::Run>| -> State {
+        let command = match cx.ca_exports() {
+            Some(_) => format!("eval \"$KILN_CA\"; {}", r.value.command),
+            None => r.value.command.clone(),
+        };
         let mut exec = cx
             .shell(
-                &r.value.command,
+                &command,
                 cx.meta(
                     &format!("run {}", first_line(&r.value.command)),
                     Some(r.span),
                 ),
             )
             .env(&image_env);
+        if let Some(ca) = cx.ca_exports() {
+            exec = cx.ca_mount(exec.env(&[("KILN_CA".to_string(), ca)]));
+        }
         exec.cwd = workdir.clone().unwrap_or_else(|| "/".to_string());
         state.run(exec).root()
     };
