@@ -361,6 +361,27 @@ fn read_context_files(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> Res
     Ok(())
 }
 
+/// Look up the `copy` sources in the context directory, so `check` and the
+/// other commands report a missing one at its line (the engine would only
+/// fail the copy). A path `.dockerignore` leaves out counts as missing where
+/// no `!` pattern could bring it back.
+fn look_up_copy_sources(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> Result<()> {
+    let dir = context_dir(b);
+    let reincludes = opts.exclude.iter().any(|p| p.starts_with('!'));
+    for src in c.context_paths_wanted(opts) {
+        let present = if kiln_compiler::ignore::excluded(&opts.exclude, &src) && !reincludes {
+            false
+        } else {
+            match resolve_in_context(&dir, &src)? {
+                Some(path) => path.symlink_metadata().is_ok(),
+                None => false,
+            }
+        };
+        opts.context_paths.insert(src, present);
+    }
+    Ok(())
+}
+
 /// Where `file` (a context-relative path) is in the context directory
 /// `dir`, following symbolic links the way the engine follows them in a
 /// build's context: an absolute link target starts again at the context's
@@ -538,6 +559,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             warn_unused_base_configs(&c, &opts, &build);
             read_context_files(&c, &mut opts, &build)?;
+            look_up_copy_sources(&c, &mut opts, &build)?;
             let compiled = match c.compile(&opts) {
                 Ok(x) => x,
                 Err(d) => {
@@ -622,6 +644,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             warn_unused_base_configs(&c, &opts, &build);
             read_context_files(&c, &mut opts, &build)?;
+            look_up_copy_sources(&c, &mut opts, &build)?;
             // Every variant, unless `--target` names one: a broken gpu
             // variant must not pass because cpu is the default.
             let mut targets: Vec<Option<String>> = vec![opts.target.clone()];
@@ -652,6 +675,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     ..opts.clone()
                 };
                 read_context_files(&c, &mut o, &build)?;
+                look_up_copy_sources(&c, &mut o, &build)?;
                 let name = t.clone().unwrap_or_else(|| "default".to_string());
                 match c.compile(&o) {
                     Ok(compiled) => {
@@ -699,6 +723,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             warn_unused_base_configs(&c, &opts, &build);
             read_context_files(&c, &mut opts, &build)?;
+            look_up_copy_sources(&c, &mut opts, &build)?;
             match c.plan(&opts) {
                 Ok((plans, warnings)) => {
                     report(&warnings);
@@ -720,6 +745,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             warn_unused_base_configs(&c, &opts, &build);
             read_context_files(&c, &mut opts, &build)?;
+            look_up_copy_sources(&c, &mut opts, &build)?;
             match c.compile(&opts) {
                 Ok(compiled) => {
                     report(&compiled.warnings);

@@ -319,6 +319,7 @@ fn compile_reads_the_contexts_dockerignore() {
     let dir = std::env::temp_dir().join(format!("kiln-cli-ignore-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let recipe = dir.join("kiln.kdl");
+    std::fs::create_dir_all(dir.join("app")).expect("app");
     std::fs::write(&recipe, "kiln 1\npython \"3.11\"\ncopy \"app\" \"/app\"\n").expect("write");
     let excludes = |o: &Output| -> Vec<Vec<String>> {
         assert!(o.status.success(), "{}", stderr(o));
@@ -361,6 +362,44 @@ fn compile_reads_the_contexts_dockerignore() {
     // The recipe's own ignore file comes first, as Docker's does.
     std::fs::write(dir.join("kiln.kdl.dockerignore"), "data\n").expect("write");
     assert_eq!(excludes(&compile()), vec![vec!["data".to_string()]]);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A `copy` source the context lacks, or one its .dockerignore leaves out,
+/// is an error at the `copy` line (the engine would only fail the copy).
+#[test]
+fn copy_sources_missing_from_the_context_are_located_errors() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-copy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).expect("tmp");
+    std::fs::write(dir.join("secret.env"), "X=1\n").expect("write");
+    let recipe = dir.join("kiln.kdl");
+    let check = |text: &str| {
+        std::fs::write(&recipe, text).expect("write");
+        kiln(&["check", recipe.to_str().expect("utf8")])
+    };
+    let ok =
+        check("kiln 1\npython \"3.11\"\ncopy \"src\" \"/app/src\"\ncopy \"*.env\" \"/app/\"\n");
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let missing = check(
+        "kiln 1\npython \"3.11\"\ncopy \"src\" \"/app/src\"\ncopy \"nonexistent\" \"/app/x\"\n",
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing)
+            .contains("kiln.kdl:4:1: copy source `nonexistent` is not in the build context"),
+        "{}",
+        stderr(&missing)
+    );
+    std::fs::write(dir.join(".dockerignore"), "*.env\n").expect("write");
+    let ignored = check("kiln 1\npython \"3.11\"\ncopy \"secret.env\" \"/app/\"\n");
+    assert_eq!(ignored.status.code(), Some(1));
+    assert!(
+        stderr(&ignored).contains("copy source `secret.env` is not in the build context")
+            && stderr(&ignored).contains(".dockerignore leaves it out"),
+        "{}",
+        stderr(&ignored)
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -104,6 +104,12 @@ pub struct Options {
     /// along and to give a lock's pins a layer each. A file not supplied
     /// is taken on trust.
     pub context_files: BTreeMap<String, Option<String>>,
+    /// `copy` sources the caller looked up in the build context (see
+    /// [`Compilation::context_paths_wanted`]): `false` where the context
+    /// has no such file or folder (or `.dockerignore` leaves it out), an
+    /// error at the `copy` line. A path not supplied is taken on trust (the
+    /// engine then reports it when it copies).
+    pub context_paths: BTreeMap<String, bool>,
 }
 
 impl Default for Options {
@@ -123,6 +129,7 @@ impl Default for Options {
             shm_size: None,
             exclude: Vec::new(),
             context_files: BTreeMap::new(),
+            context_paths: BTreeMap::new(),
         }
     }
 }
@@ -264,6 +271,23 @@ impl Compilation {
         for f in plans.into_iter().flat_map(|p| p.wanted_files) {
             if !out.contains(&f) {
                 out.push(f);
+            }
+        }
+        out
+    }
+
+    /// The `copy` sources the caller may look up in the build context for
+    /// [`Options::context_paths`]: plain paths (no wildcard, not the whole
+    /// context) of every variant built, each once.
+    pub fn context_paths_wanted(&self, opts: &Options) -> Vec<String> {
+        let Ok((plans, _)) = self.plan(opts) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for c in plans.iter().flat_map(|p| &p.copies) {
+            let src = &c.value.src;
+            if src != "." && !src.contains(['*', '?', '[']) && !out.contains(src) {
+                out.push(src.clone());
             }
         }
         out

@@ -247,6 +247,9 @@ pub fn compile_options(
         shm_size: opts.shm_size,
         exclude: Vec::new(),
         context_files: BTreeMap::new(),
+        // Not looked up here: the engine reports a missing copy source at
+        // its `copy` line when it copies.
+        context_paths: BTreeMap::new(),
     }
 }
 

@@ -790,6 +790,24 @@ pub fn plan(
         notes.push("GPU: the image declares NVIDIA_VISIBLE_DEVICES=all and NVIDIA_DRIVER_CAPABILITIES=compute,utility for the NVIDIA container runtime".to_string());
     }
 
+    for c in &settings.copy {
+        if opts.context_paths.get(&c.value.src) == Some(&false) {
+            let ignored = crate::ignore::excluded(&opts.exclude, &c.value.src);
+            diags.push(
+                Diagnostic::error(
+                    "kiln::missing_file",
+                    c.span,
+                    format!("copy source `{}` is not in the build context", c.value.src),
+                )
+                .with_help(if ignored {
+                    "the context's .dockerignore leaves it out: re-include it there with `!`, or copy another path".to_string()
+                } else {
+                    "copy sources are relative to the build context (the directory given to the build, not the recipe's folder)".to_string()
+                }),
+            );
+        }
+    }
+
     if diags.errors().count() > errors_before {
         return None;
     }
