@@ -713,6 +713,33 @@ impl Decoder {
                     );
                     return;
                 }
+                // Exec form, as written: one string with spaces in it is one
+                // program name ("python train.py" is no file), which only
+                // fails when the container starts. A Dockerfile's shell form
+                // habit; warn where it is made.
+                if let [only] = words.as_slice()
+                    && only.trim().contains(char::is_whitespace)
+                    && !has_arg_ref(only)
+                {
+                    let split: Vec<String> = only
+                        .split_whitespace()
+                        .map(|w| format!("\"{w}\""))
+                        .collect();
+                    let at = positional(node).first().map_or(span, |e| e.span());
+                    self.diags.push(
+                        Diagnostic::warning(
+                            "kiln::exec_form",
+                            at,
+                            format!(
+                                "`{name}` is exec form: \"{only}\" is one program name with spaces in it, not a program and its arguments"
+                            ),
+                        )
+                        .with_help(format!(
+                            "write each argument as its own string: `{name} {}`; for a shell, `{name} \"sh\" \"-c\" \"{only}\"`",
+                            split.join(" ")
+                        )),
+                    );
+                }
                 let v = Spanned::new(words, span);
                 if name == "cmd" {
                     self.set_once(&mut s.cmd, v, node, level);

@@ -116,7 +116,14 @@ pub fn parse(name: &str, text: &str) -> Result<Syntax, Diagnostics> {
                         }
                     }
                 }
-                if line.starts_with('#') && !keyword {
+                // The same after a node (`python "3.11"  # the runtime`):
+                // the parser stops at the `#`, which starts no keyword.
+                let at = text.get(start..).unwrap_or("");
+                // (`#` then a space or the line's end: `#ture` is a typo of
+                // a keyword, and KDL's own help lists the keywords.)
+                let trailing =
+                    at.starts_with('#') && at[1..].chars().next().is_none_or(char::is_whitespace);
+                if (line.starts_with('#') && !keyword) || trailing {
                     diag.help = Some(
                         "KDL comments start with `//` (or `/* … */`), not `#`: write `// …`"
                             .to_string(),

@@ -102,7 +102,8 @@ fn every_diagnostic_names_file_line_col_code_and_message() {
         let plain = diags.render_plain();
         for e in &expected {
             assert!(
-                plain.contains(&format!("{name}:{}: error[{}]", e.location, e.code)),
+                plain.contains(&format!("{name}:{}: error[{}]", e.location, e.code))
+                    || plain.contains(&format!("{name}:{}: warning[{}]", e.location, e.code)),
                 "{name}: plain rendering names {}: {plain}",
                 e.location
             );
@@ -676,6 +677,11 @@ fn a_hash_comment_is_explained() {
             .contains("KDL comments start with `//`")
     );
     assert!(!help("kiln 1\npython \"3.11\"\n#true\n").contains("KDL comments"));
+    // After a node, too.
+    assert!(
+        help("kiln 1\npython \"3.11\"  # the runtime's\n").contains("KDL comments start with `//`")
+    );
+    assert!(help("kiln 1\nname #ture\npython \"3.11\"\n").contains("#true"));
 }
 
 /// A backslash escape KDL does not know (a Windows path, a regex): the
