@@ -646,13 +646,13 @@ impl Decoder {
                                             || c == '}'
                                     })
                                     .trim_start_matches('/');
-                                let dir = if rest.is_empty() {
-                                    "/home/app".to_string()
+                                let tail = if rest.is_empty() {
+                                    String::new()
                                 } else {
-                                    format!("/home/app/{rest}")
+                                    format!("/{rest}")
                                 };
                                 format!(
-                                    "kiln does not expand `$HOME` or `~` in paths; write the directory itself, e.g. `workdir \"{dir}\"`"
+                                    "kiln does not expand `$HOME` or `~` in paths; write the directory itself: `workdir \"/home/NAME{tail}\"` for `user \"NAME\"` (kiln makes its home there), `/root{tail}` for root"
                                 )
                             } else {
                                 format!(
@@ -959,6 +959,30 @@ impl Decoder {
                     .help = Some(
                         "write a path in the image: `/app/src`, or `.` for the workdir".into(),
                     );
+                    return;
+                }
+                // `~/x` and `$HOME/x` would land under the workdir, literally.
+                let d = dest.value.as_str();
+                let home = d == "~"
+                    || d.starts_with("~/")
+                    || ["$HOME", "${HOME}"]
+                        .iter()
+                        .any(|h| d == *h || d.starts_with(&format!("{h}/")));
+                if home {
+                    let rest = d
+                        .trim_start_matches("${HOME}")
+                        .trim_start_matches("$HOME")
+                        .trim_start_matches('~');
+                    self.err(
+                        "kiln::invalid_path",
+                        dest.span,
+                        format!(
+                            "copy destination `{d}`: kiln does not expand `$HOME` or `~` in paths"
+                        ),
+                    )
+                    .help = Some(format!(
+                        "write the directory itself: `/home/NAME{rest}` for `user \"NAME\"` (kiln makes its home there), `/root{rest}` for root"
+                    ));
                     return;
                 }
                 if let Some(norm) = self.check_context_path(&src, "copy source") {

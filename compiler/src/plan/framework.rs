@@ -96,7 +96,13 @@ pub(super) fn resolve(
     let label = fw.name();
 
     let release = match &req.value.version {
-        Some(v) => match data.release(fw, v) {
+        // `2.4` is `2.4.0` to pip (`torch==2.4` installs 2.4.0), and so to
+        // kiln.
+        Some(v) => match data.release(fw, v).or_else(|| {
+            (v.split('.').count() == 2)
+                .then(|| data.release(fw, &format!("{v}.0")))
+                .flatten()
+        }) {
             Some(r) => ReleaseChoice::Known(r),
             None => {
                 let newest = data.releases(fw).last().map(|r| r.version.clone());
