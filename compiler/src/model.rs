@@ -917,7 +917,8 @@ impl Decoder {
                 for e in args {
                     let port = match e.value() {
                         KdlValue::Integer(n) => Some(n.to_string()),
-                        KdlValue::String(s) => Some(s.clone()),
+                        // `9090/UDP` is `9090/udp`, as Docker reads it.
+                        KdlValue::String(s) => Some(s.to_ascii_lowercase()),
                         _ => None,
                     };
                     match port.filter(|p| valid_port(p)) {
@@ -1201,6 +1202,15 @@ impl Decoder {
             + usize::from(requirements.is_some())
             + usize::from(index.is_some());
         if kinds == 0 {
+            if let Some(sec) = &secret {
+                self.err(
+                    "kiln::conflicting_properties",
+                    sec.span,
+                    "`secret=` on `pip` gives credentials for an `index=`, and this `pip` names none",
+                )
+                .help = Some("write `pip index=\"https://…/simple\" secret=\"pip-index\"`".into());
+                return;
+            }
             // (Empty strings were reported as such.)
             if positional(node).is_empty() {
                 self.err("kiln::wrong_arity", span, "`pip` installs nothing")
@@ -1236,7 +1246,11 @@ impl Decoder {
                         at,
                         format!("`{p}` is not a pip requirement: {why}"),
                     )
-                    .help = Some("write one requirement per value, e.g. \"numpy==1.26.4\"; use `requirements=` for files".into());
+                    .help = Some(if why.contains("URL without a project name") {
+                        "pip installs `NAME @ URL` from the URL; the name is the project's (its `pyproject.toml`/`setup.py` name)".into()
+                    } else {
+                        "write one requirement per value, e.g. \"numpy==1.26.4\"; use `requirements=` for files".into()
+                    });
                 }
             }
             s.pip.push(Spanned::new(Pip::Packages(packages), span));
@@ -1806,6 +1820,21 @@ pub fn check_requirement(r: &str) -> Result<(), &'static str> {
     }
     if r.contains(['\n', '`', '$', ';']) && !r.contains("; ") {
         return Err("it contains shell syntax");
+    }
+    // A bare URL (`git+https://…`, `https://…/x.whl`): PEP 508 wants the
+    // project's name first.
+    let scheme = r.split("://").next().unwrap_or_default();
+    if r.contains("://")
+        && !scheme.contains(['@', ' ', '='])
+        && (scheme.starts_with("git+")
+            || scheme.starts_with("hg+")
+            || scheme.starts_with("svn+")
+            || scheme.starts_with("bzr+")
+            || ["http", "https", "file"].contains(&scheme))
+    {
+        return Err(
+            "it is a URL without a project name: write `NAME @ URL` (`mylib @ git+https://github.com/org/mylib.git@v1.2`)",
+        );
     }
     let head = r.split([';', '@']).next().unwrap_or_default().trim();
     let head = head.split('[').next().unwrap_or_default();

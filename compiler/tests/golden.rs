@@ -499,3 +499,20 @@ fn the_clients_sandbox_settings_reach_every_step() {
     }
     assert!(execs >= 6, "{execs} execs");
 }
+
+/// `expose "9090/UDP"` is Docker's `9090/udp`.
+#[test]
+fn exposed_protocols_are_lower_case() {
+    let opts = Options {
+        images: slim_config(),
+        ..Options::default()
+    };
+    let value = snapshot(
+        "expose",
+        "kiln 1\npython \"3.11\"\nexpose 8080 \"9090/UDP\"\n",
+        &opts,
+    );
+    let ports = &value["builds"][0]["config"]["config"]["ExposedPorts"];
+    assert!(ports.get("9090/udp").is_some(), "{ports}");
+    assert!(ports.get("8080/tcp").is_some(), "{ports}");
+}
