@@ -651,7 +651,10 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         );
         let exec = cx
             .script(
-                &format!("{}{script}", cx.install_prelude()),
+                &format!(
+                    "set -eu\n{}{script}",
+                    cx.ca_exports().map(|c| c + "\n").unwrap_or_default()
+                ),
                 cx.meta("install uv (builder only)", None),
             )
             .env(&b_env)
@@ -661,7 +664,8 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 id: format!("kiln-pip-{}", cx.platform_id()),
                 sharing: Sharing::Shared,
             });
-        b = b.run(cx.install_mounts(exec)).root();
+        // uv comes from PyPI: the CA bundle, not an index's credentials.
+        b = b.run(cx.ca_mount(exec)).root();
     }
     let b_ready = b.clone();
     // When the builder is the runtime base itself (same image, nothing

@@ -516,3 +516,33 @@ fn exposed_protocols_are_lower_case() {
     assert!(ports.get("9090/udp").is_some(), "{ports}");
     assert!(ports.get("8080/tcp").is_some(), "{ports}");
 }
+
+/// uv is installed from PyPI: its step trusts the CA bundle but never sees
+/// a private index's credentials.
+#[test]
+fn installing_uv_mounts_no_index_credentials() {
+    let opts = Options {
+        images: slim_config(),
+        ..Options::default()
+    };
+    let value = snapshot(
+        "uv-secrets",
+        "kiln 1\npython \"3.11\"\ninstaller \"uv\"\npip \"six==1.16.0\"\npip index=\"https://pypi.example.org/simple\" secret=\"pip-index\"\nca-bundle secret=\"ca\"\n",
+        &opts,
+    );
+    let ops = value["builds"][0]["llb"]["ops"].as_array().expect("ops");
+    let secrets = |needle: &str| -> Vec<String> {
+        let op = ops
+            .iter()
+            .find(|o| o["name"].as_str().is_some_and(|n| n.contains(needle)))
+            .expect("the op");
+        op["exec"]["mounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .filter_map(|m| m["secret"]["id"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(secrets("install uv (builder only)"), ["ca"]);
+    assert_eq!(secrets("pip install six==1.16.0"), ["ca", "pip-index"]);
+}
