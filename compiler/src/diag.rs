@@ -181,7 +181,7 @@ impl Diagnostics {
     /// recipe line with the span underlined, and the help line.
     pub fn render_plain(&self) -> String {
         let mut out = String::new();
-        for d in self.items.iter().take(MAX_SHOWN) {
+        for d in self.in_order().into_iter().take(MAX_SHOWN) {
             let (line, col) = self.source.line_col(d.span.offset());
             let kind = if d.is_error() { "error" } else { "warning" };
             out.push_str(&format!(
@@ -210,6 +210,14 @@ impl Diagnostics {
             out.push('\n');
         }
         out
+    }
+
+    /// The diagnostics in the recipe's order (the order they were found in
+    /// for one place), as a reader goes through the file.
+    pub fn in_order(&self) -> Vec<&Diagnostic> {
+        let mut items: Vec<&Diagnostic> = self.items.iter().collect();
+        items.sort_by_key(|d| d.span.offset());
+        items
     }
 
     /// `… and N more problems` past the first [`MAX_SHOWN`].
@@ -242,8 +250,8 @@ impl Diagnostics {
                 .with_language("kdl"),
             ),
             items: self
-                .items
-                .iter()
+                .in_order()
+                .into_iter()
                 .take(MAX_SHOWN)
                 .map(|d| {
                     let mut moved = d.clone();
@@ -481,6 +489,32 @@ mod tests {
         let location = diags.location(&diags.items[0]);
         assert_eq!(location, "r.kdl:2:26");
         assert!(out.contains("[r.kdl:2:26]"), "{out}");
+    }
+
+    #[test]
+    fn problems_are_shown_in_the_recipes_order() {
+        let mut diags = Diagnostics::new(SourceFile::new("r.kdl", "a\nb\nc\n"));
+        diags.push(Diagnostic::error(
+            "kiln::test",
+            SourceSpan::from((4, 1)),
+            "third",
+        ));
+        diags.push(Diagnostic::warning(
+            "kiln::test",
+            SourceSpan::from((0, 1)),
+            "first",
+        ));
+        diags.push(Diagnostic::error(
+            "kiln::test",
+            SourceSpan::from((2, 1)),
+            "second",
+        ));
+        let plain = diags.render_plain();
+        let at = |m: &str| plain.find(m).expect(m);
+        assert!(
+            at("first") < at("second") && at("second") < at("third"),
+            "{plain}"
+        );
     }
 
     #[test]
