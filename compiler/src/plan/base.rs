@@ -65,7 +65,7 @@ pub(super) fn choose(
             opts,
             platform,
         );
-        check_base(&mut base, python, b.span, s, diags, notes);
+        check_base(&mut base, python, b.span, s, true, diags, notes);
         base
     } else if let Some(g) = gpu.filter(|g| g.from == CudaFrom::Base) {
         // nvidia/cuda runtime image whose distro python is the recipe's.
@@ -210,7 +210,7 @@ pub(super) fn choose(
                 opts,
                 platform,
             );
-            check_base(&mut base, python, b.span, s, diags, notes);
+            check_base(&mut base, python, b.span, s, false, diags, notes);
             base
         }
         None => {
@@ -312,6 +312,7 @@ fn check_base(
     python: &str,
     span: SourceSpan,
     s: &Settings,
+    runtime: bool,
     diags: &mut Diagnostics,
     notes: &mut Vec<String>,
 ) {
@@ -351,6 +352,34 @@ fn check_base(
                 format!("`{shown}` has no glibc, so {what} cannot run on it"),
             )
             .with_help("pick a glibc base such as python:3.11-slim or debian:bookworm-slim; manylinux wheels and conda need glibc"),
+        );
+        return;
+    }
+    // kiln installs system packages with apt-get: an RPM (or other) distro
+    // has none. The packages that run on this image: the runtime's, and the
+    // build stage's where the runtime base is also the builder.
+    let apt_here: Vec<&crate::model::Spanned<crate::model::Apt>> = s
+        .apt
+        .iter()
+        .filter(|a| match a.value.stage {
+            crate::model::Stage::Runtime => runtime,
+            crate::model::Stage::Build => !runtime || s.builder.is_none(),
+        })
+        .collect();
+    if let Some(first) = apt_here.first()
+        && let Some(family) = non_apt_distro(&name, &tag)
+    {
+        diags.push(
+            Diagnostic::error(
+                "kiln::no_apt",
+                first.span,
+                format!(
+                    "`{shown}` is {family}, without apt-get, and kiln installs `apt` packages with apt-get"
+                ),
+            )
+            .with_help(
+                "pick a Debian or Ubuntu based image (python:…-slim, nvidia/cuda:…-ubuntu22.04), or install the packages in an image of your own and name it as `base`",
+            ),
         );
         return;
     }
@@ -403,4 +432,44 @@ fn check_base(
             )),
         }
     }
+}
+
+/// The distro family of an image known not to use apt (RPM-based and
+/// others), from its name or, for nvidia/cuda, its tag.
+fn non_apt_distro(name: &str, tag: &str) -> Option<&'static str> {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    let by_name = [
+        ("fedora", "Fedora"),
+        ("centos", "CentOS"),
+        ("rockylinux", "Rocky Linux"),
+        ("almalinux", "AlmaLinux"),
+        ("amazonlinux", "Amazon Linux"),
+        ("oraclelinux", "Oracle Linux"),
+        ("archlinux", "Arch Linux"),
+        ("ubi8", "Red Hat UBI"),
+        ("ubi9", "Red Hat UBI"),
+        ("ubi10", "Red Hat UBI"),
+        ("ubi8-minimal", "Red Hat UBI"),
+        ("ubi9-minimal", "Red Hat UBI"),
+        ("leap", "openSUSE"),
+        ("tumbleweed", "openSUSE"),
+    ];
+    if let Some((_, family)) = by_name.iter().find(|(n, _)| *n == last) {
+        return Some(family);
+    }
+    if name == "nvidia/cuda" || name == "nvcr.io/nvidia/cuda" {
+        let tag = tag.to_ascii_lowercase();
+        for (marker, family) in [
+            ("rockylinux", "Rocky Linux"),
+            ("ubi", "Red Hat UBI"),
+            ("centos", "CentOS"),
+            ("oraclelinux", "Oracle Linux"),
+            ("amzn", "Amazon Linux"),
+        ] {
+            if tag.contains(marker) {
+                return Some(family);
+            }
+        }
+    }
+    None
 }
