@@ -893,8 +893,10 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                     &mut loose_spans
                 }
             };
-            if !spans.contains(&step.span()) {
-                spans.push(step.span());
+            for sp in step.spans() {
+                if !spans.contains(&sp) {
+                    spans.push(sp);
+                }
             }
         }
         let step_spans = if loose_spans.is_empty() {
@@ -1012,7 +1014,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             }
             // Only a requirements file's step reads the context: a pin's
             // step does not run again when the context changes.
-            let exec = cx.install_exec(cmd, &b_env, cx.meta(&what, Some(step.span())));
+            let exec = cx.install_exec(cmd, &b_env, cx.meta_at_all(&what, &step.spans()));
             let exec = match step {
                 PipStep::Requirements { .. } => with_requirements(exec),
                 _ => exec,

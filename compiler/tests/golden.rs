@@ -546,3 +546,40 @@ fn installing_uv_mounts_no_index_credentials() {
     assert_eq!(secrets("install uv (builder only)"), ["ca"]);
     assert_eq!(secrets("pip install six==1.16.0"), ["ca", "pip-index"]);
 }
+
+/// Loose requirements from several `pip` lines install in one step, which
+/// points at every one of those lines (a failing one is any of them).
+#[test]
+fn the_loose_requirements_step_points_at_every_line_it_installs() {
+    let opts = Options {
+        images: slim_config(),
+        ..Options::default()
+    };
+    let value = snapshot(
+        "loose-lines",
+        "kiln 1\npython \"3.11\"\npip \"tabulate>=0.9\"\npip \"six==1.16.0\"\npip \"attrs>=22\"\npip \"idna>=3\"\n",
+        &opts,
+    );
+    let llb = &value["builds"][0]["llb"];
+    let step = llb["ops"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .find(|o| {
+            o["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("pip install: remaining requirements"))
+        })
+        .expect("the step");
+    let digest = step["digest"].as_str().expect("digest");
+    let lines: Vec<&str> = llb["source_map"]["locations"][digest]
+        .as_array()
+        .expect("locations")
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (l, want) in lines.iter().zip(["3:", "5:", "6:"]) {
+        assert!(l.starts_with(want), "{lines:?}");
+    }
+}

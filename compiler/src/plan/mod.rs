@@ -77,6 +77,8 @@ pub enum PipStep {
     Group {
         specs: Vec<String>,
         span: SourceSpan,
+        /// Every `pip` line the specs come from (`span` is the first).
+        spans: Vec<SourceSpan>,
     },
     /// A requirements file from the context, bind-mounted with the files
     /// it includes (`-r`, `-c`), when the caller read them.
@@ -100,6 +102,25 @@ impl PipStep {
             | PipStep::Requirements { span, .. } => *span,
         }
     }
+
+    /// Every recipe line the step installs for.
+    pub fn spans(&self) -> Vec<SourceSpan> {
+        match self {
+            PipStep::Group { spans, .. } => spans.clone(),
+            _ => vec![self.span()],
+        }
+    }
+}
+
+/// The distinct spans of `items`, in order.
+fn distinct_spans(items: &[(String, SourceSpan)]) -> Vec<SourceSpan> {
+    let mut out: Vec<SourceSpan> = Vec::new();
+    for (_, s) in items {
+        if !out.contains(s) {
+            out.push(*s);
+        }
+    }
+    out
 }
 
 /// How the venv's packages become layers.
@@ -709,9 +730,11 @@ pub fn plan(
             }
             if !loose.is_empty() {
                 let span = loose[0].1;
+                let spans = distinct_spans(&loose);
                 pip.push(PipStep::Group {
                     specs: loose.into_iter().map(|(s, _)| s).collect(),
                     span,
+                    spans,
                 });
             }
             if all_pinned && !grouped {
@@ -723,9 +746,11 @@ pub fn plan(
         Layering::Grouped => {
             if !pip_inline.is_empty() {
                 let span = pip_inline[0].1;
+                let spans = distinct_spans(&pip_inline);
                 pip.push(PipStep::Group {
                     specs: pip_inline.into_iter().map(|(s, _)| s).collect(),
                     span,
+                    spans,
                 });
             }
             if !opts.caps.merge_diff {
