@@ -1172,7 +1172,7 @@ fn bake_builds_the_cpu_and_gpu_variants_of_one_recipe_in_parallel() {
 /// Requirements files as projects lay them out: a hashed lock (one layer
 /// per pin, pip checking each hash) and a file that includes others with
 /// `-r` and `-c`, which travel into the install step with it. A wrong hash
-/// fails the build.
+/// fails the build, and so does a hashed lock that misses a dependency.
 #[test]
 fn requirements_files_bring_their_includes_and_a_hashed_lock_gets_a_layer_per_pin() {
     let Some(engine) = common::engine(EngineKind::New, "requirements_files") else {
@@ -1234,6 +1234,31 @@ fn requirements_files_bring_their_includes_and_a_hashed_lock_gets_a_layer_per_pi
         bad.all_text().contains("DO NOT MATCH THE HASHES"),
         "{}",
         bad.report()
+    );
+
+    // A hashed lock that misses a pin's dependencies: pip's --require-hashes
+    // would refuse it, and so does kiln, rather than install them unhashed.
+    write(
+        "requirements.lock",
+        "requests==2.32.3 \\\n    --hash=sha256:70761cfe03c773ceb22aa2f671b4757976145175cdfca038c02654d061d6dcc6\n",
+    );
+    let incomplete = engine.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()));
+    assert!(
+        !incomplete.ok,
+        "an incomplete hashed lock built:\n{}",
+        incomplete.report()
+    );
+    let text = incomplete.all_text();
+    assert!(
+        text.contains("requests needs")
+            && text.contains("requirements.lock has hashes, so it must pin every package"),
+        "{}",
+        incomplete.report()
+    );
+    assert!(
+        !text.contains("Successfully installed certifi"),
+        "{}",
+        incomplete.report()
     );
 }
 

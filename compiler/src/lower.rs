@@ -959,7 +959,40 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             // lock): then this step only checks, installs nothing and takes a
             // second; it installs what a pin's dependencies need otherwise.
             let install = cx.checked(install);
-            let (cmd, what) = if only_pins {
+            // A hashed lock is pip's `--require-hashes` mode: every package
+            // pinned, with its hash. Its missing dependencies are then an
+            // error, never installed unhashed by this step.
+            let mut hashed_locks: Vec<&str> = plan
+                .pip
+                .iter()
+                .filter_map(|p| match p {
+                    PipStep::Package { hashes, lock, .. } if !hashes.is_empty() => lock.as_deref(),
+                    _ => None,
+                })
+                .collect();
+            hashed_locks.dedup();
+            let hash_gate = (!hashed_locks.is_empty()).then(|| {
+                let message = format!(
+                    "kiln: error: {} has hashes, so it must pin every package the environment needs, each with its hash (pip's --require-hashes); it misses the dependencies above: regenerate it with them (pip-compile --generate-hashes, uv pip compile --generate-hashes)",
+                    hashed_locks.join(", ")
+                );
+                format!(
+                    "{KILN_PY}if ! kiln_py -c {}; then echo {} >&2; exit 1; fi\n",
+                    quote(PINS_CHECK),
+                    quote(&message)
+                )
+            });
+            let (cmd, what) = if let (true, Some(gate)) = (only_pins, &hash_gate) {
+                (
+                    format!("{gate}echo 'kiln: the pins are complete'"),
+                    "pip: dependencies the pins did not name".to_string(),
+                )
+            } else if let Some(gate) = &hash_gate {
+                (
+                    format!("{gate}{install}"),
+                    "pip install: remaining requirements".to_string(),
+                )
+            } else if only_pins {
                 (
                     format!(
                         "{KILN_PY}if kiln_py -c {}; then echo 'kiln: the pins are complete'; else\n{install}\nfi",
