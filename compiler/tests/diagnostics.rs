@@ -491,6 +491,13 @@ fn cuda_bases_against_the_variant() {
         },
     );
     assert_eq!(codes(private, &resolved), ["c.kdl:5:1 kiln::cuda_mismatch"]);
+    // Its PYTHON_VERSION holds it to the recipe's python as well.
+    let other_python = private.replace("python \"3.10\"", "python \"3.11\"");
+    let got = codes(&other_python, &resolved);
+    assert!(
+        got.contains(&"c.kdl:3:6 kiln::python_mismatch".to_string()),
+        "{got:?}"
+    );
 }
 
 /// A package that requires `tensorflow` by name makes the CPU variant

@@ -402,11 +402,29 @@ fn check_base(
         }
         return;
     }
-    if base
+    // An image built on the official python images says its python in
+    // PYTHON_VERSION (3.11.2): the venv's python is that one.
+    if let Some(v) = base
         .resolved
         .as_ref()
-        .is_some_and(|r| r.config.env("PYTHON_VERSION").is_some())
+        .and_then(|r| r.config.env("PYTHON_VERSION"))
     {
+        let have: Vec<&str> = v.split('.').take(2).collect();
+        if have.len() == 2 && have.join(".") != python {
+            let have = have.join(".");
+            diags.push(
+                Diagnostic::error(
+                    "kiln::python_mismatch",
+                    span,
+                    format!(
+                        "`{shown}` carries python {v} (its PYTHON_VERSION), but the recipe asks for python {python}"
+                    ),
+                )
+                .with_help(format!(
+                    "write `python \"{have}\"`, or pick a base with python {python}"
+                )),
+            );
+        }
         return;
     }
     // Distro images (nvidia/cuda, ubuntu, debian) bring no python: install the distro's.
