@@ -324,6 +324,16 @@ impl Compilation {
                     .into_iter()
                     .find(|b| b.reference.to_string() == reference)
                     .and_then(|b| b.span.or(p.python_span))
+                    .or_else(|| {
+                        // kiln's miniconda builder: the `conda` line's.
+                        p.conda
+                            .as_ref()
+                            .filter(|_| {
+                                crate::image_ref::ImageRef::parse(lower::CONDA_BUILDER)
+                                    .is_ok_and(|r| r.to_string() == reference)
+                            })
+                            .map(|c| c.span)
+                    })
             })
         });
         let mut diags = Diagnostics::new(self.source.clone());

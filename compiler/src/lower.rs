@@ -622,10 +622,15 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let mut b = if same_base {
         rt_base.clone()
     } else {
+        // kiln's miniconda builder is the `conda` line's doing: a failure
+        // to pull it points there.
         State::image(
             &builder_ref,
             platform,
-            cx.meta(&format!("builder {builder_name}"), plan.builder.span),
+            cx.meta(
+                &format!("builder {builder_name}"),
+                plan.builder.span.or(conda.map(|c| c.span)),
+            ),
         )
     };
     let mut b_packages: Vec<String> = Vec::new();
