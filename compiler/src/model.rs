@@ -769,7 +769,7 @@ impl Decoder {
                             e,
                             format!("`{p}` is not a Debian package name"),
                         )
-                        .help = Some("one package per value; versions as `name=1.2-3`".into());
+                        .help = Some("one package per value; versions as `name=1.2-3`, releases as `name/bookworm-backports`".into());
                     }
                 }
                 let stage = match self.string_prop(node, "stage") {
@@ -1783,7 +1783,20 @@ fn valid_user_name(n: &str) -> bool {
 }
 
 pub fn valid_apt_package(p: &str) -> bool {
-    let name = p.split('=').next().unwrap_or("");
+    // `name`, `name=version`, or `name/release` (a suite or codename:
+    // `python3/bookworm-backports`), as apt-get takes them.
+    let (name, release) = match p.split_once('/') {
+        Some((n, r)) => (n, Some(r)),
+        None => (p.split('=').next().unwrap_or(""), None),
+    };
+    if let Some(r) = release
+        && (r.is_empty()
+            || !r
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.~_".contains(c)))
+    {
+        return false;
+    }
     name.len() >= 2
         && name
             .chars()

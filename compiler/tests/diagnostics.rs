@@ -1441,3 +1441,20 @@ fn an_undeclared_argument_in_a_value_points_at_it_and_lists_the_declared_ones() 
         error_lines(none, &Options::default())
     );
 }
+
+/// apt takes `name`, `name=version` and `name/release`; anything else in an
+/// `apt` value is an error at it.
+#[test]
+fn apt_values_are_names_versions_or_releases() {
+    let ok = "kiln 1\npython \"3.11\"\napt \"libgl1\" \"curl=7.88.1-10+deb12u5\" \"git/bookworm-backports\"\n";
+    assert!(error_lines(ok, &Options::default()).is_empty());
+    for bad in ["git/", "curl wget", "Git", "a/b c"] {
+        let text = format!("kiln 1\npython \"3.11\"\napt \"{bad}\"\n");
+        let errors = error_lines(&text, &Options::default());
+        assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+        assert!(
+            errors[0].contains("is not a Debian package name"),
+            "{errors:?}"
+        );
+    }
+}
