@@ -1535,6 +1535,11 @@ if command -v useradd >/dev/null 2>&1; then
       exit 1
     fi
     groupadd -g {gid} {name}
+  else
+    kiln_group=$(getent group {gid} | cut -d: -f1)
+    if [ \"$kiln_group\" != {name} ]; then
+      echo \"kiln: gid {gid} is the base's group $kiln_group; {name} joins it (give the user another gid= for a group of its own)\"
+    fi
   fi
   getent passwd {name} >/dev/null || useradd -l -m -u {uid} -g {gid} -s /bin/sh {name}
   if [ \"$(id -u {name})\" != {uid} ]; then
