@@ -1458,3 +1458,26 @@ fn apt_values_are_names_versions_or_releases() {
         );
     }
 }
+
+/// A python with a patch (`3.11.4`) is served by a base whose tag says
+/// `3.11` or `3.11.4`, not by one that says `3.11.2` or `3.10`.
+#[test]
+fn a_patch_python_matches_the_bases_that_can_carry_it() {
+    let check = |python: &str, base: &str| {
+        error_lines(
+            &format!("kiln 1\npython \"{python}\"\nbase \"{base}\"\n"),
+            &Options::default(),
+        )
+    };
+    assert!(check("3.11.4", "python:3.11-slim").is_empty());
+    assert!(check("3.11.4", "python:3.11.4-slim").is_empty());
+    assert!(check("3.11", "python:3.11.4-slim-bookworm").is_empty());
+    for (python, base) in [
+        ("3.11.4", "python:3.11.2-slim"),
+        ("3.11.4", "python:3.10-slim"),
+    ] {
+        let errors = check(python, base);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("kiln::python_mismatch"), "{errors:?}");
+    }
+}

@@ -386,17 +386,17 @@ fn check_base(
     // Python from the image's tag when it says so (python:3.10-slim-bullseye).
     if last == "python" {
         let tag_py: String = tag.split('-').next().unwrap_or("").to_string();
-        let tag_mm: Vec<&str> = tag_py.split('.').take(2).collect();
-        if tag_mm.len() == 2 && tag_mm.iter().all(|p| p.parse::<u32>().is_ok()) {
-            let tag_py = tag_mm.join(".");
-            if tag_py != python {
+        let parts: Vec<&str> = tag_py.split('.').collect();
+        if parts.len() >= 2 && parts.iter().all(|p| p.parse::<u32>().is_ok()) {
+            let tag_mm = parts[..2].join(".");
+            if !same_python(&tag_py, python) {
                 diags.push(
                     Diagnostic::error(
                         "kiln::python_mismatch",
                         span,
                         format!("`{shown}` carries python {tag_py}, but the recipe asks for python {python}"),
                     )
-                    .with_help(format!("write `python \"{tag_py}\"`, or a python:{python}-… base")),
+                    .with_help(format!("write `python \"{tag_mm}\"`, or a python:{python}-… base")),
                 );
             }
         }
@@ -410,7 +410,7 @@ fn check_base(
         .and_then(|r| r.config.env("PYTHON_VERSION"))
     {
         let have: Vec<&str> = v.split('.').take(2).collect();
-        if have.len() == 2 && have.join(".") != python {
+        if have.len() == 2 && !same_python(v, python) {
             let have = have.join(".");
             diags.push(
                 Diagnostic::error(
@@ -432,7 +432,7 @@ fn check_base(
     if let Some(distro) = distro {
         base.python_from_apt = true;
         match data.distro_python(&distro) {
-            Some(py) if py != python => {
+            Some(py) if !same_python(py, python) => {
                 diags.push(
                     Diagnostic::error(
                         "kiln::python_mismatch",
@@ -490,4 +490,12 @@ fn non_apt_distro(name: &str, tag: &str) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// Whether an image's python (`3.11`, or `3.11.2` from PYTHON_VERSION or a
+/// tag) is the recipe's (`3.11`, or `3.11.4` with a patch): equal in every
+/// part both give, so `python:3.11-slim` serves `3.11.4` and `3.11.4-slim`
+/// serves `3.11`.
+fn same_python(have: &str, want: &str) -> bool {
+    have.split('.').zip(want.split('.')).all(|(a, b)| a == b)
 }
