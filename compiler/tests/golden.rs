@@ -402,52 +402,53 @@ fn no_pip_step_sees_the_runtimes_apt_packages() {
     assert!(on.ends_with("python -m venv /opt/venv"), "{on}");
 }
 
+/// What each per-package step of `target` installs, in order, with the
+/// context files given.
+fn pin_installs(text: &str, target: &str, files: &[(&str, &str)]) -> Vec<String> {
+    let mut opts = Options {
+        images: slim_config(),
+        target: Some(target.to_string()),
+        ..Options::default()
+    };
+    for (path, content) in files {
+        opts.context_files
+            .insert(path.to_string(), Some(content.to_string()));
+    }
+    let value = snapshot("variant-pins", text, &opts);
+    value["builds"][0]["llb"]["ops"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .filter_map(|n| n.split_once("] pip install ").map(|(_, s)| s.to_string()))
+        .collect()
+}
+
 #[test]
 fn a_variant_pin_replaces_the_top_level_pin_of_the_same_package() {
     let text = "kiln 1\npython \"3.11\"\npip \"numpy==1.26.4\" \"pandas==2.2.2\"\nvariant \"old\" default=#true\nvariant \"new\" {\n    pip \"NumPy==2.0.2\"\n}\n";
-    let installs = |target: &str| -> Vec<String> {
-        let opts = Options {
-            images: slim_config(),
-            target: Some(target.to_string()),
-            ..Options::default()
-        };
-        let value = snapshot("variant-pins", text, &opts);
-        value["builds"][0]["llb"]["ops"]
-            .as_array()
-            .expect("ops")
-            .iter()
-            .filter_map(|o| o["name"].as_str())
-            .filter_map(|n| n.split_once("] pip install ").map(|(_, s)| s.to_string()))
-            .collect()
-    };
-    assert_eq!(installs("old"), vec!["numpy==1.26.4", "pandas==2.2.2"]);
-    assert_eq!(installs("new"), vec!["pandas==2.2.2", "NumPy==2.0.2"]);
+    assert_eq!(
+        pin_installs(text, "old", &[]),
+        vec!["numpy==1.26.4", "pandas==2.2.2"]
+    );
+    assert_eq!(
+        pin_installs(text, "new", &[]),
+        vec!["pandas==2.2.2", "NumPy==2.0.2"]
+    );
 }
 
 #[test]
 fn a_variant_pin_replaces_the_same_package_in_a_top_level_lock() {
     let text = "kiln 1\npython \"3.11\"\npip requirements=\"lock.txt\"\nvariant \"old\" default=#true\nvariant \"new\" {\n    pip \"numpy==2.0.2\"\n}\n";
-    let installs = |target: &str| -> Vec<String> {
-        let mut opts = Options {
-            images: slim_config(),
-            target: Some(target.to_string()),
-            ..Options::default()
-        };
-        opts.context_files.insert(
-            "lock.txt".into(),
-            Some("numpy==1.26.4\npandas==2.2.2\n".to_string()),
-        );
-        let value = snapshot("variant-lock-pins", text, &opts);
-        value["builds"][0]["llb"]["ops"]
-            .as_array()
-            .expect("ops")
-            .iter()
-            .filter_map(|o| o["name"].as_str())
-            .filter_map(|n| n.split_once("] pip install ").map(|(_, s)| s.to_string()))
-            .collect()
-    };
-    assert_eq!(installs("old"), vec!["numpy==1.26.4", "pandas==2.2.2"]);
-    assert_eq!(installs("new"), vec!["pandas==2.2.2", "numpy==2.0.2"]);
+    let lock = [("lock.txt", "numpy==1.26.4\npandas==2.2.2\n")];
+    assert_eq!(
+        pin_installs(text, "old", &lock),
+        vec!["numpy==1.26.4", "pandas==2.2.2"]
+    );
+    assert_eq!(
+        pin_installs(text, "new", &lock),
+        vec!["pandas==2.2.2", "numpy==2.0.2"]
+    );
 }
 
 /// `--add-host`, `--ulimit` and `--shm-size` reach every step, the checks
