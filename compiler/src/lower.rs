@@ -1134,8 +1134,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // trusts the bundle as kiln's install steps do (a `curl` or `pip` of its
     // own behind a TLS-intercepting proxy), through `KILN_CA` so the command
     // stays readable in the step's name and in a failure's last line.
+    let ca = cx.ca_exports();
     let run_step = |state: State, r: &crate::model::Spanned<crate::model::Run>| -> State {
-        let command = match cx.ca_exports() {
+        let command = match &ca {
             Some(_) => format!("eval \"$KILN_CA\"; {}", r.value.command),
             None => r.value.command.clone(),
         };
@@ -1148,8 +1149,8 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 ),
             )
             .env(&image_env);
-        if let Some(ca) = cx.ca_exports() {
-            exec = cx.ca_mount(exec.env(&[("KILN_CA".to_string(), ca)]));
+        if let Some(ca) = &ca {
+            exec = cx.ca_mount(exec.env(&[("KILN_CA".to_string(), ca.clone())]));
         }
         exec.cwd = workdir.clone().unwrap_or_else(|| "/".to_string());
         state.run(exec).root()
