@@ -1201,16 +1201,26 @@ impl Decoder {
         let kinds = usize::from(!packages.is_empty())
             + usize::from(requirements.is_some())
             + usize::from(index.is_some());
-        if kinds == 0 {
-            if let Some(sec) = &secret {
-                self.err(
-                    "kiln::conflicting_properties",
-                    sec.span,
-                    "`secret=` on `pip` gives credentials for an `index=`, and this `pip` names none",
-                )
-                .help = Some("write `pip index=\"https://…/simple\" secret=\"pip-index\"`".into());
+        // (With more than one kind, that is the error said below.)
+        if let Some(sec) = &secret
+            && index.is_none()
+            && kinds <= 1
+        {
+            self.err(
+                "kiln::conflicting_properties",
+                sec.span,
+                if kinds == 0 {
+                    "`secret=` on `pip` gives credentials for an `index=`, and this `pip` names none"
+                } else {
+                    "`secret=` on `pip` gives credentials for an `index=`"
+                },
+            )
+            .help = Some("write `pip index=\"https://…/simple\" secret=\"pip-index\"`".into());
+            if kinds == 0 {
                 return;
             }
+        }
+        if kinds == 0 {
             // (Empty strings were reported as such.)
             if positional(node).is_empty() {
                 self.err("kiln::wrong_arity", span, "`pip` installs nothing")
@@ -1226,16 +1236,6 @@ impl Decoder {
             )
             .help = Some("split it into separate `pip` nodes".into());
             return;
-        }
-        if let Some(sec) = &secret
-            && index.is_none()
-        {
-            self.err(
-                "kiln::conflicting_properties",
-                sec.span,
-                "`secret=` on `pip` gives credentials for an `index=`",
-            )
-            .help = Some("write `pip index=\"https://…/simple\" secret=\"pip-index\"`".into());
         }
         if !packages.is_empty() {
             for p in &packages {
