@@ -34,7 +34,7 @@ fn compile_writes_a_definition_whose_last_op_is_the_terminal() {
     assert!(json.status.success());
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
     assert_eq!(v["variant"], "cpu");
-    assert_eq!(v["config"]["config"]["User"], "app");
+    assert_eq!(v["config"]["config"]["User"], "1000:1000");
     let ops = v["definition"]["ops"].as_array().expect("ops");
     assert!(ops.iter().any(|op| {
         op["name"]
@@ -116,7 +116,7 @@ fn config_out_follows_links_and_leaves_nothing_behind() {
     );
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("real.json")).expect("read")).expect("json");
-    assert_eq!(v["config"]["User"], "app");
+    assert_eq!(v["config"]["User"], "1000:1000");
 
     let sub = dir.join("sub");
     let o = kiln(&[

@@ -42,7 +42,7 @@ fn env_value(config: &serde_json::Value, key: &str) -> Option<String> {
 fn assert_common_config(image: &Image, variant: &str) -> serde_json::Value {
     let inspect = image.inspect();
     let config = &inspect["Config"];
-    assert_eq!(config["User"], "app", "{config:#}");
+    assert_eq!(config["User"], "1000:1000", "{config:#}");
     assert_eq!(config["WorkingDir"], "/app", "{config:#}");
     assert_eq!(
         config["Cmd"],

@@ -43,7 +43,10 @@ fn build_example(
         .expect_ok();
     let inspect = image.inspect();
     let config = &inspect["Config"];
-    assert_eq!(config["User"], user, "{config:#}");
+    // The user as uid:gid (what Kubernetes' runAsNonRoot checks), and the
+    // name the image's passwd gives that uid.
+    assert_eq!(config["User"], "1000:1000", "{config:#}");
+    assert_eq!(image.sh("id -un").trim(), user);
     assert_eq!(config["WorkingDir"], workdir, "{config:#}");
     let env = config["Env"].to_string();
     assert!(env.contains("PATH=/opt/venv/bin:"), "{env}");

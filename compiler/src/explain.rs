@@ -276,8 +276,14 @@ pub fn explain(plan: &Plan) -> String {
 
     o.push_str("\nimage\n");
     let c = &plan.config.config;
-    if !c.user.is_empty() {
-        let _ = writeln!(o, "  user: {}", c.user);
+    match &plan.user {
+        Some(u) => {
+            let _ = writeln!(o, "  user: {} ({})", c.user, u.value.name);
+        }
+        None if !c.user.is_empty() => {
+            let _ = writeln!(o, "  user: {}", c.user);
+        }
+        None => {}
     }
     if !c.working_dir.is_empty() {
         let _ = writeln!(o, "  workdir: {}", c.working_dir);

@@ -905,9 +905,10 @@ fn a_bases_user_and_workdir_are_the_images_for_copies_and_checks() {
     let checks =
         kiln_compiler::llb::definition_json(build.checks.as_ref().expect("checks")).to_string();
     assert!(
-        checks.contains(r#""cwd":"/app""#) && checks.contains(r#""user":"app""#),
+        checks.contains(r#""cwd":"/app""#) && checks.contains(r#""user":"1000:1000""#),
         "{checks}"
     );
+    assert_eq!(build.config.config.user, "1000:1000");
 }
 
 /// Errors of a recipe compiled with `opts`, as `file:line:col code message`.

@@ -1574,7 +1574,10 @@ fn image_config(
         }
     }
     if let Some(u) = &s.user {
-        c.config.user = u.value.name.clone();
+        // Numeric, as `uid:gid`: the same account as the name (the user
+        // step creates it with these ids), but checkable without the image's
+        // /etc/passwd, which Kubernetes' `runAsNonRoot` needs.
+        c.config.user = format!("{}:{}", u.value.uid, u.value.gid);
     }
     if let Some(w) = &s.workdir {
         c.config.working_dir = w.value.clone();
