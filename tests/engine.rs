@@ -1358,6 +1358,32 @@ fn a_copy_pattern_that_matches_nothing_fails_at_its_line() {
     assert_build_fails_saying("nomatch", &["kiln.kdl:9", "copy \"*.py\""]);
 }
 
+#[test]
+fn missing_copy_sources_fail_each_at_its_own_line() {
+    let name = "missingcopy";
+    let Some(engine) = common::engine(EngineKind::New, name) else {
+        return;
+    };
+    let build = engine.build(&Build::new(fixture(name).join("kiln.kdl"), fixture(name)));
+    assert!(!build.ok, "built, but it must fail:\n{}", build.report());
+    let text = build.all_text();
+    for w in [
+        "kiln.kdl:10:1: error[kiln::missing_file]: copy source `model.bin` is not in the build context",
+        "kiln.kdl:11:1: error[kiln::missing_file]: copy source `conf` is not in the build context",
+    ] {
+        assert!(
+            text.contains(w),
+            "the error does not say {w:?}:\n{}",
+            build.report()
+        );
+    }
+    assert!(
+        !text.contains("copy source `kiln.kdl`"),
+        "the copy whose source is there is blamed too:\n{}",
+        build.report()
+    );
+}
+
 /// BuildKit 0.8 (no MergeOp, `# syntax=` only): the frontend reads the
 /// requirements files through the context there too, and the included file
 /// reaches the install step.

@@ -162,6 +162,10 @@ pub struct PlatformBuild {
     /// Checks (`verify`) to solve next to the image; their results are
     /// discarded, a failure fails the build. `None` when the recipe has none.
     pub checks: Option<kiln_proto::pb::Definition>,
+    /// The image up to the op of its `copy` lines, to solve on its own:
+    /// where that fails, [`Options::context_paths`] from the context tell
+    /// which line named a missing source. `None` without `copy` lines.
+    pub copies: Option<kiln_proto::pb::Definition>,
     pub plan: plan::Plan,
 }
 
@@ -364,6 +368,7 @@ impl Compilation {
                     bytes: lowered.image.bytes,
                     config: lowered.config,
                     checks: lowered.checks.map(|c| c.definition),
+                    copies: lowered.copies.map(|c| c.definition),
                     plan: p,
                 }
             })

@@ -139,6 +139,10 @@ pub struct Lowered {
     pub image: Marshaled,
     pub config: ImageConfig,
     pub checks: Option<Marshaled>,
+    /// The image up to its `copy` lines' op, for the caller to solve on its
+    /// own (a missing source then fails there, where the caller can tell
+    /// which line named it). `None` without `copy` lines.
+    pub copies: Option<Marshaled>,
 }
 
 struct Cx<'a> {
@@ -1117,7 +1121,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // The op points at every `copy` line it copies for (a missing source
     // is what fails most; the client shows one snippet from the lowest line
     // marked, so the workdir line would head it), else at the `workdir`
-    // line when it makes the workdir.
+    // line when it makes the workdir. The frontend solves the op on its own
+    // (`Lowered::copies`) and, when it fails, names the line whose source
+    // the context lacks.
     let app_spans: Vec<SourceSpan> = if copy_spans.is_empty() {
         plan.workdir_span
             .filter(|_| plan.workdir.is_some())
@@ -1230,10 +1236,17 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // venv) they are copied onto the environment itself.
     let on_environment = app_on_environment(plan);
     let has_app = !app_actions.is_empty();
-    let app = (merge && has_app && !on_environment).then(|| {
-        let copied = rt.file(app_actions.clone(), app_meta.clone());
-        State::diff(&rt, &copied, cx.meta("layer: app files", None))
+    let copied = has_app.then(|| {
+        if merge && !on_environment {
+            rt.file(app_actions.clone(), app_meta.clone())
+        } else {
+            environment.file(app_actions.clone(), app_meta.clone())
+        }
     });
+    let app = copied
+        .as_ref()
+        .filter(|_| merge && !on_environment)
+        .map(|copied| State::diff(&rt, copied, cx.meta("layer: app files", None)));
     let mut image = match &app {
         // Nothing between the environment and the app files: one MergeOp of
         // every layer, rather than a merge of a merge.
@@ -1245,8 +1258,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 cx.meta("join runtime + environment + app files", None),
             )
         }
-        _ if has_app => environment.file(app_actions, app_meta),
-        _ => environment.clone(),
+        _ => copied.clone().unwrap_or_else(|| environment.clone()),
     };
     for r in plan.runs.iter().filter(|r| r.value.after == RunAfter::Copy) {
         image = run_step(image, r);
@@ -1367,6 +1379,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         image: llb::marshal(&image, info.as_ref()),
         config: with_history(&plan.config, plan, &names),
         checks,
+        copies: copied
+            .filter(|_| !plan.copies.is_empty())
+            .map(|c| llb::marshal(&c, info.as_ref())),
     }
 }
 

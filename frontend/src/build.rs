@@ -158,6 +158,61 @@ pub async fn read_context_files(
     }
 }
 
+/// What the frontend needs to tell which `copy` line named a source the
+/// context lacks, once a copy has failed.
+#[derive(Clone)]
+struct CopyProbe {
+    compilation: Compilation,
+    /// The options the builds were compiled with.
+    opts: Options,
+    sessions: Sessions,
+}
+
+impl CopyProbe {
+    /// The recipe's errors at each `copy` line whose source the context
+    /// lacks (or `.dockerignore` leaves out); `None` when it has them all,
+    /// so the failure was another.
+    async fn missing_sources(&self, engine: &Engine) -> Option<Diagnostics> {
+        let wanted = self.compilation.context_paths_wanted(&self.opts);
+        if wanted.is_empty() {
+            return None;
+        }
+        let mut exclude = self.opts.exclude.clone();
+        // A folder is looked up, not sent again: only its own entry. Not
+        // where a `!` pattern may bring back something under an ignored
+        // path (the folder then exists because of it).
+        if !exclude.iter().any(|p| p.starts_with('!')) {
+            exclude.extend(wanted.iter().map(|p| format!("{p}/**")));
+        }
+        let state = State::local(
+            &self.opts.context_name,
+            &LocalOpts {
+                include: wanted.clone(),
+                exclude,
+                shared_key_hint: Some("kiln-copy-sources".to_string()),
+                ..LocalOpts::default()
+            },
+            OpMeta::named("[internal] look up copy sources".to_string()),
+        );
+        let mut def = marshal(&state, None).definition;
+        bind_to_session(&mut def, &self.sessions);
+        let id = engine.solve(def, false, &[]).await.ok()?;
+        let mut opts = self.opts.clone();
+        for path in wanted {
+            let present = engine.exists(&id, &path).await.ok()?;
+            opts.context_paths.insert(path, present);
+        }
+        self.compilation.compile(&opts).err()
+    }
+}
+
+/// Whether an engine's error may be a copy's missing source (BuildKit:
+/// `failed to calculate checksum of ref …: "/app": not found`).
+fn may_be_missing_source(status: &tonic::Status) -> bool {
+    let m = status.message();
+    m.contains("not found") || m.contains("no such file")
+}
+
 /// The digest of the op a definition ends with (the terminal op's input).
 fn head_digest(def: &pb::Definition) -> String {
     def.def
@@ -290,13 +345,9 @@ async fn resolve_images(
 /// image configs.
 fn compile_platforms(
     compilation: &Compilation,
-    base: &Options,
-    resolved: &ResolvedImages,
+    opts: &Options,
 ) -> Result<(Vec<PlatformBuild>, Diagnostics), Failure> {
-    let mut opts = base.clone();
-    opts.images.clear();
-    opts.platform_images = resolved.clone();
-    let compiled = compilation.compile(&opts).map_err(Failure::Recipe)?;
+    let compiled = compilation.compile(opts).map_err(Failure::Recipe)?;
     Ok((compiled.builds, compiled.warnings))
 }
 
@@ -356,16 +407,18 @@ async fn solve_builds(
     engine: &Engine,
     builds: Vec<PlatformBuild>,
     opts: &FrontendOptions,
-    sessions: &Sessions,
+    probe: &CopyProbe,
 ) -> Result<Vec<PlatformImage>, Failure> {
+    let sessions = &probe.sessions;
     let mut tasks = JoinSet::new();
     let count = builds.len();
     for (index, build) in builds.into_iter().enumerate() {
         let mut image = build.definition;
         let mut checks = build.checks;
+        let mut copies = build.copies;
         bind_to_session(&mut image, sessions);
-        if let Some(c) = checks.as_mut() {
-            bind_to_session(c, sessions);
+        for d in checks.iter_mut().chain(copies.iter_mut()) {
+            bind_to_session(d, sessions);
         }
         // Variant names match without regard to case, as `--target` does.
         if opts.no_cache
@@ -375,8 +428,8 @@ async fn solve_builds(
                 .any(|t| t.eq_ignore_ascii_case(&build.plan.variant))
         {
             ignore_cache(&mut image);
-            if let Some(c) = checks.as_mut() {
-                ignore_cache(c);
+            for d in checks.iter_mut().chain(copies.iter_mut()) {
+                ignore_cache(d);
             }
         }
         check_caps(engine, &image)?;
@@ -410,6 +463,27 @@ async fn solve_builds(
                     .await
                     .map_err(|s| Failure::engine("", s))?;
                 Ok((index, None))
+            });
+        }
+        // The copies, evaluated now (the image needs them anyway): the
+        // engine would report a missing source at every `copy` line of the
+        // op; kiln looks the sources up and names the line.
+        if let Some(copies) = copies {
+            let e = engine.clone();
+            let cache = opts.cache_imports.clone();
+            let probe = probe.clone();
+            tasks.spawn(async move {
+                match e.solve(copies, true, &cache).await {
+                    Ok(_) => Ok((index, None)),
+                    Err(status) => {
+                        if may_be_missing_source(&status)
+                            && let Some(diags) = probe.missing_sources(&e).await
+                        {
+                            return Err(Failure::Recipe(diags));
+                        }
+                        Err(Failure::engine("", status))
+                    }
+                }
             });
         }
     }
@@ -489,10 +563,16 @@ pub async fn build(engine: &Engine, env: &Environment) -> Result<gateway::Result
     })?;
     copts = with_files;
     copts.images.clear();
-    let (builds, warnings) = compile_platforms(&compilation, &copts, &resolved)?;
+    copts.platform_images = resolved;
+    let (builds, warnings) = compile_platforms(&compilation, &copts)?;
     report_warnings(engine, &recipe, &warnings).await;
 
-    let images = solve_builds(engine, builds, &opts, &sessions).await?;
+    let probe = CopyProbe {
+        compilation,
+        opts: copts,
+        sessions,
+    };
+    let images = solve_builds(engine, builds, &opts, &probe).await?;
     image_result(&images, opts.multi_platform, &engine.caps)
 }
 

@@ -258,6 +258,28 @@ impl Engine {
         Ok(response.into_inner().data)
     }
 
+    /// Whether `path` is in the result `id` (a file, folder or link).
+    pub async fn exists(&self, id: &str, path: &str) -> Result<bool, tonic::Status> {
+        match self
+            .client()
+            .stat_file(gateway::StatFileRequest {
+                r#ref: id.to_string(),
+                path: path.to_string(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(status)
+                if status.code() == tonic::Code::NotFound
+                    || status.message().contains("no such file") =>
+            {
+                Ok(false)
+            }
+            Err(status) => Err(status),
+        }
+    }
+
     /// Definitions the caller of this frontend passed in (a forwarding
     /// frontend's build context or recipe), when the engine supports inputs.
     pub async fn inputs(&self) -> Result<BTreeMap<String, pb::Definition>, tonic::Status> {

@@ -24,6 +24,27 @@ fn warnings_said(engine: &FakeEngine) -> Vec<String> {
         .collect()
 }
 
+/// The names of the ops the solves evaluated now end with.
+fn evaluated_heads(solves: &[gw::SolveRequest]) -> Vec<String> {
+    solves
+        .iter()
+        .filter(|s| s.evaluate)
+        .filter_map(|s| s.definition.as_ref())
+        .map(|d| {
+            let last = d.def.last().expect("ops");
+            let head = kiln_proto::pb::Op::decode(last.as_slice())
+                .expect("op")
+                .inputs[0]
+                .digest
+                .clone();
+            d.metadata
+                .get(&head)
+                .and_then(|m| m.description.get("llb.customname").cloned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 fn error_of(ret: &gw::ReturnRequest) -> RpcStatus {
     ret.error.clone().expect("an error in Return")
 }
@@ -69,8 +90,12 @@ async fn one_platform_returns_one_ref_and_the_image_config() {
     let ids = source_ids(image_solve.definition.as_ref().expect("def"));
     assert!(ids.iter().any(|i| i.ends_with(BASE_DIGEST)), "{ids:?}");
 
-    // The checks (`verify`) were solved and evaluated now.
-    assert_eq!(state.solves.iter().filter(|s| s.evaluate).count(), 1);
+    // The checks (`verify`) and the copies were solved and evaluated now.
+    let mut evaluated = evaluated_heads(&state.solves);
+    evaluated.sort();
+    assert_eq!(evaluated.len(), 2, "{evaluated:?}");
+    assert!(evaluated[0].contains("] copy "), "{evaluated:?}");
+    assert!(evaluated[1].contains("] verify: "), "{evaluated:?}");
 
     let result = ret.result.as_ref().expect("result");
     let image_ref = match &result.result {
@@ -169,8 +194,17 @@ async fn several_platforms_return_a_ref_per_platform() {
             state.resolves
         );
     }
-    // One lazy image solve and one evaluated checks solve per platform.
-    assert_eq!(state.solves.iter().filter(|s| s.evaluate).count(), 2);
+    // One lazy image solve per platform, and its checks and copies
+    // evaluated now.
+    let evaluated = evaluated_heads(&state.solves);
+    assert_eq!(evaluated.len(), 4, "{evaluated:?}");
+    for what in ["] copy ", "] verify: "] {
+        assert_eq!(
+            evaluated.iter().filter(|n| n.contains(what)).count(),
+            2,
+            "{evaluated:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -274,6 +308,69 @@ async fn engine_solve_errors_pass_through_with_their_details() {
     assert_eq!(error.code, Code::Unknown as i32);
     assert_eq!(error.message, inner.message);
     assert_eq!(error.details, vec![detail]);
+}
+
+/// A copy that fails because its source is not in the context: the
+/// frontend looks the copy sources up and fails at the line that named the
+/// missing one, not at every line of the op that copies them all.
+#[tokio::test]
+async fn a_missing_copy_source_is_an_error_at_its_line() {
+    let recipe = "kiln 1\npython \"3.11\"\ncopy \"app.py\" \"/app/app.py\"\ncopy \"model.bin\" \"/app/model.bin\"\ncopy \"conf\" \"/app/conf\"\n";
+    let mut engine = FakeEngine::new()
+        .with_file("env.kdl", recipe.as_bytes())
+        .with_file("app.py", b"print(1)\n")
+        .with_file("conf/app.yaml", b"a: 1\n");
+    engine.fail_solve = Some((
+        "model.bin".into(),
+        tonic::Status::unknown(
+            "failed to calculate checksum of ref abc::def: \"/model.bin\": not found",
+        ),
+    ));
+    engine.fail_evaluated_only = true;
+    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
+    assert_eq!(code, 1);
+    let error = error_of(&the_return(&engine));
+    assert!(
+        error.message.starts_with(
+            "env.kdl:4:1: error[kiln::missing_file]: copy source `model.bin` is not in the build context"
+        ),
+        "{}",
+        error.message
+    );
+    assert!(!error.message.contains("`app.py`"), "{}", error.message);
+    assert!(!error.message.contains("`conf`"), "{}", error.message);
+    let source = SourceDetail::decode(error.details[0].value.as_slice()).expect("detail");
+    assert_eq!(source.ranges.len(), 1);
+    assert_eq!(source.ranges[0].start.expect("start").line, 4);
+    // Every copy source was looked up.
+    let stats: Vec<String> = engine
+        .recorded()
+        .stats
+        .iter()
+        .map(|(_, p)| p.clone())
+        .collect();
+    assert_eq!(stats.len(), 3, "{stats:?}");
+    for p in ["app.py", "model.bin", "conf"] {
+        assert!(stats.iter().any(|s| s == p), "{p}: {stats:?}");
+    }
+}
+
+/// A copy that fails for another reason keeps the engine's error.
+#[tokio::test]
+async fn a_copy_failing_with_its_sources_there_keeps_the_engines_error() {
+    let recipe = "kiln 1\npython \"3.11\"\ncopy \"app.py\" \"/app/app.py\"\n";
+    let mut engine = FakeEngine::new()
+        .with_file("env.kdl", recipe.as_bytes())
+        .with_file("app.py", b"print(1)\n");
+    engine.fail_solve = Some((
+        "app.py".into(),
+        tonic::Status::unknown("mkdir /app: not found"),
+    ));
+    engine.fail_evaluated_only = true;
+    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
+    assert_eq!(code, 1);
+    let error = error_of(&the_return(&engine));
+    assert_eq!(error.message, "mkdir /app: not found");
 }
 
 #[tokio::test]

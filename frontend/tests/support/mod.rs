@@ -65,6 +65,7 @@ pub const MODERN_LLB_CAPS: &[&str] = &[
 pub struct Recorded {
     pub solves: Vec<gw::SolveRequest>,
     pub reads: Vec<(String, String)>,
+    pub stats: Vec<(String, String)>,
     pub resolves: Vec<(String, String)>,
     pub warnings: Vec<gw::WarnRequest>,
     pub evaluated: Vec<String>,
@@ -78,6 +79,8 @@ pub struct FakeEngine {
     pub llb_caps: Vec<String>,
     /// Fail a solve whose definition contains this text, with this status.
     pub fail_solve: Option<(String, Status)>,
+    /// Fail only the solves evaluated now (`fail_solve`'s text and status).
+    pub fail_evaluated_only: bool,
     /// Fail resolving an image whose reference contains this text.
     pub fail_resolve: Option<(String, Status)>,
     /// Answer every resolve with this platform's config (an engine that
@@ -140,6 +143,7 @@ impl FakeEngine {
                 .collect(),
             llb_caps: MODERN_LLB_CAPS.iter().map(|s| (*s).to_string()).collect(),
             fail_solve: None,
+            fail_evaluated_only: false,
             fail_resolve: None,
             only_platform: None,
             state: Arc::default(),
@@ -199,7 +203,9 @@ impl LlbBridge for FakeEngine {
             .map(Message::encode_to_vec)
             .unwrap_or_default();
         if let Some((needle, status)) = &self.fail_solve {
-            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            if (request.evaluate || !self.fail_evaluated_only)
+                && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            {
                 return Err(status.clone());
             }
         }
@@ -298,6 +304,35 @@ impl LlbBridge for FakeEngine {
             }),
             ..Default::default()
         }))
+    }
+
+    /// A path is there when it is one of the files, or a folder of one.
+    async fn stat_file(
+        &self,
+        request: Request<gw::StatFileRequest>,
+    ) -> Result<Response<gw::StatFileResponse>, Status> {
+        let request = request.into_inner();
+        self.recorded()
+            .stats
+            .push((request.r#ref.clone(), request.path.clone()));
+        let path = request.path.trim_start_matches('/');
+        let folder = format!("{path}/");
+        if self
+            .files
+            .keys()
+            .any(|f| f == path || f.starts_with(&folder))
+        {
+            Ok(Response::new(gw::StatFileResponse {
+                stat: Some(kiln_proto::fsutil::Stat {
+                    path: path.to_string(),
+                    ..Default::default()
+                }),
+            }))
+        } else {
+            Err(Status::unknown(format!(
+                "lstat /tmp/buildkit-mount123/{path}: no such file or directory"
+            )))
+        }
     }
 
     async fn evaluate(
