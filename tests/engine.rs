@@ -898,6 +898,20 @@ fn assert_build_fails_saying(name: &str, wanted: &[&str]) {
     }
 }
 
+/// Build the fixture recipe `name`, which must fail without saying `not`.
+fn assert_build_fails_without_saying(name: &str, not: &str) {
+    let Some(engine) = common::engine(EngineKind::New, name) else {
+        return;
+    };
+    let build = engine.build(&Build::new(fixture(name).join("kiln.kdl"), fixture(name)));
+    assert!(!build.ok, "{name} built, but it must fail");
+    assert!(
+        !build.all_text().contains(not),
+        "the output says {not:?}:\n{}",
+        build.report()
+    );
+}
+
 #[test]
 fn a_bad_recipe_fails_with_its_location() {
     assert_build_fails_saying(
@@ -1109,10 +1123,18 @@ fn venv_listing(image: &Image) -> String {
 fn a_failing_pip_step_shows_its_recipe_line() {
     // The op carries a source map into the recipe, so the engine's error
     // shows the recipe line (buildx prints `kiln.kdl:9` and the line).
+    // A package that does not exist fails at once: a second try would fail
+    // the same way, so none is made.
     assert_build_fails_saying(
         "pipfail",
-        &["kiln.kdl:9", "pip \"kiln-e2e-no-such-package-7f3a==0.0.1\""],
+        &[
+            "kiln.kdl:9",
+            "pip \"kiln-e2e-no-such-package-7f3a==0.0.1\"",
+            "No matching distribution found",
+            "kiln: the install failed, and a second try would fail the same way",
+        ],
     );
+    assert_build_fails_without_saying("pipfail", "trying once more");
 }
 
 // ---------------------------------------------------------------- bake

@@ -41,10 +41,27 @@ const PIP_FUNCTION: &str = "kiln_pip() {
 ";
 /// Installs run a second time after a failure: a download cut off half-way
 /// (a read timeout behind a busy proxy) fails pip's install without a retry
-/// of its own. A real error (no such package) fails twice, a few seconds
-/// later, with the same message.
+/// of its own. Not where the output says the failure is one a second try
+/// cannot fix (no such package or version, a conflict, a hash mismatch, a
+/// wheel for another platform, a build that failed) and nothing in it
+/// points at the network: that fails at once, with its message once. The
+/// output is shown as it comes, and kept in /tmp (removed again) to be read.
 const RETRY_FUNCTION: &str = "kiln_retry() {
-  \"$@\" && return 0
+  if ! command -v tee >/dev/null 2>&1 || ! command -v grep >/dev/null 2>&1; then
+    \"$@\" && return 0
+  else
+    kiln_log=/tmp/kiln-install-$$.log
+    { \"$@\" 2>&1 && kiln_rc=0 || kiln_rc=$?; echo \"$kiln_rc\" > \"$kiln_log.rc\"; } | tee \"$kiln_log\"
+    kiln_rc=$(cat \"$kiln_log.rc\" 2>/dev/null || echo 1)
+    if [ \"$kiln_rc\" = 0 ]; then rm -f \"$kiln_log\" \"$kiln_log.rc\"; return 0; fi
+    if grep -q -E 'No matching distribution|ResolutionImpossible|conflicting dependencies|DO NOT MATCH THE HASHES|Hashes are required|Invalid requirement|not a supported wheel|requires a different Python|Could not open requirements file|subprocess-exited-with-error|No solution found|not found in the package registry|[Hh]ash mismatch' \"$kiln_log\" \\
+      && ! grep -q -E 'Retrying \\(|[Tt]imed? ?out|TimeoutError|ConnectionError|Connection (broken|reset|refused|aborted)|ProtocolError|IncompleteRead|RemoteDisconnected|Max retries exceeded|name resolution|HTTP error 5|Service Unavailable|Bad Gateway|error sending request|network' \"$kiln_log\"; then
+      rm -f \"$kiln_log\" \"$kiln_log.rc\"
+      echo \"kiln: the install failed, and a second try would fail the same way\" >&2
+      return \"$kiln_rc\"
+    fi
+    rm -f \"$kiln_log\" \"$kiln_log.rc\"
+  fi
   echo \"kiln: the install failed; trying once more in 3 s\" >&2
   sleep 3
   \"$@\"
