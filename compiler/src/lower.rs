@@ -147,6 +147,9 @@ mkdir -p \"$kiln_apt_dir/archives\" \"$kiln_apt_dir/lists\"
 kiln_apt=\"-o Dir::Cache=$kiln_apt_dir -o Dir::State::lists=$kiln_apt_dir/lists\"
 ";
 
+/// Where conda images (miniconda, miniforge) keep `conda`.
+const CONDA_BIN: &str = "/opt/conda/bin";
+
 /// The conda builder image for `conda` recipes.
 pub const CONDA_BUILDER: &str = "continuumio/miniconda3:24.7.1-0";
 
@@ -625,13 +628,39 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     }
 
     // ---- builder branch -------------------------------------------------
-    let b_env = plan.builder.env();
     let conda = plan.conda.as_ref();
-    let builder_ref = match conda {
-        Some(_) if plan.builder.span.is_none() => crate::image_ref::ImageRef::parse(CONDA_BUILDER)
-            .map(|r| r.to_string())
-            .unwrap_or_else(|_| plan.builder.pinned().to_string()),
-        _ => plan.builder.pinned().to_string(),
+    // kiln's miniconda builder, pinned to the digest the caller resolved,
+    // with its environment.
+    let conda_builder = plan.conda_builder().map(|r| {
+        let resolved = opts
+            .platform_images
+            .get(&(r.to_string(), plan.platform.clone()))
+            .or_else(|| opts.images.get(&r.to_string()));
+        (r, resolved)
+    });
+    let mut b_env = match &conda_builder {
+        Some((_, Some(i))) if !i.config.config.env.is_empty() => i.config.env_pairs(),
+        Some(_) => vec![(
+            "PATH".to_string(),
+            crate::plan::DEFAULT_PATH.to_string(),
+        )],
+        None => plan.builder.env(),
+    };
+    // Conda images keep `conda` in /opt/conda/bin, on their PATH; where
+    // the builder's config is not known, the step still finds it there.
+    if conda.is_some() {
+        for (k, v) in b_env.iter_mut() {
+            if k == "PATH" && !v.split(':').any(|p| p == CONDA_BIN) {
+                *v = format!("{CONDA_BIN}:{v}");
+            }
+        }
+    }
+    let builder_ref = match &conda_builder {
+        Some((r, resolved)) => match resolved.and_then(|i| i.digest.as_deref()) {
+            Some(d) if r.digest.is_none() => r.with_digest(d).to_string(),
+            _ => r.to_string(),
+        },
+        None => plan.builder.pinned().to_string(),
     };
     let builder_name = builder_ref
         .rsplit('/')

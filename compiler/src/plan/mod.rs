@@ -190,12 +190,23 @@ pub struct Plan {
 
 impl Plan {
     /// Images the caller should resolve (configs, digests).
-    pub fn base_images(&self) -> Vec<&ImageRef> {
-        let mut v = vec![&self.runtime.reference];
-        if self.builder.reference != self.runtime.reference {
-            v.push(&self.builder.reference);
+    pub fn base_images(&self) -> Vec<ImageRef> {
+        let mut v = vec![self.runtime.reference.clone()];
+        if let Some(conda) = self.conda_builder() {
+            v.push(conda);
+        } else if self.builder.reference != self.runtime.reference {
+            v.push(self.builder.reference.clone());
         }
         v
+    }
+
+    /// kiln's miniconda builder, for a `conda` recipe that names no
+    /// `builder`.
+    pub fn conda_builder(&self) -> Option<ImageRef> {
+        if self.conda.is_none() || self.builder.span.is_some() {
+            return None;
+        }
+        ImageRef::parse(crate::lower::CONDA_BUILDER).ok()
     }
 
     /// The prefix of op names: `[gpu]`, `[gpu linux/arm64]`.
