@@ -300,10 +300,12 @@ want_sha() {
 
 # identity IMAGE: the kiln.fixture.sha label of IMAGE when it is an imported
 # fixture itself (one layer); images built FROM a fixture inherit its labels
-# but have more layers, and must never be taken for it.
+# but have more layers, and must never be taken for it. Nothing (and
+# success) when the engine has no such image, as on a fresh engine.
 identity() {
-    docker image inspect --format '{{len .RootFS.Layers}} {{with .Config.Labels}}{{index . "kiln.fixture.sha"}}{{end}}' "$1" 2>/dev/null |
-        awk '$1 == 1 { print $2 }'
+    local out
+    out=$(docker image inspect --format '{{len .RootFS.Layers}} {{with .Config.Labels}}{{index . "kiln.fixture.sha"}}{{end}}' "$1" 2>/dev/null) || return 0
+    awk '$1 == 1 { print $2 }' <<<"$out"
 }
 
 # ensure_image NAME KIND: make NAME point at an imported image carrying the
