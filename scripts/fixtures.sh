@@ -10,6 +10,11 @@
 #           python3, pip... symlinks and the env of the official python image.
 #   cuda    the same rootfs with the env/labels/entrypoint of the official
 #           nvidia/cuda runtime image (no CUDA libraries: a look-alike).
+#   conda   the python rootfs plus scripts/fixture-conda.sh as
+#           /opt/conda/bin/conda: a stand-in for conda (no conda channel is
+#           reachable here) that does what kiln's conda step asks of it, with
+#           pip (see the script); the env of the official
+#           continuumio/miniconda3 image.
 #   busybox busybox-static only: no glibc, no dynamic loader (for the
 #           "base image has no glibc" error tests). The package is
 #           `apt-get download`ed and unpacked, not installed on the host.
@@ -32,7 +37,7 @@
 #   DOCKER_HOST=unix:///var/run/kiln-old-docker.sock scripts/fixtures.sh
 #
 # Usage: scripts/fixtures.sh [--rebuild]   (--rebuild: rebuild the tarballs)
-# Env:   KILN_FIXTURES_EXTRA="name=kind name=kind"  more tags (kind: python|cuda|busybox)
+# Env:   KILN_FIXTURES_EXTRA="name=kind name=kind"  more tags (kind: python|cuda|conda|busybox)
 #        KILN_DEBIAN_MIRROR=<url>  debootstrap mirror (default: this machine's apt mirror)
 set -euo pipefail
 
@@ -43,6 +48,7 @@ FIXTURES=(
     "python:3.11-slim=python"
     "python:3.11-slim-bookworm=python"
     "nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04=cuda"
+    "continuumio/miniconda3:24.7.1-0=conda"
     "busybox:latest=busybox"
     "alpine:3.19=busybox"
 )
@@ -65,6 +71,7 @@ done
 
 FIX=$KILN_CACHE/fixtures
 PY_TAR=$FIX/python-bookworm-rootfs.tar
+CONDA_TAR=$FIX/conda-lookalike-rootfs.tar
 BB_TAR=$FIX/busybox-rootfs.tar
 mkdir -p "$FIX"
 
@@ -193,6 +200,24 @@ EOF
     log "built $PY_TAR ($(du -h "$PY_TAR" | cut -f1))"
 }
 
+# The python rootfs plus the conda stand-in; rebuilt when either changes.
+build_conda_rootfs() {
+    local from standin stage=$FIX/conda-stage.tmp
+    standin="$(dirname "${BASH_SOURCE[0]}")/fixture-conda.sh"
+    from="$(cat "$PY_TAR.sha256")-$(sha256sum "$standin" | cut -c1-16)"
+    [ -z "$REBUILD" ] && [ -s "$CONDA_TAR" ] && [ -s "$CONDA_TAR.sha256" ] &&
+        [ "$(cat "$CONDA_TAR.from" 2>/dev/null)" = "$from" ] && return 0
+    rm -rf "$stage"
+    mkdir -p "$stage/opt/conda/bin" "$stage/opt/conda/pkgs"
+    install -m 755 "$standin" "$stage/opt/conda/bin/conda"
+    cp "$PY_TAR" "$CONDA_TAR.tmp"
+    tar --numeric-owner --owner=0 --group=0 -C "$stage" -rf "$CONDA_TAR.tmp" ./opt/conda
+    rm -rf "$stage"
+    finish_tar "$CONDA_TAR.tmp" "$CONDA_TAR"
+    echo "$from" >"$CONDA_TAR.from"
+    log "built $CONDA_TAR"
+}
+
 build_busybox_rootfs() {
     [ -z "$REBUILD" ] && [ -s "$BB_TAR" ] && [ -s "$BB_TAR.sha256" ] && return 0
     local bb=$FIX/busybox-static/bin/busybox root=$FIX/busybox-rootfs.tmp
@@ -281,6 +306,15 @@ ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CMD ["sh"]
 EOF
             ;;
+        conda)
+            # The official continuumio/miniconda3 image config.
+            cat <<'EOF'
+ENV PATH=/opt/conda/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ENV LANG=C.UTF-8
+ENV LC_ALL=C.UTF-8
+CMD ["/bin/bash"]
+EOF
+            ;;
         *) die "unknown fixture kind: $1" ;;
     esac
 }
@@ -288,6 +322,7 @@ EOF
 tar_for() {
     case $1 in
         python | cuda) echo "$PY_TAR" ;;
+        conda) echo "$CONDA_TAR" ;;
         busybox) echo "$BB_TAR" ;;
         *) die "unknown fixture kind: $1" ;;
     esac
@@ -344,15 +379,17 @@ ensure_image() {
 
 # ---------------------------------------------------------------------- main
 
-need_py='' need_bb=''
+need_py='' need_conda='' need_bb=''
 for entry in "${FIXTURES[@]}"; do
     case ${entry#*=} in
         python | cuda) need_py=1 ;;
+        conda) need_py=1 need_conda=1 ;;
         busybox) need_bb=1 ;;
-        *) die "bad fixture entry '$entry' (want NAME=python|cuda|busybox)" ;;
+        *) die "bad fixture entry '$entry' (want NAME=python|cuda|conda|busybox)" ;;
     esac
 done
 [ -n "$need_py" ] && build_python_rootfs
+[ -n "$need_conda" ] && build_conda_rootfs
 [ -n "$need_bb" ] && build_busybox_rootfs
 
 log "engine ${DOCKER_HOST:-unix:///var/run/docker.sock} (docker $ENGINE_VERSION)"

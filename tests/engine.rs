@@ -1406,6 +1406,42 @@ fn missing_copy_sources_fail_each_at_its_own_line() {
     );
 }
 
+/// A conda recipe on kiln's default miniconda builder (the fixture
+/// look-alike, whose `conda` is a stand-in: no conda channel is reachable
+/// here): the step finds `conda` on the builder's PATH, the environment is
+/// copied onto the slim runtime and runs there as the user, and nothing of
+/// conda reaches the image.
+#[test]
+fn a_conda_environment_is_built_in_the_miniconda_builder_and_runs_on_the_runtime() {
+    let name = "conda";
+    let Some(engine) = common::engine(EngineKind::New, name) else {
+        return;
+    };
+    let image = engine.image(name);
+    let build =
+        engine.build(&Build::new(fixture(name).join("kiln.kdl"), fixture(name)).tag(&image));
+    build.expect_ok();
+    for step in [
+        "[default] builder miniconda3:24.7.1-0@sha256:",
+        "[default] conda env create -f environment.yml",
+        "[default] verify: import six",
+    ] {
+        assert!(
+            !build.named(step).is_empty(),
+            "no {step:?}:\n{}",
+            build.summary()
+        );
+    }
+    assert_eq!(image.run(&[]).trim(), "/opt/venv 1.16.0");
+    assert_eq!(image.sh("id -un").trim(), "app");
+    assert_eq!(
+        image
+            .sh("ls /opt/conda 2>/dev/null | wc -l; command -v conda || echo none")
+            .trim(),
+        "0\nnone"
+    );
+}
+
 /// BuildKit 0.8 (no MergeOp, `# syntax=` only): the frontend reads the
 /// requirements files through the context there too, and the included file
 /// reaches the install step.

@@ -640,10 +640,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     });
     let mut b_env = match &conda_builder {
         Some((_, Some(i))) if !i.config.config.env.is_empty() => i.config.env_pairs(),
-        Some(_) => vec![(
-            "PATH".to_string(),
-            crate::plan::DEFAULT_PATH.to_string(),
-        )],
+        Some(_) => vec![("PATH".to_string(), crate::plan::DEFAULT_PATH.to_string())],
         None => plan.builder.env(),
     };
     // Conda images keep `conda` in /opt/conda/bin, on their PATH; where
