@@ -369,6 +369,36 @@ fn look_up_copy_sources(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> R
     let dir = context_dir(b);
     let reincludes = opts.exclude.iter().any(|p| p.starts_with('!'));
     for src in c.context_paths_wanted(opts) {
+        if let Some((folder, _)) = kiln_compiler::copy_pattern(&src) {
+            // A pattern: something in its folder that it matches and that
+            // .dockerignore does not leave out.
+            let folder_path = if folder.is_empty() {
+                Some(if dir.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    dir.clone()
+                })
+            } else {
+                resolve_in_context(&dir, folder)?
+            };
+            let present = match folder_path {
+                Some(path) => std::fs::read_dir(&path).is_ok_and(|entries| {
+                    entries.flatten().any(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let rel = if folder.is_empty() {
+                            name
+                        } else {
+                            format!("{folder}/{name}")
+                        };
+                        kiln_compiler::ignore::excluded(std::slice::from_ref(&src), &rel)
+                            && !kiln_compiler::ignore::excluded(&opts.exclude, &rel)
+                    })
+                }),
+                None => false,
+            };
+            opts.context_paths.insert(src, present);
+            continue;
+        }
         let present = if kiln_compiler::ignore::excluded(&opts.exclude, &src) && !reincludes {
             false
         } else {

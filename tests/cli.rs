@@ -391,7 +391,29 @@ fn copy_sources_missing_from_the_context_are_located_errors() {
         "{}",
         stderr(&missing)
     );
+    // A pattern that matches nothing, at the root or in a folder; one that
+    // matches passes.
+    std::fs::write(dir.join("src").join("a.py"), "").expect("write");
+    let patterns = check(
+        "kiln 1\npython \"3.11\"\ncopy \"src/*.py\" \"/app/\"\ncopy \"src/*.rs\" \"/app/\"\ncopy \"*.md\" \"/app/\"\n",
+    );
+    assert_eq!(patterns.status.code(), Some(1));
+    let said = stderr(&patterns);
+    assert!(
+        said.contains("kiln.kdl:4:1: copy pattern `src/*.rs` matches nothing in the build context")
+            && said
+                .contains("kiln.kdl:5:1: copy pattern `*.md` matches nothing in the build context")
+            && !said.contains("`src/*.py`"),
+        "{said}"
+    );
     std::fs::write(dir.join(".dockerignore"), "*.env\n").expect("write");
+    // What .dockerignore leaves out is not matched.
+    let unmatched = check("kiln 1\npython \"3.11\"\ncopy \"*.env\" \"/app/\"\n");
+    assert!(
+        stderr(&unmatched).contains("copy pattern `*.env` matches nothing"),
+        "{}",
+        stderr(&unmatched)
+    );
     let ignored = check("kiln 1\npython \"3.11\"\ncopy \"secret.env\" \"/app/\"\n");
     assert_eq!(ignored.status.code(), Some(1));
     assert!(

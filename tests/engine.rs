@@ -1390,8 +1390,9 @@ fn missing_copy_sources_fail_each_at_its_own_line() {
     assert!(!build.ok, "built, but it must fail:\n{}", build.report());
     let text = build.all_text();
     for w in [
-        "kiln.kdl:10:1: error[kiln::missing_file]: copy source `model.bin` is not in the build context",
-        "kiln.kdl:11:1: error[kiln::missing_file]: copy source `conf` is not in the build context",
+        "kiln.kdl:11:1: error[kiln::missing_file]: copy source `model.bin` is not in the build context",
+        "kiln.kdl:12:1: error[kiln::missing_file]: copy source `conf` is not in the build context",
+        "kiln.kdl:13:1: error[kiln::missing_file]: copy pattern `*.py` matches nothing in the build context",
     ] {
         assert!(
             text.contains(w),

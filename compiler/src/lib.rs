@@ -169,6 +169,22 @@ pub struct PlatformBuild {
     pub plan: plan::Plan,
 }
 
+/// Whether a `copy` source is a pattern (`*`, `?`, `[…]`), as the engine
+/// takes it.
+pub fn is_pattern(src: &str) -> bool {
+    src.contains(['*', '?', '['])
+}
+
+/// A `copy` pattern whose wildcards are in its last part only, as (the
+/// folder it lists, relative to the context, `""` for the root; the last
+/// part): `src/*.py` is `("src", "*.py")`. `None` for a plain path or
+/// wildcards in a folder.
+pub fn copy_pattern(src: &str) -> Option<(&str, &str)> {
+    let src = src.trim_end_matches('/');
+    let (dir, name) = src.rsplit_once('/').unwrap_or(("", src));
+    (is_pattern(name) && !is_pattern(dir)).then_some((dir.trim_start_matches("./"), name))
+}
+
 /// The compiled result for one variant on every requested platform.
 #[derive(Debug, Clone)]
 pub struct Compiled {
@@ -281,8 +297,10 @@ impl Compilation {
     }
 
     /// The `copy` sources the caller may look up in the build context for
-    /// [`Options::context_paths`]: plain paths (no wildcard, not the whole
-    /// context) of every variant built, each once.
+    /// [`Options::context_paths`] (`true` where the context has the path,
+    /// or something a pattern matches): plain paths, and patterns with
+    /// their wildcards in the last part only ([`copy_pattern`]), of every
+    /// variant built, each once; not the whole context.
     pub fn context_paths_wanted(&self, opts: &Options) -> Vec<String> {
         let Ok((plans, _)) = self.plan(opts) else {
             return Vec::new();
@@ -290,7 +308,8 @@ impl Compilation {
         let mut out: Vec<String> = Vec::new();
         for c in plans.iter().flat_map(|p| &p.copies) {
             let src = &c.value.src;
-            if src != "." && !src.contains(['*', '?', '[']) && !out.contains(src) {
+            let wanted = !is_pattern(src) || copy_pattern(src).is_some();
+            if src != "." && wanted && !out.contains(src) {
                 out.push(src.clone());
             }
         }

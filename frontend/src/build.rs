@@ -199,7 +199,16 @@ impl CopyProbe {
         let id = engine.solve(def, false, &[]).await.ok()?;
         let mut opts = self.opts.clone();
         for path in wanted {
-            let present = engine.exists(&id, &path).await.ok()?;
+            let present = match kiln_compiler::copy_pattern(&path) {
+                // What was sent is what the pattern matched (and
+                // .dockerignore kept): anything in its folder.
+                Some((folder, name)) => !engine
+                    .read_dir(&id, if folder.is_empty() { "." } else { folder }, name)
+                    .await
+                    .ok()?
+                    .is_empty(),
+                None => engine.exists(&id, &path).await.ok()?,
+            };
             opts.context_paths.insert(path, present);
         }
         self.compilation.compile(&opts).err()

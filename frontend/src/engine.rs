@@ -258,6 +258,35 @@ impl Engine {
         Ok(response.into_inner().data)
     }
 
+    /// The names in the folder `dir` of the result `id` that match
+    /// `pattern`; none where the folder is not there.
+    pub async fn read_dir(
+        &self,
+        id: &str,
+        dir: &str,
+        pattern: &str,
+    ) -> Result<Vec<String>, tonic::Status> {
+        match self
+            .client()
+            .read_dir(gateway::ReadDirRequest {
+                r#ref: id.to_string(),
+                dir_path: dir.to_string(),
+                include_pattern: pattern.to_string(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().entries.into_iter().map(|e| e.path).collect()),
+            Err(status)
+                if status.code() == tonic::Code::NotFound
+                    || status.message().contains("no such file") =>
+            {
+                Ok(Vec::new())
+            }
+            Err(status) => Err(status),
+        }
+    }
+
     /// Whether `path` is in the result `id` (a file, folder or link).
     pub async fn exists(&self, id: &str, path: &str) -> Result<bool, tonic::Status> {
         match self

@@ -355,6 +355,33 @@ async fn a_missing_copy_source_is_an_error_at_its_line() {
     }
 }
 
+/// A copy pattern that matches nothing fails at its line too; one that
+/// matches is not blamed.
+#[tokio::test]
+async fn a_copy_pattern_that_matches_nothing_is_an_error_at_its_line() {
+    let recipe =
+        "kiln 1\npython \"3.11\"\ncopy \"src/*.py\" \"/app/\"\ncopy \"src/*.rs\" \"/app/\"\n";
+    let mut engine = FakeEngine::new()
+        .with_file("env.kdl", recipe.as_bytes())
+        .with_file("src/a.py", b"print(1)\n");
+    engine.fail_solve = Some((
+        "src/*.rs".into(),
+        tonic::Status::unknown("lstat /tmp/buildkit-mount1/src: no such file or directory"),
+    ));
+    engine.fail_evaluated_only = true;
+    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
+    assert_eq!(code, 1);
+    let error = error_of(&the_return(&engine));
+    assert!(
+        error.message.starts_with(
+            "env.kdl:4:1: error[kiln::missing_file]: copy pattern `src/*.rs` matches nothing in the build context"
+        ),
+        "{}",
+        error.message
+    );
+    assert!(!error.message.contains("`src/*.py`"), "{}", error.message);
+}
+
 /// A copy that fails for another reason keeps the engine's error.
 #[tokio::test]
 async fn a_copy_failing_with_its_sources_there_keeps_the_engines_error() {

@@ -828,14 +828,24 @@ pub fn plan(
 
     for c in &settings.copy {
         if opts.context_paths.get(&c.value.src) == Some(&false) {
-            let ignored = crate::ignore::excluded(&opts.exclude, &c.value.src);
+            let pattern = crate::is_pattern(&c.value.src);
+            let ignored = !pattern && crate::ignore::excluded(&opts.exclude, &c.value.src);
             diags.push(
                 Diagnostic::error(
                     "kiln::missing_file",
                     c.span,
-                    format!("copy source `{}` is not in the build context", c.value.src),
+                    if pattern {
+                        format!(
+                            "copy pattern `{}` matches nothing in the build context",
+                            c.value.src
+                        )
+                    } else {
+                        format!("copy source `{}` is not in the build context", c.value.src)
+                    },
                 )
-                .with_help(if ignored {
+                .with_help(if pattern {
+                    "a pattern matches files of the build context (the directory given to the build), after .dockerignore".to_string()
+                } else if ignored {
                     "the context's .dockerignore leaves it out: re-include it there with `!`, or copy another path".to_string()
                 } else {
                     "copy sources are relative to the build context (the directory given to the build, not the recipe's folder)".to_string()

@@ -306,6 +306,38 @@ impl LlbBridge for FakeEngine {
         }))
     }
 
+    /// The files in `dir` whose names match the pattern (`*` and `?`).
+    async fn read_dir(
+        &self,
+        request: Request<gw::ReadDirRequest>,
+    ) -> Result<Response<gw::ReadDirResponse>, Status> {
+        let request = request.into_inner();
+        let dir = request.dir_path.trim_matches('/');
+        let prefix = if dir.is_empty() || dir == "." {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let entries = self
+            .files
+            .keys()
+            .filter_map(|f| f.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .filter(|name| {
+                request.include_pattern.is_empty()
+                    || kiln_compiler::ignore::excluded(
+                        std::slice::from_ref(&request.include_pattern),
+                        name,
+                    )
+            })
+            .map(|name| kiln_proto::fsutil::Stat {
+                path: name.to_string(),
+                ..Default::default()
+            })
+            .collect();
+        Ok(Response::new(gw::ReadDirResponse { entries }))
+    }
+
     /// A path is there when it is one of the files, or a folder of one.
     async fn stat_file(
         &self,
