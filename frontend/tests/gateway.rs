@@ -310,26 +310,33 @@ async fn engine_solve_errors_pass_through_with_their_details() {
     assert_eq!(error.details, vec![detail]);
 }
 
+/// Run the frontend on `engine`, whose solves evaluated now (the copies,
+/// the checks) fail with `message` where they hold `needle`; the error it
+/// returned.
+async fn copy_failing_with(mut engine: FakeEngine, needle: &str, message: &str) -> RpcStatus {
+    engine.fail_solve = Some((needle.into(), tonic::Status::unknown(message)));
+    engine.fail_evaluated_only = true;
+    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
+    assert_eq!(code, 1);
+    error_of(&the_return(&engine))
+}
+
 /// A copy that fails because its source is not in the context: the
 /// frontend looks the copy sources up and fails at the line that named the
 /// missing one, not at every line of the op that copies them all.
 #[tokio::test]
 async fn a_missing_copy_source_is_an_error_at_its_line() {
     let recipe = "kiln 1\npython \"3.11\"\ncopy \"app.py\" \"/app/app.py\"\ncopy \"model.bin\" \"/app/model.bin\"\ncopy \"conf\" \"/app/conf\"\n";
-    let mut engine = FakeEngine::new()
+    let engine = FakeEngine::new()
         .with_file("env.kdl", recipe.as_bytes())
         .with_file("app.py", b"print(1)\n")
         .with_file("conf/app.yaml", b"a: 1\n");
-    engine.fail_solve = Some((
-        "model.bin".into(),
-        tonic::Status::unknown(
-            "failed to calculate checksum of ref abc::def: \"/model.bin\": not found",
-        ),
-    ));
-    engine.fail_evaluated_only = true;
-    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
-    assert_eq!(code, 1);
-    let error = error_of(&the_return(&engine));
+    let error = copy_failing_with(
+        engine.clone(),
+        "model.bin",
+        "failed to calculate checksum of ref abc::def: \"/model.bin\": not found",
+    )
+    .await;
     assert!(
         error.message.starts_with(
             "env.kdl:4:1: error[kiln::missing_file]: copy source `model.bin` is not in the build context"
@@ -361,17 +368,15 @@ async fn a_missing_copy_source_is_an_error_at_its_line() {
 async fn a_copy_pattern_that_matches_nothing_is_an_error_at_its_line() {
     let recipe =
         "kiln 1\npython \"3.11\"\ncopy \"src/*.py\" \"/app/\"\ncopy \"src/*.rs\" \"/app/\"\n";
-    let mut engine = FakeEngine::new()
+    let engine = FakeEngine::new()
         .with_file("env.kdl", recipe.as_bytes())
         .with_file("src/a.py", b"print(1)\n");
-    engine.fail_solve = Some((
-        "src/*.rs".into(),
-        tonic::Status::unknown("lstat /tmp/buildkit-mount1/src: no such file or directory"),
-    ));
-    engine.fail_evaluated_only = true;
-    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
-    assert_eq!(code, 1);
-    let error = error_of(&the_return(&engine));
+    let error = copy_failing_with(
+        engine.clone(),
+        "src/*.rs",
+        "lstat /tmp/buildkit-mount1/src: no such file or directory",
+    )
+    .await;
     assert!(
         error.message.starts_with(
             "env.kdl:4:1: error[kiln::missing_file]: copy pattern `src/*.rs` matches nothing in the build context"
@@ -386,17 +391,10 @@ async fn a_copy_pattern_that_matches_nothing_is_an_error_at_its_line() {
 #[tokio::test]
 async fn a_copy_failing_with_its_sources_there_keeps_the_engines_error() {
     let recipe = "kiln 1\npython \"3.11\"\ncopy \"app.py\" \"/app/app.py\"\n";
-    let mut engine = FakeEngine::new()
+    let engine = FakeEngine::new()
         .with_file("env.kdl", recipe.as_bytes())
         .with_file("app.py", b"print(1)\n");
-    engine.fail_solve = Some((
-        "app.py".into(),
-        tonic::Status::unknown("mkdir /app: not found"),
-    ));
-    engine.fail_evaluated_only = true;
-    let code = run_frontend(&engine, &[("filename", "env.kdl")]).await;
-    assert_eq!(code, 1);
-    let error = error_of(&the_return(&engine));
+    let error = copy_failing_with(engine.clone(), "app.py", "mkdir /app: not found").await;
     assert_eq!(error.message, "mkdir /app: not found");
 }
 
