@@ -135,6 +135,19 @@ impl Default for Options {
 }
 
 impl Options {
+    /// The config (and digest) the caller resolved for `reference`: for
+    /// `platform`, else for any.
+    pub fn resolved_image(
+        &self,
+        reference: &image_ref::ImageRef,
+        platform: &Platform,
+    ) -> Option<&ResolvedImage> {
+        let key = reference.to_string();
+        self.platform_images
+            .get(&(key.clone(), platform.clone()))
+            .or_else(|| self.images.get(&key))
+    }
+
     pub fn platforms(&self) -> Vec<Platform> {
         if self.platforms.is_empty() {
             vec![Platform::linux_amd64()]

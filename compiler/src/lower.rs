@@ -632,10 +632,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // kiln's miniconda builder, pinned to the digest the caller resolved,
     // with its environment.
     let conda_builder = plan.conda_builder().map(|r| {
-        let resolved = opts
-            .platform_images
-            .get(&(r.to_string(), plan.platform.clone()))
-            .or_else(|| opts.images.get(&r.to_string()));
+        let resolved = opts.resolved_image(&r, &plan.platform);
         (r, resolved)
     });
     let mut b_env = match &conda_builder {

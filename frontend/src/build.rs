@@ -140,10 +140,7 @@ pub async fn read_context_files(
                     copts.context_files.insert(file, Some(String::new()));
                     progress = true;
                 }
-                Err(status)
-                    if status.code() == tonic::Code::NotFound
-                        || status.message().contains("no such file") =>
-                {
+                Err(status) if crate::engine::not_found(&status) => {
                     copts.context_files.insert(file, None);
                     progress = true;
                 }

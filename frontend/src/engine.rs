@@ -138,6 +138,12 @@ pub struct Engine {
     pub worker_platform: Option<Platform>,
 }
 
+/// Whether an engine's error says a path is not there (a `ReadFile`,
+/// `StatFile` or `ReadDir` of a path the result lacks).
+pub fn not_found(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::NotFound || status.message().contains("no such file")
+}
+
 pub fn platform_to_pb(p: &Platform) -> pb::Platform {
     pb::Platform {
         architecture: p.architecture.clone(),
@@ -277,12 +283,7 @@ impl Engine {
             .await
         {
             Ok(r) => Ok(r.into_inner().entries.into_iter().map(|e| e.path).collect()),
-            Err(status)
-                if status.code() == tonic::Code::NotFound
-                    || status.message().contains("no such file") =>
-            {
-                Ok(Vec::new())
-            }
+            Err(status) if not_found(&status) => Ok(Vec::new()),
             Err(status) => Err(status),
         }
     }
@@ -299,12 +300,7 @@ impl Engine {
             .await
         {
             Ok(_) => Ok(true),
-            Err(status)
-                if status.code() == tonic::Code::NotFound
-                    || status.message().contains("no such file") =>
-            {
-                Ok(false)
-            }
+            Err(status) if not_found(&status) => Ok(false),
             Err(status) => Err(status),
         }
     }

@@ -290,12 +290,7 @@ fn described(
     opts: &Options,
     platform: &Platform,
 ) -> Base {
-    let key = reference.to_string();
-    let resolved = opts
-        .platform_images
-        .get(&(key.clone(), platform.clone()))
-        .or_else(|| opts.images.get(&key))
-        .cloned();
+    let resolved = opts.resolved_image(&reference, platform).cloned();
     Base {
         reference,
         why: why.to_string(),
