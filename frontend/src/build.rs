@@ -215,8 +215,7 @@ impl CopyProbe {
 /// Whether an engine's error may be a copy's missing source (BuildKit:
 /// `failed to calculate checksum of ref …: "/app": not found`).
 fn may_be_missing_source(status: &tonic::Status) -> bool {
-    let m = status.message();
-    m.contains("not found") || m.contains("no such file")
+    crate::engine::not_found(status) || status.message().contains("not found")
 }
 
 /// The digest of the op a definition ends with (the terminal op's input).
@@ -345,16 +344,6 @@ async fn resolve_images(
         out.insert(key, image);
     }
     Ok(out)
-}
-
-/// Compile every platform at once, each plan with its own platform's base
-/// image configs.
-fn compile_platforms(
-    compilation: &Compilation,
-    opts: &Options,
-) -> Result<(Vec<PlatformBuild>, Diagnostics), Failure> {
-    let compiled = compilation.compile(opts).map_err(Failure::Recipe)?;
-    Ok((compiled.builds, compiled.warnings))
 }
 
 /// Print warnings to stderr and, where the engine shows them, to the client.
@@ -570,15 +559,17 @@ pub async fn build(engine: &Engine, env: &Environment) -> Result<gateway::Result
     copts = with_files;
     copts.images.clear();
     copts.platform_images = resolved;
-    let (builds, warnings) = compile_platforms(&compilation, &copts)?;
-    report_warnings(engine, &recipe, &warnings).await;
+    // Every platform at once, each plan with its own platform's base
+    // image configs.
+    let compiled = compilation.compile(&copts).map_err(Failure::Recipe)?;
+    report_warnings(engine, &recipe, &compiled.warnings).await;
 
     let probe = CopyProbe {
         compilation,
         opts: copts,
         sessions,
     };
-    let images = solve_builds(engine, builds, &opts, &probe).await?;
+    let images = solve_builds(engine, compiled.builds, &opts, &probe).await?;
     image_result(&images, opts.multi_platform, &engine.caps)
 }
 
