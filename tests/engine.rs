@@ -924,6 +924,52 @@ fn a_bad_recipe_fails_with_its_location() {
     );
 }
 
+/// A base whose tag and config do not say which python it has (an in-house
+/// image): the build stops at the recipe's `python` line when the image's
+/// python is another one, instead of building a venv of the wrong python.
+#[test]
+fn a_base_with_another_python_fails_at_the_python_line() {
+    let Some(engine) = common::engine(EngineKind::New, "other_python") else {
+        return;
+    };
+    // The fixture's python is 3.11; this tag and config name none.
+    let base = built_base(
+        engine,
+        &format!("kiln-e2e-inhouse:{}", nonce()),
+        "FROM python:3.11-slim\nENV PYTHON_VERSION=\n",
+        &[],
+    );
+    let ctx = TempDir::new("other-python");
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        format!(
+            "// syntax=kiln/frontend:dev\nkiln 1\nname \"other-python\"\npython \"3.10\"\n\
+             base \"{}\"\npip \"six==1.16.0\"\nca-bundle secret=\"ca-bundle\"\n",
+            base.tag
+        ),
+    )
+    .expect("write");
+    let build = engine.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()));
+    assert!(!build.ok, "it built:\n{}", build.report());
+    let text = build.all_text();
+    for wanted in [
+        format!("python3 in {} is 3.11.", base.tag),
+        "but the recipe asks for python 3.10".to_string(),
+        ">>> python \"3.10\"".to_string(),
+    ] {
+        assert!(
+            text.contains(&wanted),
+            "the error does not say {wanted:?}:\n{}",
+            build.report()
+        );
+    }
+    assert!(
+        build.named("pip install six").iter().all(|v| !v.executed()),
+        "pip ran after the venv step failed:\n{}",
+        build.summary()
+    );
+}
+
 // ----------------------------------------------------------------- parallel
 
 #[test]

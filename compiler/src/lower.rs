@@ -73,6 +73,29 @@ const RETRY_FUNCTION: &str = "kiln_retry() {
 /// (tensorflow-hub 0.15, among many) then fail, and `python -m pip` is gone.
 const VENV_SCRIPT: &str = "python3 -m venv /opt/venv\n";
 
+/// The venv step: first a check that the builder's python is the recipe's
+/// `python` (a base whose tag and config do not say which python it has,
+/// an in-house image, gets no other check), then the venv. Only major and
+/// minor count: `3.11.4` picks a base tag, and any 3.11 meets it.
+fn venv_script(python: &str, image: &str) -> String {
+    format!(
+        "kiln_have=$(python3 -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])') || exit 1
+case \"$kiln_have.\" in
+  {want}.*) ;;
+  *) echo \"kiln: error: python3 in {image} is $kiln_have, but the recipe asks for python {want}: use an image with python {want}, or change the recipe's python line\" >&2; exit 1 ;;
+esac
+{VENV_SCRIPT}",
+        // A version is digits and dots (the model checks it); nothing else
+        // may reach the script.
+        want = python
+            .split('.')
+            .take(2)
+            .map(|part| part.chars().filter(char::is_ascii_digit).collect::<String>())
+            .collect::<Vec<_>>()
+            .join(".")
+    )
+}
+
 /// A python that can import pip's vendored `packaging`: the venv's when it
 /// has its own pip, the builder's otherwise.
 const KILN_PY: &str = "kiln_py() {
@@ -768,7 +791,14 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         None => b_ready
             .run(
                 cx.script(
-                    VENV_SCRIPT,
+                    &if plan.builder.python_from_apt {
+                        // The distro's python, installed by apt: its version
+                        // is the distro's, which the plan checked against the
+                        // recipe's (the image's tag names the distro).
+                        VENV_SCRIPT.to_string()
+                    } else {
+                        venv_script(&plan.python, &plan.builder.reference.familiar_name_tag())
+                    },
                     cx.meta(&format!("python -m venv {VENV}"), plan.python_span),
                 )
                 .env(&b_env),
