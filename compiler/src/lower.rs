@@ -279,13 +279,16 @@ impl Cx<'_> {
         let mut exec = self.ca_mount(exec);
         for idx in &self.plan.indexes {
             if let Some(id) = &idx.secret {
+                // Optional, so that the step says which secret is missing
+                // and how to pass it (the engine's own error names only
+                // the id, at whichever step mounts it first).
                 exec = exec.mount(Mount::Secret {
                     target: secret_path(id),
                     id: id.clone(),
                     uid: 0,
                     gid: 0,
                     mode: 0o400,
-                    optional: false,
+                    optional: true,
                 });
             }
         }
@@ -300,7 +303,10 @@ impl Cx<'_> {
         self.plan.ca_bundle.as_ref().map(|id| {
             let p = secret_path(id);
             format!(
-                "if [ -s {p} ]; then export SSL_CERT_FILE={p} PIP_CERT={p} REQUESTS_CA_BUNDLE={p} CURL_CA_BUNDLE={p} CONDA_SSL_VERIFY={p} GIT_SSL_CAINFO={p}; fi"
+                "if [ -s {p} ]; then export SSL_CERT_FILE={p} PIP_CERT={p} REQUESTS_CA_BUNDLE={p} CURL_CA_BUNDLE={p} CONDA_SSL_VERIFY={p} GIT_SSL_CAINFO={p}; else echo {} >&2; fi",
+                quote(&format!(
+                    "kiln: warning: this build was not given the CA bundle secret `{id}` (--secret id={id},src=FILE); using the image's own CA certificates"
+                ))
             )
         })
     }
@@ -328,6 +334,19 @@ impl Cx<'_> {
         if let Some(ca) = self.ca_exports() {
             s.push_str(&ca);
             s.push('\n');
+        }
+        for idx in &self.plan.indexes {
+            if let Some(id) = &idx.secret {
+                let message = format!(
+                    "kiln: error: this build was not given the secret `{id}`, the netrc file with the credentials of the pip index {}: pass it with --secret id={id},src=FILE",
+                    idx.url
+                );
+                s.push_str(&format!(
+                    "if [ ! -f {p} ]; then echo {} >&2; exit 1; fi\n",
+                    quote(&message),
+                    p = secret_path(id)
+                ));
+            }
         }
         if let Some(id) = self.plan.indexes.iter().find_map(|i| i.secret.as_ref()) {
             s.push_str(&format!("export NETRC={}\n", secret_path(id)));
