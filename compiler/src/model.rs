@@ -1239,6 +1239,21 @@ impl Decoder {
         }
         if !packages.is_empty() {
             for p in &packages {
+                // `pip "requirements.txt"`: pip would look for a project of
+                // that name on the index and fail the build.
+                let lower = p.to_ascii_lowercase();
+                if (lower.ends_with(".txt") || lower.ends_with(".in"))
+                    && !p.contains(|c: char| c.is_whitespace() || "=<>!~;[@".contains(c))
+                {
+                    let at = find_arg(node, p).unwrap_or(span);
+                    self.err(
+                        "kiln::invalid_requirement",
+                        at,
+                        format!("`{p}` is a file name, not a package: pip would look for a project called `{p}` on the index"),
+                    )
+                    .help = Some(format!("install the file's requirements with `pip requirements=\"{p}\"`"));
+                    continue;
+                }
                 if let Err(why) = check_requirement(p) {
                     let at = find_arg(node, p).unwrap_or(span);
                     self.err(
