@@ -1482,3 +1482,83 @@ fn a_patch_python_matches_the_bases_that_can_carry_it() {
         assert!(errors[0].contains("kiln::python_mismatch"), "{errors:?}");
     }
 }
+
+/// A requirement of the framework's project is a warning where the
+/// framework's release meets it (a bare name, a range that holds it, `==`
+/// with a build label such as `+cpu`), inline or in a lock, and an error
+/// where it does not, in a file installed as a file too, at the file's line.
+#[test]
+fn the_framework_in_pip_is_judged_by_whether_its_release_meets_it() {
+    let compile = |pip: &str, file: Option<&str>| {
+        let text = format!(
+            "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\n{pip}\npip \"six==1.16.0\"\n"
+        );
+        let mut opts = Options::default();
+        if let Some(f) = file {
+            opts.context_files.insert("r.txt".into(), Some(f.into()));
+        }
+        kiln_compiler::compile("f.kdl", &text, &opts)
+    };
+    let warned = |pip: &str, file: Option<&str>| {
+        let c = compile(pip, file).unwrap_or_else(|e| panic!("{pip} {file:?}: {e:?}"));
+        c.warnings
+            .items
+            .iter()
+            .any(|w| w.code == "kiln::framework_in_pip")
+    };
+    for pip in [
+        "pip \"torch\"",
+        "pip \"torch>=2.0\"",
+        "pip \"torch==2.4.1+cpu\"",
+        "pip \"torch==2.4.1+cu121\"",
+        "pip \"torch~=2.4.0\"",
+    ] {
+        assert!(warned(pip, None), "{pip} warns");
+    }
+    assert!(warned(
+        "pip requirements=\"r.txt\"",
+        Some("torch==2.4.1+cpu\nnumpy==1.26.4\n")
+    ));
+    for pip in [
+        "pip \"torch>=2.5\"",
+        "pip \"torch==2.5.1\"",
+        "pip \"torch<2.4\"",
+    ] {
+        let e = compile(pip, None)
+            .err()
+            .unwrap_or_else(|| panic!("{pip} fails"));
+        assert_eq!(e.items[0].code, "kiln::framework_in_pip", "{pip}");
+    }
+    // A loose file keeps its lines: one the release meets passes quietly
+    // (pip finds the framework installed), another release is an error that
+    // names the file's line.
+    let loose = compile(
+        "pip requirements=\"r.txt\"",
+        Some("transformers>=4.40\ntorch>=2.0\n"),
+    )
+    .expect("compiles");
+    assert!(
+        !loose
+            .warnings
+            .items
+            .iter()
+            .any(|w| w.code == "kiln::framework_in_pip")
+    );
+    let e = compile(
+        "pip requirements=\"r.txt\"",
+        Some("transformers>=4.40\ntorch==2.5.1\n"),
+    )
+    .err()
+    .expect("another release in a file fails");
+    let got: Vec<String> = e
+        .items
+        .iter()
+        .map(|d| format!("{} {} {}", e.location(d), d.code, d.message))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "f.kdl:4:1 kiln::framework_in_pip `r.txt` line 2 asks for `torch==2.5.1`, which `framework \"pytorch\" \"2.4.1\"` does not meet: pip would install it over the framework's build for this variant"
+        ]
+    );
+}

@@ -65,6 +65,23 @@ impl FrameworkPlan {
                 .is_some_and(|p| model::requirement_name(p) == name)
     }
 
+    /// Whether `spec`, a requirement of this framework's project, is met by
+    /// the framework's release: a bare name, `==` the release (a local
+    /// label such as `+cpu` or `+cu121` names a build, and the framework
+    /// step picks the variant's), or a range that holds it. A URL is a
+    /// build of its own.
+    pub fn admits(&self, spec: &str) -> bool {
+        let spec = spec.trim();
+        if spec.contains('@') {
+            return false;
+        }
+        if let Some((_, v)) = model::exact_pin(spec) {
+            let release = v.split('+').next().unwrap_or(&v);
+            return model::same_version(release, &self.version);
+        }
+        model::excludes_release(spec, &self.version).is_none()
+    }
+
     /// Take `spec` into the framework step if it names a companion project.
     pub fn adopt_companion(&mut self, spec: &str) -> bool {
         let name = model::requirement_name(spec);

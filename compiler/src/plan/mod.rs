@@ -425,6 +425,9 @@ pub fn plan(
     let mut indexes = Vec::new();
     let mut pip_inline: Vec<(String, SourceSpan)> = Vec::new();
     let mut pip_files = Vec::new();
+    // The lines of the files installed as files (not a layer per pin):
+    // (file, line, spec, the recipe's `pip` span).
+    let mut file_requirements: Vec<(String, usize, String, SourceSpan)> = Vec::new();
     let mut wanted_files = Vec::new();
     let mut lock_hashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut lock_origin: BTreeMap<String, String> = BTreeMap::new();
@@ -489,6 +492,11 @@ pub fn plan(
                                 pins.len()
                             ));
                         }
+                        file_requirements.extend(
+                            read.requirements
+                                .into_iter()
+                                .map(|(file, line, spec)| (file, line, spec, p.span)),
+                        );
                         pip_files.push(PipStep::Requirements {
                             path: path.clone(),
                             includes: read.includes,
@@ -559,6 +567,27 @@ pub fn plan(
     // from the framework's index: they move into its step.
     let mut framework = framework;
     if let Some(fw) = framework.as_mut() {
+        // A requirements file installed as a file keeps its lines; one that
+        // asks for another release of the framework would make pip put
+        // PyPI's build over the one the framework step installed.
+        for (file, line, spec, span) in &file_requirements {
+            if fw.is_itself(spec) && !fw.admits(spec) {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::framework_in_pip",
+                        *span,
+                        format!(
+                            "`{file}` line {line} asks for `{spec}`, which `framework \"{}\" \"{}\"` does not meet: pip would install it over the framework's build for this variant",
+                            fw.name, fw.version
+                        ),
+                    )
+                    .with_help(format!(
+                        "remove the line, or make it hold {} {} (kiln installs the framework in its own step, built for the variant); to change the release, change the `framework` line",
+                        fw.name, fw.version
+                    )),
+                );
+            }
+        }
         pip_inline.retain(|(spec, span)| {
             // The framework itself: its step installs the build that fits
             // the variant (CPU, or the CUDA asked for), from the right index.
@@ -590,11 +619,7 @@ pub fn plan(
                         return true;
                     }
                 }
-                let same = model::exact_pin(spec).is_some_and(|(_, v)| v == fw.version)
-                    || spec
-                        .trim()
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+                let same = fw.admits(spec);
                 let message = format!(
                     "`{spec}` is the framework: `framework \"{}\" \"{}\"` installs it, built for this variant",
                     fw.name, fw.version
@@ -1860,6 +1885,8 @@ struct ReadRequirements {
     /// `--find-links` lines of files in a folder of the context, which pip
     /// and uv read from different folders.
     find_links_in_folder: Vec<String>,
+    /// Every requirement of the file and its includes: (file, line, spec).
+    requirements: Vec<(String, usize, String)>,
 }
 
 /// Follow a requirements file's includes through the files the caller
@@ -1881,6 +1908,7 @@ fn read_requirements(
         lock: None,
         sources: Vec::new(),
         find_links_in_folder: Vec::new(),
+        requirements: Vec::new(),
     };
     let mut todo: Vec<(String, Option<IncludedBy>)> = vec![(path.to_string(), None)];
     let mut seen = vec![path.to_string()];
@@ -1915,6 +1943,11 @@ fn read_requirements(
         let entries = parse(text);
         if from.is_none() {
             out.lock = lock_pins(&entries);
+        }
+        for e in &entries {
+            if let Entry::Requirement { line, spec, .. } = e {
+                out.requirements.push((file.clone(), *line, spec.clone()));
+            }
         }
         for local in local_paths(&entries) {
             match &local {
