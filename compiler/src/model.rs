@@ -1025,8 +1025,26 @@ impl Decoder {
             }
             "kiln" | "variant" | "arg" => {}
             other => {
+                let lower = other.to_ascii_lowercase();
                 let help = match (nearest(other, NODE_NAMES.iter().copied()), other) {
                     (_, "from" | "FROM") => Some("the base image is `base \"IMAGE\"`".to_string()),
+                    _ if lower != other && NODE_NAMES.contains(&lower.as_str()) => {
+                        Some(format!("kiln's nodes are lowercase: write `{lower}`"))
+                    }
+                    // A Dockerfile's instructions, as people bring them over.
+                    _ if lower == "add" => Some(
+                        "a Dockerfile's ADD of context files is `copy \"SRC\" \"DEST\"`; kiln fetches no URLs and unpacks no archives into the image (a `run` step can)".to_string(),
+                    ),
+                    _ if lower == "maintainer" => Some(
+                        "write `label \"org.opencontainers.image.authors\" \"NAME\"`".to_string(),
+                    ),
+                    _ if lower == "shell" => Some(
+                        "`run` steps run with `/bin/sh -c`; to use another shell, call it: `run \"bash -c '…'\"`".to_string(),
+                    ),
+                    _ if ["healthcheck", "volume", "stopsignal", "onbuild"].contains(&lower.as_str()) => Some(format!(
+                        "kiln does not set a Dockerfile's {} in the image; set it where the image runs (docker run, compose, or the Kubernetes pod spec)",
+                        lower.to_ascii_uppercase()
+                    )),
                     (_, "torch" | "pytorch" | "tensorflow" | "jax") => Some(format!(
                         "frameworks are declared as `framework \"{}\" \"VERSION\"`",
                         if other == "torch" { "pytorch" } else { other }

@@ -126,6 +126,18 @@ fn unknown_names_suggest_the_nearest_known_one() {
             "kiln 1\npython 3.10\n",
             "write versions as strings: \"3.10\"",
         ),
+        (
+            "kiln 1\npython \"3.11\"\nadd \"m.bin\" \"/m/\"\n",
+            "ADD of context files is `copy \"SRC\" \"DEST\"`",
+        ),
+        (
+            "kiln 1\npython \"3.11\"\nWORKDIR \"/app\"\n",
+            "kiln's nodes are lowercase: write `workdir`",
+        ),
+        (
+            "kiln 1\npython \"3.11\"\nstopsignal \"SIGINT\"\n",
+            "kiln does not set a Dockerfile's STOPSIGNAL",
+        ),
     ] {
         let diags = kiln_compiler::compile("r.kdl", text, &Options::default()).expect_err("fails");
         let help: Vec<&str> = diags
