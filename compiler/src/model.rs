@@ -721,11 +721,8 @@ impl Decoder {
                     && only.trim().contains(char::is_whitespace)
                     && !has_arg_ref(only)
                 {
-                    let split: Vec<String> = only
-                        .split_whitespace()
-                        .map(|w| format!("\"{w}\""))
-                        .collect();
                     let at = positional(node).first().map_or(span, |e| e.span());
+                    let help = exec_form_help(name, only.trim());
                     self.diags.push(
                         Diagnostic::warning(
                             "kiln::exec_form",
@@ -734,10 +731,7 @@ impl Decoder {
                                 "`{name}` is exec form: \"{only}\" is one program name with spaces in it, not a program and its arguments"
                             ),
                         )
-                        .with_help(format!(
-                            "write each argument as its own string: `{name} {}`; for a shell, `{name} \"sh\" \"-c\" \"{only}\"`",
-                            split.join(" ")
-                        )),
+                        .with_help(help),
                     );
                 }
                 let v = Spanned::new(words, span);
@@ -2301,6 +2295,121 @@ pub fn same_version(a: &str, b: &str) -> bool {
         (parts, rest)
     }
     norm(a) == norm(b)
+}
+
+/// A KDL string literal of `s`.
+fn kdl_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `line` split into words as `sh` would split it, with its quotes taken
+/// off, when it has no quote left open and nothing only a shell does
+/// (`$VAR`, pipes, redirections, globs, `;`, `&&`): `None` otherwise.
+fn shell_words(line: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '\'' => break,
+                        c => w.push(c),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next()? {
+                        '"' => break,
+                        '$' | '`' => return None,
+                        '\\' => match chars.next()? {
+                            c @ ('"' | '\\') => w.push(c),
+                            c => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                        },
+                        c => w.push(c),
+                    }
+                }
+            }
+            '\\' => word.get_or_insert_with(String::new).push(chars.next()?),
+            '$' | '`' | '|' | '&' | ';' | '<' | '>' | '(' | ')' | '*' | '?' | '[' | '#' => {
+                return None;
+            }
+            '~' if word.is_none() => return None,
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Some(words)
+}
+
+/// The fix for a `cmd`/`entrypoint` written as one string with spaces: its
+/// words as exec form, where a shell would only have split them; a shell
+/// (`sh -c`), where the string needs one (`$PORT`, `&&`, a pipe).
+fn exec_form_help(name: &str, line: &str) -> String {
+    let shell = |script: &str| format!("`{name} \"sh\" \"-c\" {}`", kdl_string(script));
+    match shell_words(line) {
+        Some(words)
+            if words.len() >= 3
+                && matches!(words[0].as_str(), "sh" | "/bin/sh" | "bash" | "/bin/bash")
+                && words[1] == "-c" =>
+        {
+            // Already a shell: its script is one argument.
+            let rest: Vec<String> = words.iter().map(|w| kdl_string(w)).collect();
+            format!(
+                "write each argument as its own string: `{name} {}`",
+                rest.join(" ")
+            )
+        }
+        Some(words) => {
+            // `exec` is the shell's; exec form runs the program itself.
+            let program = match words.first().map(String::as_str) {
+                Some("exec") if words.len() > 1 => &words[1..],
+                _ => &words[..],
+            };
+            let split: Vec<String> = program.iter().map(|w| kdl_string(w)).collect();
+            format!(
+                "write each argument as its own string: `{name} {}`; for a shell, {}",
+                split.join(" "),
+                shell(line)
+            )
+        }
+        None => {
+            // `exec` only where the line is one command (with `&&`, `;` or a
+            // pipe it would end the script early).
+            let script = if line.starts_with("exec ") || line.contains(['|', '&', ';']) {
+                line.to_string()
+            } else {
+                format!("exec {line}")
+            };
+            format!(
+                "it needs a shell (a variable, an operator, a glob), which exec form does not run: write {}",
+                shell(&script)
+            )
+        }
+    }
 }
 
 pub fn exact_pin(r: &str) -> Option<(String, String)> {

@@ -1574,3 +1574,34 @@ fn the_framework_in_pip_is_judged_by_whether_its_release_meets_it() {
         ]
     );
 }
+
+/// The fix kiln offers for a `cmd` written as one string splits it as a
+/// shell would (quotes taken off, each word a KDL string), and offers only a
+/// shell where the string needs one.
+#[test]
+fn the_exec_form_help_splits_as_a_shell_would() {
+    let help = |cmd: &str| {
+        let text = format!("kiln 1\npython \"3.11\"\ncmd {cmd}\n");
+        let c = kiln_compiler::compile("c.kdl", &text, &Options::default()).expect("compiles");
+        let w = c
+            .warnings
+            .items
+            .iter()
+            .find(|w| w.code == "kiln::exec_form")
+            .unwrap_or_else(|| panic!("{cmd}: no exec_form warning"));
+        w.help.clone().unwrap_or_default()
+    };
+    assert!(help(r#""python -c 'print(1)'""#).contains(r#"`cmd "python" "-c" "print(1)"`"#));
+    assert!(
+        help(r#""/bin/sh -c \"exec gunicorn -w 4 app:app\"""#)
+            .contains(r#"`cmd "/bin/sh" "-c" "exec gunicorn -w 4 app:app"`"#)
+    );
+    let port = help(r#""gunicorn -b 0.0.0.0:$PORT app:app""#);
+    assert!(
+        port.contains(r#"`cmd "sh" "-c" "exec gunicorn -b 0.0.0.0:$PORT app:app"`"#),
+        "{port}"
+    );
+    assert!(!port.contains(r#""0.0.0.0:$PORT""#), "{port}");
+    assert!(help(r#""exec uvicorn app:app""#).contains(r#"`cmd "uvicorn" "app:app"`"#));
+    assert!(help(r#""a && b""#).contains(r#"`cmd "sh" "-c" "a && b"`"#));
+}
