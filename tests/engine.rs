@@ -970,6 +970,81 @@ fn a_base_with_another_python_fails_at_the_python_line() {
     );
 }
 
+/// `run … secret="ID"`: the step reads the secret at /run/secrets/ID (a
+/// model hub's token), and its bytes reach no layer, the config or the
+/// history; a build not given the secret fails at the `run` line.
+#[test]
+fn a_run_step_reads_its_secret_and_the_image_keeps_none_of_it() {
+    let Some(engine) = common::engine(EngineKind::New, "run_secret") else {
+        return;
+    };
+    let ctx = TempDir::new("run-secret");
+    let token = format!("hf_kiln_e2e_token_{}{}", nonce(), nonce());
+    let token_file = ctx.path().join("token.txt");
+    std::fs::write(&token_file, &token).expect("write");
+    // The context holds only the recipe: the token file is outside it.
+    let recipe_dir = ctx.path().join("ctx");
+    std::fs::create_dir_all(&recipe_dir).expect("mkdir");
+    std::fs::write(
+        recipe_dir.join("kiln.kdl"),
+        "// syntax=kiln/frontend:dev\nkiln 1\nname \"run-secret\"\npython \"3.11\"\n\
+         user \"app\" uid=1000\nworkdir \"/app\"\n\
+         run \"mkdir -p /opt/model && HF_TOKEN=$(cat /run/secrets/hf_token) && \
+         printf '%s' \\\"$HF_TOKEN\\\" | sha256sum | cut -c1-64 > /opt/model/token.sha256 && \
+         echo 'kiln e2e greeting' > /opt/model/README\" secret=\"hf_token\"\n",
+    )
+    .expect("write");
+    let image = engine.image("run-secret");
+    let secret_flag = format!("id=hf_token,src={}", token_file.display());
+    let build = engine.build(
+        &Build::new(recipe_dir.join("kiln.kdl"), &recipe_dir)
+            .tag(&image)
+            .flag("--secret")
+            .flag(&secret_flag),
+    );
+    build.expect_ok();
+    // The step saw the token: the image has its digest, not its bytes.
+    let sha = image.sh("cat /opt/model/token.sha256");
+    let want = {
+        let o = std::process::Command::new("sha256sum")
+            .arg(&token_file)
+            .output()
+            .expect("sha256sum");
+        String::from_utf8_lossy(&o.stdout)[..64].to_string()
+    };
+    assert_eq!(sha.trim(), want, "the step did not read the secret");
+    let saved = image.save_and_search(&[token.as_bytes(), b"kiln e2e greeting"]);
+    assert!(
+        !saved.found[1].is_empty(),
+        "the scan did not find the step's README in any of {} files",
+        saved.files
+    );
+    assert!(
+        saved.found[0].is_empty(),
+        "the token is in the saved image: {:?}",
+        saved.found[0]
+    );
+    assert!(!image.inspect().to_string().contains(&token));
+    assert!(!image.history().contains(&token));
+    assert!(!build.all_text().contains(&token));
+    assert_eq!(
+        image.sh("ls -A /run/secrets 2>/dev/null | wc -l").trim(),
+        "0",
+        "a secret file stayed in the image"
+    );
+
+    // Without the secret: an error at the `run` line that names it.
+    let failed = engine.build(&Build::new(recipe_dir.join("kiln.kdl"), &recipe_dir).no_cache());
+    assert!(!failed.ok, "built without its secret:\n{}", failed.report());
+    let text = failed.all_text();
+    assert!(text.contains("hf_token"), "{}", failed.report());
+    assert!(
+        text.contains(">>> run \"mkdir -p /opt/model"),
+        "{}",
+        failed.report()
+    );
+}
+
 // ----------------------------------------------------------------- parallel
 
 #[test]

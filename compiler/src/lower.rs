@@ -1247,6 +1247,20 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         if let Some(ca) = &ca {
             exec = cx.ca_mount(exec.env(&[("KILN_CA".to_string(), ca.clone())]));
         }
+        // The step's own secret (a model hub's token): required, so that a
+        // build without it fails at this line, naming the id.
+        if let Some(id) = &r.value.secret
+            && cx.plan.ca_bundle.as_ref() != Some(id)
+        {
+            exec = exec.mount(Mount::Secret {
+                target: secret_path(id),
+                id: id.clone(),
+                uid: 0,
+                gid: 0,
+                mode: 0o400,
+                optional: false,
+            });
+        }
         exec.cwd = workdir.clone().unwrap_or_else(|| "/".to_string());
         state.run(exec).root()
     };

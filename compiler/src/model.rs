@@ -164,6 +164,8 @@ pub enum RunAfter {
 pub struct Run {
     pub command: String,
     pub after: RunAfter,
+    /// A build secret mounted at `/run/secrets/ID` for this step only.
+    pub secret: Option<String>,
 }
 
 /// A `verify` check: python run on the environment (runtime + installed
@@ -590,7 +592,10 @@ impl Decoder {
                             .help = Some("write `ca-bundle secret=\"ca-bundle\"`".into());
                             return;
                         }
-                        Some(v) => v,
+                        Some(v) => match self.secret_id(&v) {
+                            Some(_) => v,
+                            None => return,
+                        },
                         None => {
                             self.err(
                                 "kiln::missing_property",
@@ -991,15 +996,23 @@ impl Decoder {
                 }
             }
             "run" => {
-                self.allow_props(node, &["variant", "after"]);
+                self.allow_props(node, &["variant", "after", "secret"]);
                 let Some(cmd) = self.one_string(node, "shell command") else {
                     return;
                 };
                 let after = self.after_prop(node);
+                let secret = match self.string_prop(node, "secret") {
+                    Some(v) => match self.secret_id(&v) {
+                        Some(id) => Some(id),
+                        None => return,
+                    },
+                    None => None,
+                };
                 s.run.push(Spanned::new(
                     Run {
                         command: cmd.value,
                         after,
+                        secret,
                     },
                     span,
                 ));
@@ -1309,7 +1322,7 @@ impl Decoder {
             s.pip.push(Spanned::new(
                 Pip::Index {
                     url: i.value,
-                    secret: secret.map(|s| s.value),
+                    secret: secret.and_then(|s| self.secret_id(&s)),
                 },
                 span,
             ));
@@ -1586,6 +1599,30 @@ impl Decoder {
             );
         }
         Some(v.value)
+    }
+
+    /// A build secret's id, as `--secret id=ID` names it: letters, digits,
+    /// `.`, `_`, `-` (it becomes a path under /run/secrets, in shell code).
+    fn secret_id(&mut self, v: &Spanned<String>) -> Option<String> {
+        let id = v.value.trim();
+        let ok = !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            && !id.starts_with('.');
+        if ok {
+            return Some(id.to_string());
+        }
+        self.err(
+            "kiln::invalid_value",
+            v.span,
+            format!("`{}` is not a build secret id", v.value),
+        )
+        .help = Some(
+            "a secret id is letters, digits, `.`, `_` and `-`, as in `--secret id=hf_token,src=FILE`"
+                .into(),
+        );
+        None
     }
 
     fn bool_prop(&mut self, node: &KdlNode, key: &str) -> Option<bool> {

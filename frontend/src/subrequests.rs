@@ -192,6 +192,11 @@ pub fn outline(compilation: &Compilation, opts: &Options) -> Result<Outline, Fai
         for id in plan.indexes.iter().filter_map(|i| i.secret.as_ref()) {
             secrets.insert(id.clone(), true);
         }
+        for id in plan.runs.iter().filter_map(|r| r.value.secret.as_ref()) {
+            if plan.ca_bundle.as_ref() != Some(id) {
+                secrets.insert(id.clone(), true);
+            }
+        }
     }
     out.secrets = secrets
         .into_iter()
