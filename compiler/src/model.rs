@@ -844,6 +844,8 @@ impl Decoder {
                             k.span,
                             format!("`{}` is not an environment variable name", k.value),
                         );
+                    } else if let Some(d) = env_warning(&k.value, &v, k.span) {
+                        self.diags.push(d);
                     }
                     s.env
                         .push(Spanned::new((k.value, v), pair.unwrap_or(k.span)));
@@ -2332,6 +2334,63 @@ pub fn same_version(a: &str, b: &str) -> bool {
         (parts, rest)
     }
     norm(a) == norm(b)
+}
+
+/// Variables of pip's and uv's that set where packages come from: in an
+/// `env` they reach the image and `run` steps, not kiln's install steps.
+const INSTALLER_SOURCE_VARS: &[&str] = &[
+    "PIP_INDEX_URL",
+    "PIP_EXTRA_INDEX_URL",
+    "PIP_FIND_LINKS",
+    "PIP_NO_INDEX",
+    "PIP_CONSTRAINT",
+    "PIP_TRUSTED_HOST",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INDEX",
+    "UV_DEFAULT_INDEX",
+    "UV_FIND_LINKS",
+];
+
+/// A warning for an `env` variable that does not do what it seems to: an
+/// installer setting kiln's installs do not read, or a credential, which
+/// the image's config would show to anyone who has the image.
+fn env_warning(name: &str, value: &str, span: SourceSpan) -> Option<Diagnostic> {
+    let upper = name.to_ascii_uppercase();
+    if INSTALLER_SOURCE_VARS.contains(&upper.as_str()) {
+        return Some(
+            Diagnostic::warning(
+                "kiln::env_not_for_installs",
+                span,
+                format!("`{name}` is set in the image and its `run` steps, not in kiln's install steps, which do not read it"),
+            )
+            .with_help("name an index with `pip index=\"URL\"` (credentials: `secret=`), or put `--index-url`/`--find-links` lines in a requirements file"),
+        );
+    }
+    // Whole words of the name (`TOKENIZERS_PARALLELISM` is none), and a
+    // value that could be one (`HF_HUB_DISABLE_IMPLICIT_TOKEN=1` is not). A
+    // `${NAME}` from a build argument ends up in the config all the same.
+    let words: Vec<&str> = upper.split('_').collect();
+    let credential = words.iter().any(|w| {
+        matches!(
+            *w,
+            "TOKEN" | "SECRET" | "PASSWORD" | "PASSWD" | "APIKEY" | "CREDENTIAL" | "CREDENTIALS"
+        )
+    }) || words
+        .windows(2)
+        .any(|p| p[1] == "KEY" && matches!(p[0], "API" | "ACCESS" | "PRIVATE" | "SECRET"));
+    let value = value.trim();
+    let flag = value.len() < 8
+        || ["true", "false", "yes", "no", "none", "null"]
+            .contains(&value.to_ascii_lowercase().as_str());
+    (credential && !flag).then(|| {
+        Diagnostic::warning(
+            "kiln::secret_in_env",
+            span,
+            format!("`{name}` looks like a credential: an `env` value is in the image's config, where anyone with the image reads it"),
+        )
+        .with_help("give it to the container when it runs (docker run -e, a Kubernetes secret); for a build step, `run \"…\" secret=\"ID\"` reads a build secret that stays out of the image")
+    })
 }
 
 /// A KDL string literal of `s`.
