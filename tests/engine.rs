@@ -1045,6 +1045,82 @@ fn a_run_step_reads_its_secret_and_the_image_keeps_none_of_it() {
     );
 }
 
+/// App files in the recipe's own top-level workdir do not hang on the
+/// runtime's apt packages or user: adding an apt package copies nothing
+/// again, and the app layer keeps its digest (a push would skip it).
+#[test]
+fn an_apt_change_leaves_the_app_layer_as_it_was() {
+    let Some(engine) = common::engine(EngineKind::New, "apt_change_app_layer") else {
+        return;
+    };
+    let ctx = TempDir::new("apt-change");
+    std::fs::create_dir_all(ctx.path().join("models")).expect("mkdir");
+    std::fs::write(ctx.path().join("models/weights.bin"), "kiln e2e weights\n").expect("write");
+    std::fs::write(ctx.path().join("serve.py"), "print('serving')\n").expect("write");
+    let recipe = |apt: &str| {
+        format!(
+            "// syntax=kiln/frontend:dev\nkiln 1\nname \"apt-change\"\npython \"3.11\"\n{apt}\
+             ca-bundle secret=\"ca-bundle\"\nuser \"app\" uid=1000\nworkdir \"/app\"\n\
+             copy \"models\" \"models\"\ncopy \"serve.py\" \"serve.py\"\ncmd \"python\" \"serve.py\"\n"
+        )
+    };
+    let image = engine.image("apt-change");
+    let layers = |image: &Image| -> Vec<String> {
+        image.inspect()["RootFS"]["Layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .map(|l| l.as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    std::fs::write(ctx.path().join("kiln.kdl"), recipe("")).expect("write");
+    engine
+        .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
+        .expect_ok();
+    let before = layers(&image);
+    assert_eq!(
+        image
+            .sh("stat -c '%n %U:%G %a' / /app /app/models /app/models/weights.bin /app/serve.py")
+            .lines()
+            .collect::<Vec<_>>(),
+        [
+            "/ root:root 755",
+            "/app app:app 755",
+            "/app/models app:app 755",
+            "/app/models/weights.bin app:app 644",
+            "/app/serve.py app:app 644",
+        ]
+    );
+    assert_eq!(image.run(&[]).trim(), "serving");
+
+    std::fs::write(ctx.path().join("kiln.kdl"), recipe("apt \"tini\"\n")).expect("write");
+    let build = engine.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image));
+    build.expect_ok();
+    assert!(
+        !build.named("apt-get install tini").is_empty()
+            && build
+                .named("apt-get install tini")
+                .iter()
+                .all(|v| v.executed()),
+        "the apt step ran:\n{}",
+        build.summary()
+    );
+    assert!(
+        build.named("copy models").iter().all(|v| !v.executed()),
+        "the app files were copied again:\n{}",
+        build.summary()
+    );
+    let after = layers(&image);
+    assert_eq!(
+        before.last(),
+        after.last(),
+        "the app layer changed: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.len(), before.len() + 1, "{before:?} -> {after:?}");
+    image.exec(&["tini", "--version"]);
+    assert_eq!(image.run(&[]).trim(), "serving");
+}
+
 // ----------------------------------------------------------------- parallel
 
 #[test]

@@ -1338,10 +1338,20 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     // below them comes from elsewhere (a `run` step, a destination in the
     // venv) they are copied onto the environment itself.
     let on_environment = app_on_environment(plan);
+    // Files that all land in a top-level workdir of the recipe's (`/app`),
+    // which kiln makes itself, need no folder of apt's or of the user
+    // step's: they are copied onto the runtime base alone, so that a change
+    // to the apt packages or the user copies them no more (the layer, a
+    // model's weights perhaps, keeps its digest and is not pushed again).
+    let app_onto = if app_in_own_workdir(plan) {
+        &rt_base
+    } else {
+        &rt
+    };
     let has_app = !app_actions.is_empty();
     let copied = has_app.then(|| {
         if merge && !on_environment {
-            rt.file(app_actions.clone(), app_meta.clone())
+            app_onto.file(app_actions.clone(), app_meta.clone())
         } else {
             environment.file(app_actions.clone(), app_meta.clone())
         }
@@ -1349,7 +1359,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let app = copied
         .as_ref()
         .filter(|_| merge && !on_environment)
-        .map(|copied| State::diff(&rt, copied, cx.meta("layer: app files", None)));
+        .map(|copied| State::diff(app_onto, copied, cx.meta("layer: app files", None)));
     let mut image = match &app {
         // Nothing between the environment and the app files: one MergeOp of
         // every layer, rather than a merge of a merge.
@@ -1574,6 +1584,28 @@ pub(crate) fn app_on_environment(plan: &Plan) -> bool {
             .map(|c| resolve_dest(&c.value.dest, workdir.as_deref()))
             .chain(workdir.iter().cloned())
             .any(|d| d == VENV || d.starts_with(&format!("{VENV}/")))
+}
+
+/// Whether every app file lands in the recipe's workdir and that workdir
+/// is a top-level folder (`/app`, `/workspace`): kiln makes it, with the
+/// user as owner, and no step of the runtime's makes a folder above it.
+pub(crate) fn app_in_own_workdir(plan: &Plan) -> bool {
+    let Some(w) = plan.workdir.as_deref() else {
+        return false;
+    };
+    let w = w.trim_end_matches('/');
+    // The system's own folders are the base's and apt's: not these.
+    let system = [
+        "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media",
+        "/mnt", "/proc", "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/var",
+    ];
+    let top_level = w.len() > 1 && !w[1..].contains('/') && !system.contains(&w);
+    top_level
+        && !plan.copies.is_empty()
+        && plan.copies.iter().all(|c| {
+            let d = resolve_dest(&c.value.dest, Some(w));
+            !d.split('/').any(|p| p == "..") && (d == w || d.starts_with(&format!("{w}/")))
+        })
 }
 
 /// A copy destination: absolute as is, relative to the workdir otherwise.
