@@ -316,7 +316,7 @@ fn app_files_leave_the_bases_folders_and_links_as_they_were() {
         ctx.path().join("kiln.kdl"),
         "// syntax=kiln/frontend:dev\nkiln 1\npython \"3.11\"\nuser \"app\" uid=1000\n\
          workdir \"/srv/app\"\ncopy \"m.py\" \"m.py\"\ncopy \"m.py\" \"/etc/myapp/conf.py\"\n\
-         copy \"m.py\" \"/tmp/seed.py\"\ncopy \"tool.sh\" \"/bin/tool.sh\"\n",
+         copy \"m.py\" \"/tmp/seed.py\"\ncopy \"tool.sh\" \"/bin/tool.sh\" owner=\"root\"\n",
     )
     .expect("write");
     std::fs::write(ctx.path().join("m.py"), "print('m')\n").expect("write");
@@ -331,7 +331,7 @@ fn app_files_leave_the_bases_folders_and_links_as_they_were() {
         .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
         .expect_ok();
     let stat = image.sh(
-        "stat -c '%n %U:%G %a %F' /etc /usr /usr/bin /srv /tmp /srv/app /srv/app/m.py /etc/myapp/conf.py /tmp/seed.py /bin",
+        "stat -c '%n %U:%G %a %F' /etc /usr /usr/bin /srv /tmp /srv/app /srv/app/m.py /etc/myapp/conf.py /tmp/seed.py /bin /usr/bin/tool.sh",
     );
     assert_eq!(
         stat.lines().collect::<Vec<_>>(),
@@ -346,6 +346,8 @@ fn app_files_leave_the_bases_folders_and_links_as_they_were() {
             "/etc/myapp/conf.py app:app 644 regular file",
             "/tmp/seed.py app:app 644 regular file",
             "/bin root:root 777 symbolic link",
+            // `owner="root"`: the user runs it, and cannot change it.
+            "/usr/bin/tool.sh root:root 755 regular file",
         ],
         "{stat}"
     );

@@ -1194,7 +1194,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 from: ctx.clone(),
                 src,
                 dest: resolve_dest(&c.value.dest, workdir.as_deref()),
-                owner,
+                owner: if c.value.root_owned { None } else { owner },
                 contents: true,
                 create_parents: true,
                 include: Vec::new(),

@@ -152,6 +152,9 @@ pub struct Copy {
     /// Normalised path inside the build context.
     pub src: String,
     pub dest: String,
+    /// `owner="root"`: the files stay root's (read-only to the user), where
+    /// the default gives them to the recipe's user.
+    pub root_owned: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -935,7 +938,21 @@ impl Decoder {
                 }
             }
             "copy" => {
-                self.allow_props(node, &["variant"]);
+                self.allow_props(node, &["variant", "owner"]);
+                let root_owned = match self.string_prop(node, "owner") {
+                    None => false,
+                    Some(o) if o.value == "root" => true,
+                    Some(o) if o.value == "user" => false,
+                    Some(o) => {
+                        self.err(
+                            "kiln::invalid_value",
+                            o.span,
+                            format!("unknown `owner=\"{}\"`", o.value),
+                        )
+                        .help = Some("write `owner=\"root\"` to keep the files root's (the recipe's user can read, not change them), or leave it out for the user's".into());
+                        return;
+                    }
+                };
                 let args = positional(node);
                 if args.len() != 2 {
                     self.err(
@@ -992,6 +1009,7 @@ impl Decoder {
                         Copy {
                             src: norm,
                             dest: dest.value,
+                            root_owned,
                         },
                         span,
                     ));

@@ -803,7 +803,8 @@ pub fn plan(
     // the copied folder's mode and the user as owner.
     if let Some(u) = &user {
         for c in &settings.copy {
-            if crate::lower::lands_on_root(&c.value.dest, workdir.as_deref()) {
+            if !c.value.root_owned && crate::lower::lands_on_root(&c.value.dest, workdir.as_deref())
+            {
                 diags.push(
                     Diagnostic::warning(
                         "kiln::copy_onto_root",
