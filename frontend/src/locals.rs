@@ -86,7 +86,7 @@ pub fn bind_to_session(def: &mut pb::Definition, sessions: &Sessions) {
             continue;
         }
         let old = digest(bytes);
-        *bytes = op.encode_to_vec();
+        *bytes = kiln_compiler::llb::encode_op(&op);
         let new = digest(bytes);
         if is_patched_source {
             patched_sources.push(new.clone());

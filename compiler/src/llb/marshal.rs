@@ -25,6 +25,31 @@ pub struct Marshaled {
     pub bytes: Vec<u8>,
 }
 
+/// An op's bytes, as BuildKit's Go code writes them: Go's protobuf puts a
+/// oneof's field after the message's other fields (`inputs`, `platform`,
+/// `constraints`, then the exec/source/file/… op), where prost writes the
+/// fields by number. BuildKit 0.15+ re-encodes every op it loads and keys
+/// the vertex by the digest of its own bytes: ops written in another order
+/// get other digests, and the source map (keyed by ours) then points no
+/// error at the recipe, nor a warning at its vertex.
+pub fn encode_op(op: &pb::Op) -> Vec<u8> {
+    use prost::encoding::message;
+    let mut buf = Vec::with_capacity(op.encoded_len());
+    for input in &op.inputs {
+        message::encode(1, input, &mut buf);
+    }
+    if let Some(p) = &op.platform {
+        message::encode(10, p, &mut buf);
+    }
+    if let Some(c) = &op.constraints {
+        message::encode(11, c, &mut buf);
+    }
+    if let Some(kind) = &op.op {
+        kind.encode(&mut buf);
+    }
+    buf
+}
+
 /// Serialise the graph ending at `root` into a `Definition`: ops in
 /// dependency order, each named by the sha256 of its bytes, a terminal op
 /// last, metadata keyed by digest, and a source map into `source` when given.
@@ -39,7 +64,7 @@ pub fn marshal(root: &State, source: Option<&SourceInfo>) -> Marshaled {
         inputs: terminal_input.into_iter().collect(),
         ..Default::default()
     };
-    let bytes = terminal.encode_to_vec();
+    let bytes = encode_op(&terminal);
     cx.def.push(bytes);
 
     let mut source_map = None;
@@ -120,7 +145,7 @@ impl Cx {
             .collect();
         let mut op = node.op.clone();
         op.inputs = inputs;
-        let bytes = op.encode_to_vec();
+        let bytes = encode_op(&op);
         let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
         self.done.insert(key, digest.clone());
         // Two nodes built separately but equal marshal to the same digest:

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use kiln_proto::pb;
 
 pub use json::definition_json;
-pub use marshal::{Marshaled, SourceInfo, marshal};
+pub use marshal::{Marshaled, SourceInfo, encode_op, marshal};
 
 /// A target platform (`linux/amd64`, `linux/arm64/v8`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
