@@ -399,13 +399,17 @@ fn look_up_copy_sources(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> R
             opts.context_paths.insert(src, present);
             continue;
         }
-        let present = if kiln_compiler::ignore::excluded(&opts.exclude, &src) && !reincludes {
-            false
-        } else {
-            match resolve_in_context(&dir, &src)? {
-                Some(path) => path.symlink_metadata().is_ok(),
-                None => false,
-            }
+        let present = match resolve_in_context(&dir, &src)? {
+            None => false,
+            Some(path) => match path.symlink_metadata() {
+                Err(_) => false,
+                // Left out by .dockerignore: a file is gone; a folder may
+                // still be sent for what a `!` pattern takes back in it.
+                Ok(meta) if kiln_compiler::ignore::excluded(&opts.exclude, &src) => {
+                    reincludes && meta.is_dir()
+                }
+                Ok(_) => true,
+            },
         };
         opts.context_paths.insert(src, present);
     }

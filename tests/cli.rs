@@ -422,6 +422,30 @@ fn copy_sources_missing_from_the_context_are_located_errors() {
         "{}",
         stderr(&ignored)
     );
+    // A `!` pattern elsewhere in the file does not bring a left-out file
+    // back; a folder it re-includes something in is still sent.
+    std::fs::create_dir_all(dir.join("data")).expect("mkdir");
+    std::fs::write(dir.join("data").join("big.bin"), "x").expect("write");
+    std::fs::write(dir.join("data").join("keep.bin"), "x").expect("write");
+    std::fs::write(
+        dir.join(".dockerignore"),
+        "*.env\ndata/*.bin\n!data/keep.bin\n",
+    )
+    .expect("write");
+    let reincluded = check(
+        "kiln 1\npython \"3.11\"\ncopy \"secret.env\" \"/app/\"\ncopy \"data/big.bin\" \"/app/\"\n\
+         copy \"data/keep.bin\" \"/app/\"\ncopy \"data\" \"/app/data\"\n",
+    );
+    let said = stderr(&reincluded);
+    assert_eq!(reincluded.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("kiln.kdl:3:1: copy source `secret.env` is not in the build context")
+            && said
+                .contains("kiln.kdl:4:1: copy source `data/big.bin` is not in the build context")
+            && !said.contains("kiln.kdl:5:1")
+            && !said.contains("kiln.kdl:6:1"),
+        "{said}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
