@@ -619,6 +619,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         output = prost::Message::encode_to_vec(def);
                     } else {
                         output.clone_from(&b.bytes);
+                        if b.checks.is_some() {
+                            // The frontend solves both graphs; a caller of
+                            // raw LLB must build the checks itself.
+                            eprintln!(
+                                "kiln: note: the recipe's `verify` checks are not in this graph, which is the image's: build `kiln compile --checks` too (with the same --local and --secret), or the image is exported unchecked"
+                            );
+                        }
                     }
                 }
                 Format::Json => {

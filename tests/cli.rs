@@ -25,6 +25,16 @@ fn compile_writes_a_definition_whose_last_op_is_the_terminal() {
     // through the JSON form's command instead of linking prost here.
     assert!(!o.stdout.is_empty());
     assert_eq!(o.stdout[0], 0x0a, "starts with field 1, wire type 2 (def)");
+    // The recipe has a `verify`: the image graph leaves it out, and says so.
+    assert!(
+        stderr(&o).contains("`verify` checks are not in this graph")
+            && stderr(&o).contains("kiln compile --checks"),
+        "{}",
+        stderr(&o)
+    );
+    let checks = kiln(&["compile", "--checks", "examples/sklearn-service/kiln.kdl"]);
+    assert!(checks.status.success(), "{}", stderr(&checks));
+    assert!(!stderr(&checks).contains("not in this graph"));
     let json = kiln(&[
         "compile",
         "--format",
