@@ -1057,7 +1057,12 @@ fn an_apt_change_leaves_the_app_layer_as_it_was() {
     };
     let ctx = TempDir::new("apt-change");
     std::fs::create_dir_all(ctx.path().join("models")).expect("mkdir");
-    std::fs::write(ctx.path().join("models/weights.bin"), "kiln e2e weights\n").expect("write");
+    // A fresh file, so that the first build copies it.
+    std::fs::write(
+        ctx.path().join("models/weights.bin"),
+        format!("kiln e2e weights {}\n", nonce()),
+    )
+    .expect("write");
     std::fs::write(ctx.path().join("serve.py"), "print('serving')\n").expect("write");
     let recipe = |apt: &str| {
         format!(
@@ -1076,9 +1081,14 @@ fn an_apt_change_leaves_the_app_layer_as_it_was() {
             .collect()
     };
     std::fs::write(ctx.path().join("kiln.kdl"), recipe("")).expect("write");
-    engine
-        .build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image))
-        .expect_ok();
+    let first = engine.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image));
+    first.expect_ok();
+    assert!(
+        !first.named("copy models").is_empty()
+            && first.named("copy models").iter().all(|v| v.executed()),
+        "the first build copied nothing:\n{}",
+        first.summary()
+    );
     let before = layers(&image);
     assert_eq!(
         image
@@ -1098,17 +1108,15 @@ fn an_apt_change_leaves_the_app_layer_as_it_was() {
     std::fs::write(ctx.path().join("kiln.kdl"), recipe("apt \"tini\"\n")).expect("write");
     let build = engine.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()).tag(&image));
     build.expect_ok();
+    // (The apt step may come from the cache of an earlier run.)
     assert!(
-        !build.named("apt-get install tini").is_empty()
-            && build
-                .named("apt-get install tini")
-                .iter()
-                .all(|v| v.executed()),
-        "the apt step ran:\n{}",
+        !build.named("apt-get install tini").is_empty(),
+        "no apt step:\n{}",
         build.summary()
     );
     assert!(
-        build.named("copy models").iter().all(|v| !v.executed()),
+        !build.named("copy models").is_empty()
+            && build.named("copy models").iter().all(|v| !v.executed()),
         "the app files were copied again:\n{}",
         build.summary()
     );
@@ -1141,6 +1149,15 @@ fn two_variants_built_in_parallel_share_the_caches_without_corruption() {
         cpu_base.tag, gpu_base.tag
     ));
     let recipe = ctx.path().join("kiln.kdl");
+    // The gpu base's python is the fixture's (3.11), and kiln checks the
+    // recipe's against it: the gpu variant says so here.
+    let text = std::fs::read_to_string(&recipe).expect("recipe");
+    assert!(text.contains("    python \"3.10\"\n"), "{text}");
+    std::fs::write(
+        &recipe,
+        text.replace("    python \"3.10\"\n", "    python \"3.11\"\n"),
+    )
+    .expect("write");
     let cpu = engine.image("par-cpu");
     let gpu = engine.image("par-gpu");
     let builds = [
