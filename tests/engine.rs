@@ -987,13 +987,18 @@ fn a_run_step_reads_its_secret_and_the_image_keeps_none_of_it() {
     // The context holds only the recipe: the token file is outside it.
     let recipe_dir = ctx.path().join("ctx");
     std::fs::create_dir_all(&recipe_dir).expect("mkdir");
+    // BuildKit leaves a secret's bytes out of the step's cache key (as for
+    // a Dockerfile's RUN --mount=type=secret): the step is new each run.
     std::fs::write(
         recipe_dir.join("kiln.kdl"),
-        "// syntax=kiln/frontend:dev\nkiln 1\nname \"run-secret\"\npython \"3.11\"\n\
-         user \"app\" uid=1000\nworkdir \"/app\"\n\
-         run \"mkdir -p /opt/model && HF_TOKEN=$(cat /run/secrets/hf_token) && \
-         printf '%s' \\\"$HF_TOKEN\\\" | sha256sum | cut -c1-64 > /opt/model/token.sha256 && \
-         echo 'kiln e2e greeting' > /opt/model/README\" secret=\"hf_token\"\n",
+        format!(
+            "// syntax=kiln/frontend:dev\nkiln 1\nname \"run-secret\"\npython \"3.11\"\n\
+             user \"app\" uid=1000\nworkdir \"/app\"\n\
+             run \"mkdir -p /opt/model && HF_TOKEN=$(cat /run/secrets/hf_token) && \
+             printf '%s' \\\"$HF_TOKEN\\\" | sha256sum | cut -c1-64 > /opt/model/token.sha256 && \
+             echo 'kiln e2e greeting {}' > /opt/model/README\" secret=\"hf_token\"\n",
+            nonce()
+        ),
     )
     .expect("write");
     let image = engine.image("run-secret");
