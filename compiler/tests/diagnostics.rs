@@ -566,8 +566,20 @@ fn a_path_without_the_venv_warns() {
         codes("/usr/bin:/bin"),
         ["p.kdl:3:5 kiln::path_without_venv"]
     );
-    assert!(codes("/opt/tools/bin:${PATH}").is_empty());
+    // Without the base's config, `$PATH` is a guess, and kiln says so.
+    assert_eq!(
+        codes("/opt/tools/bin:${PATH}"),
+        ["p.kdl:3:5 kiln::base_config_unknown"]
+    );
     assert!(codes("/opt/venv/bin:/usr/bin").is_empty());
+    let opts = with_slim_base(&["PATH=/usr/local/bin:/usr/bin:/bin"]);
+    let c = kiln_compiler::compile(
+        "p.kdl",
+        "kiln 1\npython \"3.11\"\nenv PATH=\"/opt/tools/bin:$PATH\"\n",
+        &opts,
+    )
+    .expect("compiles");
+    assert!(c.warnings.items.is_empty(), "{:?}", c.warnings.items);
 }
 
 /// JAX rows checked against PyPI: jax before 0.4.30 needs its `cpu` extra

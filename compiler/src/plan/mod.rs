@@ -1559,6 +1559,31 @@ fn image_config(
         // Without the base's config (`kiln compile` with no --base-config)
         // its variables are unknown, not unset: the value written may not
         // be the one a build through the frontend gets, and kiln says so.
+        // `$PATH` has a value without the config too (kiln's venv on the
+        // usual default), which may not be the base's (nvidia/cuda's and
+        // conda's add their own folders).
+        let raw = &e.value.1;
+        if runtime.resolved.is_none()
+            && (raw.contains("${PATH}")
+                || raw.match_indices("$PATH").any(|(i, m)| {
+                    !raw[i + m.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                }))
+        {
+            diags.push(
+                Diagnostic::warning(
+                    "kiln::base_config_unknown",
+                    e.span,
+                    format!(
+                        "`$PATH` comes from the base image `{}`, whose config kiln has not read: taken as `{path}` here",
+                        runtime.reference
+                    ),
+                )
+                .with_help(format!(
+                    "pass `--base-config {}=CONFIG.json` (the image's config, e.g. from `docker image inspect`), or build through the frontend, which reads it",
+                    runtime.reference
+                )),
+            );
+        }
         if runtime.resolved.is_none() && !unset.is_empty() {
             let names: Vec<String> = unset.iter().map(|n| format!("`${n}`")).collect();
             diags.push(
