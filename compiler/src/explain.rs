@@ -187,7 +187,12 @@ pub fn explain(plan: &Plan) -> String {
     for i in &plan.indexes {
         let _ = writeln!(
             o,
-            "     extra index {}{}",
+            "     {} {}{}",
+            if i.default {
+                "index (in PyPI's place)"
+            } else {
+                "extra index"
+            },
             i.url,
             i.secret
                 .as_ref()

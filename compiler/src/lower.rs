@@ -477,13 +477,22 @@ fi
         if no_deps {
             cmd.push_str(" --no-deps");
         }
-        if let Some(i) = index {
-            cmd.push_str(&format!(" --index-url {}", quote(i)));
+        // The recipe's default index takes PyPI's place; where the step has
+        // an index of its own (the framework's), it is an extra one, and
+        // PyPI is not asked either way.
+        let default = self.plan.indexes.iter().find(|i| i.default);
+        match (index, default) {
+            (Some(i), _) => cmd.push_str(&format!(" --index-url {}", quote(i))),
+            (None, Some(d)) => cmd.push_str(&format!(" --index-url {}", quote(&d.url))),
+            (None, None) => {}
         }
         if let Some(e) = extra {
             cmd.push_str(&format!(" --extra-index-url {}", quote(e)));
         }
         for idx in &self.plan.indexes {
+            if idx.default && index.is_none() {
+                continue;
+            }
             cmd.push_str(&format!(" --extra-index-url {}", quote(&idx.url)));
         }
         if let Some(f) = find_links {
@@ -736,16 +745,26 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         b = cx.apt_install(&b, &b_packages, &b_env, meta);
     }
     if plan.installer == Installer::Uv {
+        // uv comes from PyPI, or from the index that takes its place.
+        let default_index = plan.indexes.iter().find(|i| i.default);
         let script = format!(
-            "python3 -m venv {UV_TOOL}\n{UV_TOOL}/bin/python -m pip install --disable-pip-version-check {}\n",
+            "python3 -m venv {UV_TOOL}\n{UV_TOOL}/bin/python -m pip install --disable-pip-version-check{} {}\n",
+            default_index
+                .map(|i| format!(" --index-url {}", quote(&i.url)))
+                .unwrap_or_default(),
             quote(UV_REQUIREMENT)
         );
+        let prelude = if default_index.is_some() {
+            cx.install_prelude()
+        } else {
+            format!(
+                "set -eu\n{}",
+                cx.ca_exports().map(|c| c + "\n").unwrap_or_default()
+            )
+        };
         let exec = cx
             .script(
-                &format!(
-                    "set -eu\n{}{script}",
-                    cx.ca_exports().map(|c| c + "\n").unwrap_or_default()
-                ),
+                &format!("{prelude}{script}"),
                 cx.meta("install uv (builder only)", None),
             )
             .env(&b_env)
@@ -755,8 +774,14 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 id: format!("kiln-pip-{}", cx.platform_id()),
                 sharing: Sharing::Shared,
             });
-        // uv comes from PyPI: the CA bundle, not an index's credentials.
-        b = b.run(cx.ca_mount(exec)).root();
+        // From PyPI: the CA bundle, not an index's credentials.
+        b = b
+            .run(if default_index.is_some() {
+                cx.install_mounts(exec)
+            } else {
+                cx.ca_mount(exec)
+            })
+            .root();
     }
     let b_ready = b.clone();
     // When the builder is the runtime base itself (same image, nothing

@@ -144,7 +144,12 @@ pub enum Pip {
     /// A requirements file from the build context.
     Requirements(String),
     /// An extra package index, optionally with credentials from a secret.
-    Index { url: String, secret: Option<String> },
+    Index {
+        url: String,
+        secret: Option<String>,
+        /// `default=#true`: pip's `--index-url`, in PyPI's place.
+        default: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -795,7 +800,10 @@ impl Decoder {
                 s.apt.push(Spanned::new(Apt { packages, stage }, span));
             }
             "pip" => {
-                self.allow_props(node, &["variant", "requirements", "index", "secret"]);
+                self.allow_props(
+                    node,
+                    &["variant", "requirements", "index", "secret", "default"],
+                );
                 self.pip(s, node);
             }
             "env" => {
@@ -1243,6 +1251,20 @@ impl Decoder {
         let requirements = self.string_prop(node, "requirements");
         let index = self.string_prop(node, "index");
         let secret = self.string_prop(node, "secret");
+        let default = self.bool_prop(node, "default");
+        if default.is_some() && index.is_none() {
+            let at = node
+                .entries()
+                .iter()
+                .find(|e| e.name().is_some_and(|n| n.value() == "default"))
+                .map_or(span, |e| e.span());
+            self.err(
+                "kiln::conflicting_properties",
+                at,
+                "`default=` on `pip` makes an `index=` replace PyPI, and this `pip` names none",
+            )
+            .help = Some("write `pip index=\"https://…/simple\" default=#true`".into());
+        }
         let kinds = usize::from(!packages.is_empty())
             + usize::from(requirements.is_some())
             + usize::from(index.is_some());
@@ -1343,6 +1365,7 @@ impl Decoder {
                 Pip::Index {
                     url: i.value,
                     secret: secret.and_then(|s| self.secret_id(&s)),
+                    default: default.unwrap_or(false),
                 },
                 span,
             ));

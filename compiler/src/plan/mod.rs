@@ -138,6 +138,8 @@ pub struct Index {
     pub url: String,
     /// Build secret holding a netrc file with the index's credentials.
     pub secret: Option<String>,
+    /// Pip's `--index-url`, in PyPI's place (else an extra index).
+    pub default: bool,
 }
 
 /// GPU facts of a variant.
@@ -506,10 +508,30 @@ pub fn plan(
                     }
                 }
             }
-            model::Pip::Index { url, secret } => indexes.push(Index {
-                url: url.clone(),
-                secret: secret.clone(),
-            }),
+            model::Pip::Index {
+                url,
+                secret,
+                default,
+            } => {
+                if *default && let Some(first) = indexes.iter().find(|i: &&Index| i.default) {
+                    diags.push(
+                        Diagnostic::error(
+                            "kiln::conflicting_indexes",
+                            p.span,
+                            format!(
+                                "two indexes replace PyPI: `{}` and `{url}`; pip has one `--index-url`",
+                                first.url
+                            ),
+                        )
+                        .with_help("keep `default=#true` on one index; the others are extra indexes"),
+                    );
+                }
+                indexes.push(Index {
+                    url: url.clone(),
+                    secret: secret.clone(),
+                    default: *default,
+                })
+            }
         }
     }
     // One pin per package: two builds of numpy in two layers would leave
