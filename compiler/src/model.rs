@@ -2405,7 +2405,7 @@ fn env_warning(name: &str, value: &str, span: SourceSpan) -> Option<Diagnostic> 
                 span,
                 format!("`{name}` is set in the image and its `run` steps, not in kiln's install steps, which do not read it"),
             )
-            .with_help("name an index with `pip index=\"URL\"` (credentials: `secret=`), or put `--index-url`/`--find-links` lines in a requirements file"),
+            .with_help("name an index with `pip index=\"URL\"` (`default=#true` puts it in PyPI's place; credentials: `secret=`), or put `--index-url`/`--find-links` lines in a requirements file"),
         );
     }
     // Whole words of the name (`TOKENIZERS_PARALLELISM` is none), and a
