@@ -1617,3 +1617,36 @@ fn the_exec_form_help_splits_as_a_shell_would() {
     assert!(help(r#""exec uvicorn app:app""#).contains(r#"`cmd "uvicorn" "app:app"`"#));
     assert!(help(r#""a && b""#).contains(r#"`cmd "sh" "-c" "a && b"`"#));
 }
+
+/// A requirements file installed as a file that leaves out one of the
+/// recipe's pins is an error at the `pip requirements=` line, naming the
+/// file's line (pip would fail on the two after installing every pin).
+#[test]
+fn a_requirements_file_that_leaves_out_a_pin_is_an_error_at_its_line() {
+    let compile = |file: &str| {
+        let mut opts = Options::default();
+        opts.context_files
+            .insert("requirements.txt".into(), Some(file.into()));
+        kiln_compiler::compile(
+            "r.kdl",
+            "kiln 1\npython \"3.11\"\npip \"numpy==1.26.4\"\npip requirements=\"requirements.txt\"\n",
+            &opts,
+        )
+    };
+    let e = compile("pandas>=2\nnumpy>=2\n")
+        .err()
+        .expect("the range leaves the pin out");
+    let got: Vec<String> = e
+        .items
+        .iter()
+        .map(|d| format!("{} {} {}", e.location(d), d.code, d.message))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "r.kdl:4:1 kiln::conflicting_pins `requirements.txt` line 2 asks for `numpy>=2`, which leaves out the recipe's pin numpy==1.26.4 (>=2)"
+        ]
+    );
+    assert!(compile("pandas>=2\nnumpy>=1.26,<2\n").is_ok());
+    assert!(compile("pandas>=2\nnumpy\n").is_ok());
+}

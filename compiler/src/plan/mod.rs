@@ -585,6 +585,30 @@ pub fn plan(
         }
     }
 
+    // The same in a requirements file installed as a file: pip fails on
+    // the two at the file's install, after every pin.
+    for (file, line, spec, span) in &file_requirements {
+        let name = model::requirement_name(spec);
+        if let Some((_, version)) = pinned.iter().find(|(n, _)| *n == name) {
+            let clash = match model::exact_pin(spec) {
+                Some((_, v)) => (!model::same_version(&v, version)).then(|| format!("=={v}")),
+                None => model::excludes_release(spec, version),
+            };
+            if let Some(clause) = clash {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::conflicting_pins",
+                        *span,
+                        format!(
+                            "`{file}` line {line} asks for `{spec}`, which leaves out the recipe's pin {name}=={version} ({clause})"
+                        ),
+                    )
+                    .with_help("make the two agree: change the pin, or the file's line"),
+                );
+            }
+        }
+    }
+
     // Companions of the framework (torchvision next to torch) must come
     // from the framework's index: they move into its step.
     let mut framework = framework;
