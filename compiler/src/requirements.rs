@@ -33,6 +33,8 @@ pub enum Entry {
 pub struct Pin {
     pub spec: String,
     pub hashes: Vec<String>,
+    /// The line of the file it is on (1-based).
+    pub line: usize,
 }
 
 /// The logical lines of `text`, as pip's requirements parser sees them.
@@ -155,10 +157,11 @@ pub fn lock_pins(entries: &[Entry]) -> Option<Vec<Pin>> {
                 spec,
                 hashes,
                 other_options: false,
-                ..
+                line,
             } if !spec.contains('$') && model::exact_pin(spec).is_some() => pins.push(Pin {
                 spec: spec.clone(),
                 hashes: hashes.clone(),
+                line: *line,
             }),
             _ => return None,
         }

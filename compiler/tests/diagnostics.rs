@@ -1650,3 +1650,32 @@ fn a_requirements_file_that_leaves_out_a_pin_is_an_error_at_its_line() {
     assert!(compile("pandas>=2\nnumpy>=1.26,<2\n").is_ok());
     assert!(compile("pandas>=2\nnumpy\n").is_ok());
 }
+
+/// A lock that pins a package twice: the error names both lines.
+#[test]
+fn a_package_pinned_twice_in_a_lock_names_both_lines() {
+    let mut opts = Options::default();
+    opts.context_files.insert(
+        "lock.txt".into(),
+        Some("numpy==1.26.4\nsix==1.16.0\nnumpy==2.0.2\n".into()),
+    );
+    let e = kiln_compiler::compile(
+        "l.kdl",
+        "kiln 1\npython \"3.11\"\npip requirements=\"lock.txt\"\n",
+        &opts,
+    )
+    .err()
+    .expect("fails");
+    assert_eq!(
+        format!("{} {}", e.location(&e.items[0]), e.items[0].message),
+        "l.kdl:3:1 numpy is pinned twice: to 1.26.4 (`lock.txt` line 1) and to 2.0.2 (`lock.txt` line 3)"
+    );
+    assert!(
+        e.items[0]
+            .help
+            .as_deref()
+            .is_some_and(|h| h.contains("a lock names each package once")),
+        "{:?}",
+        e.items[0].help
+    );
+}

@@ -433,6 +433,8 @@ pub fn plan(
     let mut wanted_files = Vec::new();
     let mut lock_hashes: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut lock_origin: BTreeMap<String, String> = BTreeMap::new();
+    // Where each lock pin is: (file, line), for messages.
+    let mut lock_lines: BTreeMap<String, (String, usize)> = BTreeMap::new();
     if let Some(c) = &conda {
         check_conda_file(c, &python, opts, diags, &mut wanted_files);
     }
@@ -481,6 +483,7 @@ pub fn plan(
                                 lock_hashes.insert(pin.spec.clone(), pin.hashes);
                             }
                             lock_origin.insert(pin.spec.clone(), path.clone());
+                            lock_lines.insert(pin.spec.clone(), (path.clone(), pin.line));
                             pip_inline.push((pin.spec, p.span));
                         }
                     }
@@ -537,26 +540,42 @@ pub fn plan(
     // One pin per package: two builds of numpy in two layers would leave
     // both versions' files in the venv. The same pin twice is kept once.
     let mut pinned: Vec<(String, String)> = Vec::new();
+    let mut pinned_specs: Vec<String> = Vec::new();
     pip_inline.retain(|(spec, span)| {
         let Some((name, version)) = model::exact_pin(spec) else {
             return true;
         };
-        match pinned.iter().find(|(n, _)| *n == name) {
+        match pinned.iter().position(|(n, _)| *n == name) {
             None => {
                 pinned.push((name, version));
+                pinned_specs.push(spec.clone());
                 true
             }
-            Some((_, first)) => {
+            Some(at) => {
+                let first = &pinned[at].1;
                 if !model::same_version(first, &version) {
+                    // Say where each pin is when a lock holds it.
+                    let place = |s: &str| {
+                        lock_lines
+                            .get(s)
+                            .map(|(file, line)| format!(" (`{file}` line {line})"))
+                            .unwrap_or_default()
+                    };
+                    let (first_at, second_at) = (place(&pinned_specs[at]), place(spec));
+                    let help = if first_at.is_empty() && second_at.is_empty() {
+                        "keep one pin; a variant's `pip` replaces the top-level requirement of the same package"
+                    } else {
+                        "keep one pin: a lock names each package once (regenerate it), and a recipe's pin of a package the lock has goes in a variant, which replaces it"
+                    };
                     diags.push(
                         Diagnostic::error(
                             "kiln::conflicting_pins",
                             *span,
-                            format!("{name} is pinned twice: to {first} and to {version}"),
+                            format!(
+                                "{name} is pinned twice: to {first}{first_at} and to {version}{second_at}"
+                            ),
                         )
-                        .with_help(
-                            "keep one pin; a variant's `pip` replaces the top-level requirement of the same package",
-                        ),
+                        .with_help(help),
                     );
                 }
                 false
