@@ -434,7 +434,10 @@ fi
     /// The install command of one pin, alone (`--no-deps`). A hashed lock's
     /// pin goes through a one-line requirements file in the installer's
     /// cache mount (never in a layer), the only place pip reads `--hash`.
-    fn pin_install(&self, spec: &str, hashes: &[String]) -> String {
+    ///
+    /// The file is named as the lock and the pin is on its line there, so
+    /// that pip's messages (a hash that does not match) point at the lock.
+    fn pin_install(&self, spec: &str, hashes: &[String], lock: Option<(&str, usize)>) -> String {
         if hashes.is_empty() {
             return self.install_command(&[quote(spec)], true, None, None, None);
         }
@@ -446,8 +449,19 @@ fi
             .chain(hashes.iter().map(|h| format!("--hash={h}")))
             .collect::<Vec<_>>()
             .join(" ");
+        let name: String = lock
+            .and_then(|(path, _)| path.rsplit('/').next())
+            .filter(|n| {
+                !n.is_empty()
+                    && !n.starts_with('.')
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            })
+            .unwrap_or("requirements.txt")
+            .to_string();
+        let blank_lines = "\\n".repeat(lock.map_or(0, |(_, l)| l.saturating_sub(1)));
         format!(
-            "kiln_req=$(mktemp {cache}/.kiln-req.XXXXXX)\nprintf '%s\\n' {} > \"$kiln_req\"\n{}\nrm -f \"$kiln_req\"",
+            "kiln_req_dir=$(mktemp -d {cache}/.kiln-req.XXXXXX)\nkiln_req=\"$kiln_req_dir/{name}\"\nprintf '{blank_lines}%s\\n' {} > \"$kiln_req\"\n{}\nrm -rf \"$kiln_req_dir\"",
             quote(&line),
             self.install_command(
                 &["-r".into(), "\"$kiln_req\"".into()],
@@ -974,10 +988,15 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         let mut package_states = Vec::new();
         for step in &plan.pip {
             if let PipStep::Package {
-                spec, span, hashes, ..
+                spec,
+                span,
+                hashes,
+                lock,
+                lock_line,
             } = step
             {
-                let cmd = cx.in_download_slot(cx.pin_install(spec, hashes));
+                let origin = lock.as_deref().zip(*lock_line);
+                let cmd = cx.in_download_slot(cx.pin_install(spec, hashes, origin));
                 let next = deps
                     .run(cx.install_exec(
                         cmd,

@@ -72,6 +72,8 @@ pub enum PipStep {
         hashes: Vec<String>,
         /// The lock file the pin comes from; `None` for a recipe pin.
         lock: Option<String>,
+        /// Its line in that file.
+        lock_line: Option<usize>,
     },
     /// Requirements installed together, with their dependencies.
     Group {
@@ -825,6 +827,7 @@ pub fn plan(
                 pip.push(PipStep::Package {
                     hashes: lock_hashes.get(&spec).cloned().unwrap_or_default(),
                     lock: lock_origin.get(&spec).cloned(),
+                    lock_line: lock_lines.get(&spec).map(|(_, line)| *line),
                     spec,
                     span,
                 });
