@@ -396,7 +396,8 @@ mod tests {
             lock_pins(&hashed).expect("lock")[1],
             Pin {
                 spec: "pandas==2.2.2".into(),
-                hashes: vec!["sha256:bb".into()]
+                hashes: vec!["sha256:bb".into()],
+                line: 2,
             }
         );
     }
