@@ -77,6 +77,19 @@ fn assert_common_config(image: &Image, variant: &str) -> serde_json::Value {
         config["ExposedPorts"].get("8080/tcp").is_some(),
         "expose 8080: {config:#}"
     );
+    // Docker's health check and stop signal, as `docker inspect` reads them.
+    assert_eq!(
+        config["Healthcheck"],
+        serde_json::json!({
+            "Test": ["CMD", "python", "-c", "import app.main"],
+            "Interval": 30_000_000_000_u64,
+            "Timeout": 5_000_000_000_u64,
+            "StartPeriod": 90_000_000_000_u64,
+            "Retries": 3
+        }),
+        "{config:#}"
+    );
+    assert_eq!(config["StopSignal"], "SIGINT", "{config:#}");
     let labels = &config["Labels"];
     assert_eq!(labels["org.opencontainers.image.title"], "kiln-e2e");
     assert_eq!(

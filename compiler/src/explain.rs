@@ -305,6 +305,12 @@ pub fn explain(plan: &Plan) -> String {
     for p in c.exposed_ports.keys() {
         let _ = writeln!(o, "  expose {p}");
     }
+    if let Some(h) = c.other.get("Healthcheck") {
+        let _ = writeln!(o, "  healthcheck: {h}");
+    }
+    if let Some(sig) = c.other.get("StopSignal").and_then(|v| v.as_str()) {
+        let _ = writeln!(o, "  stop signal: {sig}");
+    }
     for (k, v) in &c.labels {
         let _ = writeln!(o, "  label {k}={v}");
     }

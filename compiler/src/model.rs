@@ -84,10 +84,24 @@ pub struct Settings {
     pub verify: Vec<Spanned<Verify>>,
     pub label: Vec<Spanned<(String, String)>>,
     pub expose: Vec<Spanned<String>>,
+    pub healthcheck: Option<Spanned<Healthcheck>>,
+    pub stop_signal: Option<Spanned<String>>,
     /// Set by `overlay`: the packages a variant's `pip` names, which replace
     /// the pins of the same packages in the top level's lock files (the
     /// span of each top-level `pip requirements=` line, and those names).
     pub pip_replaced: Vec<(miette::SourceSpan, Vec<String>)>,
+}
+
+/// The image's health check (Docker's `Healthcheck` config): the test as
+/// Docker writes it (`["CMD", …]`, `["CMD-SHELL", "…"]` or `["NONE"]`) and
+/// its timings, in nanoseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Healthcheck {
+    pub test: Vec<String>,
+    pub interval: Option<u64>,
+    pub timeout: Option<u64>,
+    pub start_period: Option<u64>,
+    pub retries: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +224,8 @@ pub const NODE_NAMES: &[&str] = &[
     "entrypoint",
     "label",
     "expose",
+    "healthcheck",
+    "stopsignal",
     "arg",
 ];
 
@@ -916,6 +932,40 @@ impl Decoder {
                         .push(Spanned::new((k.value, v), pair.unwrap_or(k.span)));
                 }
             }
+            "healthcheck" => {
+                if let Some(h) = self.healthcheck(node) {
+                    self.set_once(&mut s.healthcheck, Spanned::new(h, span), node, level);
+                }
+            }
+            "stopsignal" => {
+                self.allow_props(node, &["variant"]);
+                if let Some(v) = self.one_string(node, "signal") {
+                    let sig = v.value.trim();
+                    let name = sig.strip_prefix("SIG").unwrap_or(sig);
+                    let ok = (!sig.is_empty() && sig.chars().all(|c| c.is_ascii_digit()))
+                        || (!name.is_empty()
+                            && name.chars().all(|c| {
+                                c.is_ascii_uppercase() || c.is_ascii_digit() || "+-".contains(c)
+                            }));
+                    if ok {
+                        self.set_once(
+                            &mut s.stop_signal,
+                            Spanned::new(sig.to_string(), span),
+                            node,
+                            level,
+                        );
+                    } else {
+                        self.err(
+                            "kiln::invalid_value",
+                            v.span,
+                            format!("`{}` is not a signal", v.value),
+                        )
+                        .help = Some(
+                            "write its name, `SIGINT`, `SIGTERM`, `SIGQUIT`, or its number".into(),
+                        );
+                    }
+                }
+            }
             "expose" => {
                 self.allow_props(node, &["variant"]);
                 let args = positional(node);
@@ -1076,7 +1126,7 @@ impl Decoder {
                     _ if lower == "shell" => Some(
                         "`run` steps run with `/bin/sh -c`; to use another shell, call it: `run \"bash -c '…'\"`".to_string(),
                     ),
-                    _ if ["healthcheck", "volume", "stopsignal", "onbuild"].contains(&lower.as_str()) => Some(format!(
+                    _ if ["volume", "onbuild"].contains(&lower.as_str()) => Some(format!(
                         "kiln does not set a Dockerfile's {} in the image; set it where the image runs (docker run, compose, or the Kubernetes pod spec)",
                         lower.to_ascii_uppercase()
                     )),
@@ -1199,6 +1249,89 @@ impl Decoder {
             cudnn,
             from,
             distro,
+        })
+    }
+
+    /// `healthcheck "curl" "-f" "http://localhost:8000/health"` (exec form),
+    /// `healthcheck "curl -f http://localhost:8000/health || exit 1"` (one
+    /// string: a shell runs it), `healthcheck "NONE"` (none, not even the
+    /// base's); `interval=`, `timeout=`, `start-period=` as durations
+    /// (`30s`, `1m30s`, `500ms`), `retries=`.
+    fn healthcheck(&mut self, node: &KdlNode) -> Option<Healthcheck> {
+        self.allow_props(
+            node,
+            &["variant", "interval", "timeout", "start-period", "retries"],
+        );
+        let words = self.strings(node, "health check argument");
+        if words.is_empty() {
+            if positional(node).is_empty() {
+                self.err(
+                    "kiln::wrong_arity",
+                    head_span(node),
+                    "`healthcheck` needs a command, e.g. `healthcheck \"curl\" \"-f\" \"http://localhost:8000/health\"`",
+                );
+            }
+            return None;
+        }
+        let test = match words.as_slice() {
+            [none] if none == "NONE" => vec!["NONE".to_string()],
+            [one] if one.trim().contains(char::is_whitespace) => {
+                vec!["CMD-SHELL".to_string(), one.clone()]
+            }
+            _ => std::iter::once("CMD".to_string()).chain(words).collect(),
+        };
+        let mut duration = |key: &str| -> Option<u64> {
+            let v = self.string_prop(node, key)?;
+            match parse_duration(&v.value) {
+                Some(ns) if ns > 0 => Some(ns),
+                _ => {
+                    self.err(
+                        "kiln::invalid_value",
+                        v.span,
+                        format!("`{}` is not a duration", v.value),
+                    )
+                    .help = Some(format!(
+                        "write e.g. `{key}=\"30s\"`, `\"1m30s\"` or `\"500ms\"`"
+                    ));
+                    None
+                }
+            }
+        };
+        let interval = duration("interval");
+        let timeout = duration("timeout");
+        let start_period = duration("start-period");
+        let retries = node
+            .entries()
+            .iter()
+            .find(|e| e.name().is_some_and(|n| n.value() == "retries"))
+            .and_then(|e| match e.value() {
+                KdlValue::Integer(n) if (0..=i128::from(u32::MAX)).contains(n) => {
+                    u32::try_from(*n).ok()
+                }
+                _ => {
+                    self.err(
+                        "kiln::wrong_type",
+                        value_span(e),
+                        "`retries` is a whole number, e.g. `retries=3`",
+                    );
+                    None
+                }
+            });
+        if test == ["NONE"]
+            && (interval.or(timeout).or(start_period).is_some() || retries.is_some())
+        {
+            self.err(
+                "kiln::conflicting_properties",
+                head_span(node),
+                "`healthcheck \"NONE\"` turns the check off: it takes no timings",
+            );
+        }
+        Some(Healthcheck {
+            test,
+            interval,
+            timeout,
+            start_period,
+            retries,
         })
     }
 
@@ -2434,6 +2567,46 @@ fn env_warning(name: &str, value: &str, span: SourceSpan) -> Option<Diagnostic> 
     })
 }
 
+/// A Go duration as Docker reads one (`1m30s`, `500ms`, `2h`), in
+/// nanoseconds.
+fn parse_duration(s: &str) -> Option<u64> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale: f64 = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        let ns = number * scale;
+        if !ns.is_finite() || ns > u64::MAX as f64 {
+            return None;
+        }
+        total = total.checked_add(ns as u64)?;
+    }
+    Some(total)
+}
+
 /// A KDL string literal of `s`.
 fn kdl_string(s: &str) -> String {
     let mut out = String::from("\"");
@@ -2608,6 +2781,8 @@ impl Settings {
             verify: cat(&self.verify, &v.verify),
             label: cat(&self.label, &v.label),
             expose: cat(&self.expose, &v.expose),
+            healthcheck: pick(&self.healthcheck, &v.healthcheck),
+            stop_signal: pick(&self.stop_signal, &v.stop_signal),
         }
     }
 }

@@ -135,8 +135,8 @@ fn unknown_names_suggest_the_nearest_known_one() {
             "kiln's nodes are lowercase: write `workdir`",
         ),
         (
-            "kiln 1\npython \"3.11\"\nstopsignal \"SIGINT\"\n",
-            "kiln does not set a Dockerfile's STOPSIGNAL",
+            "kiln 1\npython \"3.11\"\nvolume \"/data\"\n",
+            "kiln does not set a Dockerfile's VOLUME",
         ),
     ] {
         let diags = kiln_compiler::compile("r.kdl", text, &Options::default()).expect_err("fails");

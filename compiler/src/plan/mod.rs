@@ -1730,6 +1730,31 @@ fn image_config(
         (None, Some(cmd)) => c.config.cmd = Some(cmd.value.clone()),
         (None, None) => {}
     }
+    if let Some(h) = &s.healthcheck {
+        let h = &h.value;
+        let mut check = serde_json::Map::new();
+        check.insert("Test".into(), serde_json::json!(h.test));
+        for (key, v) in [
+            ("Interval", h.interval),
+            ("Timeout", h.timeout),
+            ("StartPeriod", h.start_period),
+        ] {
+            if let Some(ns) = v {
+                check.insert(key.into(), serde_json::json!(ns));
+            }
+        }
+        if let Some(r) = h.retries {
+            check.insert("Retries".into(), serde_json::json!(r));
+        }
+        c.config
+            .other
+            .insert("Healthcheck".into(), serde_json::Value::Object(check));
+    }
+    if let Some(sig) = &s.stop_signal {
+        c.config
+            .other
+            .insert("StopSignal".into(), serde_json::json!(sig.value));
+    }
     for p in &s.expose {
         let port = if p.value.contains('/') {
             p.value.clone()
