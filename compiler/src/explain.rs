@@ -206,9 +206,10 @@ pub fn explain(plan: &Plan) -> String {
         .map(|c| {
             let workdir = crate::lower::image_workdir(plan);
             format!(
-                "{} → {}",
+                "{} → {}{}",
                 c.value.src,
-                crate::lower::resolve_dest(&c.value.dest, workdir.as_deref())
+                crate::lower::resolve_dest(&c.value.dest, workdir.as_deref()),
+                if c.value.root_owned { " (root's)" } else { "" }
             )
         })
         .collect();
@@ -240,8 +241,13 @@ pub fn explain(plan: &Plan) -> String {
         };
         let _ = writeln!(
             o,
-            "  run ({when}): {}",
-            r.value.command.lines().next().unwrap_or("")
+            "  run ({when}): {}{}",
+            r.value.command.lines().next().unwrap_or(""),
+            r.value
+                .secret
+                .as_ref()
+                .map(|id| format!(" (secret `{id}` at /run/secrets/{id}, required)"))
+                .unwrap_or_default()
         );
     }
 

@@ -833,6 +833,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                     ),
                 )
                 .env(&b_env)
+                // The file's `pip:` section runs pip, which reads the
+                // recipe's indexes from its environment.
+                .env(&conda_pip_env(&plan.indexes))
                 .mount(Mount::Cache {
                     target: "/opt/conda/pkgs".into(),
                     id: format!("kiln-conda-pkgs-{}", cx.platform_id()),
@@ -1288,14 +1291,17 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
                 ),
             )
             .env(&image_env);
-        if let Some(ca) = &ca {
-            exec = cx.ca_mount(exec.env(&[("KILN_CA".to_string(), ca.clone())]));
-        }
         // The step's own secret (a model hub's token): required, so that a
-        // build without it fails at this line, naming the id.
-        if let Some(id) = &r.value.secret
-            && cx.plan.ca_bundle.as_ref() != Some(id)
-        {
+        // build without it fails at this line, naming the id; the CA
+        // bundle's, if it is that one, is then required here too.
+        let own_is_ca = r.value.secret.is_some() && r.value.secret == cx.plan.ca_bundle;
+        if let Some(ca) = &ca {
+            exec = exec.env(&[("KILN_CA".to_string(), ca.clone())]);
+            if !own_is_ca {
+                exec = cx.ca_mount(exec);
+            }
+        }
+        if let Some(id) = &r.value.secret {
             exec = exec.mount(Mount::Secret {
                 target: secret_path(id),
                 id: id.clone(),
@@ -1609,6 +1615,23 @@ fn first_line(s: &str) -> String {
     } else {
         line.to_string()
     }
+}
+
+/// pip's variables for the recipe's indexes (for the pip that conda runs).
+fn conda_pip_env(indexes: &[crate::plan::Index]) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    if let Some(d) = indexes.iter().find(|i| i.default) {
+        env.push(("PIP_INDEX_URL".to_string(), d.url.clone()));
+    }
+    let extra: Vec<&str> = indexes
+        .iter()
+        .filter(|i| !i.default)
+        .map(|i| i.url.as_str())
+        .collect();
+    if !extra.is_empty() {
+        env.push(("PIP_EXTRA_INDEX_URL".to_string(), extra.join(" ")));
+    }
+    env
 }
 
 /// The image's workdir: the recipe's, else the base's.

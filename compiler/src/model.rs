@@ -748,7 +748,6 @@ impl Decoder {
                 // habit; warn where it is made.
                 if let [only] = words.as_slice()
                     && only.trim().contains(char::is_whitespace)
-                    && !has_arg_ref(only)
                 {
                     let at = positional(node).first().map_or(span, |e| e.span());
                     let help = exec_form_help(name, only.trim());
@@ -761,6 +760,40 @@ impl Decoder {
                             ),
                         )
                         .with_help(help),
+                    );
+                } else if let Some((i, word)) =
+                    words.iter().enumerate().find(|(_, w)| names_a_variable(w))
+                {
+                    // No shell runs exec form: `$PORT` reaches the program
+                    // as those five characters.
+                    let at = positional(node).get(i).map_or(span, |e| e.span());
+                    let script = words
+                        .iter()
+                        .map(|w| {
+                            if w.is_empty()
+                                || w.contains(|c: char| {
+                                    c.is_whitespace() || "'\"\\|&;<>()*?[#~`".contains(c)
+                                })
+                            {
+                                format!("'{}'", w.replace('\'', "'\\''"))
+                            } else {
+                                w.clone()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    self.diags.push(
+                        Diagnostic::warning(
+                            "kiln::exec_form",
+                            at,
+                            format!(
+                                "`{name}` is exec form, which no shell runs: `{word}` reaches the program as written, not as the variable's value"
+                            ),
+                        )
+                        .with_help(format!(
+                            "for the value, let a shell run it: `{name} \"sh\" \"-c\" {}`",
+                            kdl_string(&format!("exec {script}"))
+                        )),
                     );
                 }
                 let v = Spanned::new(words, span);
@@ -940,20 +973,8 @@ impl Decoder {
             "stopsignal" => {
                 self.allow_props(node, &["variant"]);
                 if let Some(v) = self.one_string(node, "signal") {
-                    let sig = v.value.trim();
-                    let name = sig.strip_prefix("SIG").unwrap_or(sig);
-                    let ok = (!sig.is_empty() && sig.chars().all(|c| c.is_ascii_digit()))
-                        || (!name.is_empty()
-                            && name.chars().all(|c| {
-                                c.is_ascii_uppercase() || c.is_ascii_digit() || "+-".contains(c)
-                            }));
-                    if ok {
-                        self.set_once(
-                            &mut s.stop_signal,
-                            Spanned::new(sig.to_string(), span),
-                            node,
-                            level,
-                        );
+                    if let Some(sig) = stop_signal(&v.value) {
+                        self.set_once(&mut s.stop_signal, Spanned::new(sig, span), node, level);
                     } else {
                         self.err(
                             "kiln::invalid_value",
@@ -1126,10 +1147,12 @@ impl Decoder {
                     _ if lower == "shell" => Some(
                         "`run` steps run with `/bin/sh -c`; to use another shell, call it: `run \"bash -c '…'\"`".to_string(),
                     ),
-                    _ if ["volume", "onbuild"].contains(&lower.as_str()) => Some(format!(
-                        "kiln does not set a Dockerfile's {} in the image; set it where the image runs (docker run, compose, or the Kubernetes pod spec)",
-                        lower.to_ascii_uppercase()
-                    )),
+                    _ if lower == "volume" => Some(
+                        "kiln does not set a Dockerfile's VOLUME in the image; mount volumes where the image runs (docker run -v, compose, or the Kubernetes pod spec)".to_string(),
+                    ),
+                    _ if lower == "onbuild" => Some(
+                        "kiln sets no ONBUILD triggers: a recipe is the whole image; put what a derived build should do in its own recipe".to_string(),
+                    ),
                     (_, "torch" | "pytorch" | "tensorflow" | "jax") => Some(format!(
                         "frameworks are declared as `framework \"{}\" \"VERSION\"`",
                         if other == "torch" { "pytorch" } else { other }
@@ -1274,17 +1297,60 @@ impl Decoder {
             return None;
         }
         let test = match words.as_slice() {
-            [none] if none == "NONE" => vec!["NONE".to_string()],
+            [none] if none.eq_ignore_ascii_case("none") => vec!["NONE".to_string()],
+            [none, ..] if none.eq_ignore_ascii_case("none") => {
+                self.err(
+                    "kiln::wrong_arity",
+                    head_span(node),
+                    "`healthcheck \"NONE\"` turns the check off and takes no command",
+                );
+                return None;
+            }
+            // Docker's own forms, as a Dockerfile's HEALTHCHECK writes them.
+            [form, rest @ ..] if form == "CMD" || form == "CMD-SHELL" => {
+                if rest.is_empty() || (form == "CMD-SHELL" && rest.len() != 1) {
+                    let what = if form == "CMD" {
+                        "the program and its arguments"
+                    } else {
+                        "one shell command"
+                    };
+                    self.err(
+                        "kiln::wrong_arity",
+                        head_span(node),
+                        format!("`healthcheck \"{form}\"` needs {what}"),
+                    );
+                    return None;
+                }
+                words.clone()
+            }
             [one] if one.trim().contains(char::is_whitespace) => {
-                vec!["CMD-SHELL".to_string(), one.clone()]
+                // `CMD curl -f …`, as a Dockerfile's line reads: the shell
+                // gets the command.
+                let command = one.trim();
+                let command = command
+                    .strip_prefix("CMD ")
+                    .map(str::trim_start)
+                    .unwrap_or(command);
+                vec!["CMD-SHELL".to_string(), command.to_string()]
             }
             _ => std::iter::once("CMD".to_string()).chain(words).collect(),
         };
         let mut duration = |key: &str| -> Option<u64> {
             let v = self.string_prop(node, key)?;
+            // Docker reads these as Go's `time.Duration` (at most about
+            // 292 years) and refuses less than a millisecond.
             match parse_duration(&v.value) {
-                Some(ns) if ns > 0 => Some(ns),
-                _ => {
+                Some(ns) if (1_000_000..=i64::MAX as u64).contains(&ns) => Some(ns),
+                Some(_) => {
+                    self.err(
+                        "kiln::invalid_value",
+                        v.span,
+                        format!("`{}` is out of range: a health check's durations are 1ms or more, and under 292 years", v.value),
+                    )
+                    .help = Some(format!("write e.g. `{key}=\"30s\"`"));
+                    None
+                }
+                None => {
                     self.err(
                         "kiln::invalid_value",
                         v.span,
@@ -1475,7 +1541,8 @@ impl Decoder {
             }
         } else if let Some(i) = index {
             // A URL from a build argument is checked once it has its value.
-            let url_like = i.value.starts_with("https://") || i.value.starts_with("http://");
+            let url_like = (i.value.starts_with("https://") || i.value.starts_with("http://"))
+                && !i.value.contains(char::is_whitespace);
             if !(url_like || has_arg_ref(&i.value)) {
                 self.err(
                     "kiln::invalid_value",
@@ -2545,18 +2612,53 @@ fn env_warning(name: &str, value: &str, span: SourceSpan) -> Option<Diagnostic> 
     // value that could be one (`HF_HUB_DISABLE_IMPLICIT_TOKEN=1` is not). A
     // `${NAME}` from a build argument ends up in the config all the same.
     let words: Vec<&str> = upper.split('_').collect();
-    let credential = words.iter().any(|w| {
+    // Where the credential is, or something about it: not the credential
+    // (`PASSWORD_FILE=/run/secrets/db`, `TOKEN_LIMIT=4096`).
+    let about = words.last().is_some_and(|w| {
         matches!(
             *w,
-            "TOKEN" | "SECRET" | "PASSWORD" | "PASSWD" | "APIKEY" | "CREDENTIAL" | "CREDENTIALS"
+            "FILE"
+                | "PATH"
+                | "DIR"
+                | "LIMIT"
+                | "LEN"
+                | "LENGTH"
+                | "SIZE"
+                | "COUNT"
+                | "URL"
+                | "URI"
+                | "HOST"
+                | "PORT"
+                | "TYPE"
+                | "NAME"
+                | "ID"
+                | "HEADER"
+                | "ENV"
         )
-    }) || words
-        .windows(2)
-        .any(|p| p[1] == "KEY" && matches!(p[0], "API" | "ACCESS" | "PRIVATE" | "SECRET"));
+    });
+    let credential = !about
+        && words.iter().any(|w| {
+            matches!(
+                *w,
+                "TOKEN"
+                    | "SECRET"
+                    | "PASSWORD"
+                    | "PASSWD"
+                    | "APIKEY"
+                    | "CREDENTIAL"
+                    | "CREDENTIALS"
+            )
+        })
+        || words
+            .windows(2)
+            .any(|p| p[1] == "KEY" && matches!(p[0], "API" | "ACCESS" | "PRIVATE" | "SECRET"));
     let value = value.trim();
-    let flag = value.len() < 8
-        || ["true", "false", "yes", "no", "none", "null"]
-            .contains(&value.to_ascii_lowercase().as_str());
+    // A `${NAME}` (a build argument's value) lands in the config too.
+    let flag = !value.contains('$')
+        && (value.len() < 8
+            || value.parse::<f64>().is_ok()
+            || ["true", "false", "yes", "no", "none", "null"]
+                .contains(&value.to_ascii_lowercase().as_str()));
     (credential && !flag).then(|| {
         Diagnostic::warning(
             "kiln::secret_in_env",
@@ -2565,6 +2667,32 @@ fn env_warning(name: &str, value: &str, span: SourceSpan) -> Option<Diagnostic> 
         )
         .with_help("give it to the container when it runs (docker run -e, a Kubernetes secret); for a build step, `run \"…\" secret=\"ID\"` reads a build secret that stays out of the image")
     })
+}
+
+/// A signal as Docker's `StopSignal` takes it: a Linux signal's name (any
+/// case, with or without `SIG`; `SIGRTMIN+3`) or number (1-64), written
+/// `SIGNAME` or as the number.
+fn stop_signal(s: &str) -> Option<String> {
+    const NAMES: &[&str] = &[
+        "ABRT", "ALRM", "BUS", "CHLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
+        "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP",
+        "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+    ];
+    let s = s.trim();
+    if let Ok(n) = s.parse::<u32>() {
+        return (1..=64).contains(&n).then(|| n.to_string());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let realtime = |base: &str| {
+        name.strip_prefix(base).is_some_and(|rest| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix(['+', '-'])
+                    .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n <= 30))
+        })
+    };
+    (NAMES.contains(&name) || realtime("RTMIN") || realtime("RTMAX")).then(|| format!("SIG{name}"))
 }
 
 /// A Go duration as Docker reads one (`1m30s`, `500ms`, `2h`), in
@@ -2605,6 +2733,16 @@ fn parse_duration(s: &str) -> Option<u64> {
         total = total.checked_add(ns as u64)?;
     }
     Some(total)
+}
+
+/// Whether `word` names a shell variable (`$PORT`, `${PORT:-8000}`).
+fn names_a_variable(word: &str) -> bool {
+    word.match_indices('$').any(|(i, _)| {
+        word[i + 1..]
+            .chars()
+            .next()
+            .is_some_and(|c| c == '{' || c == '_' || c.is_ascii_alphabetic())
+    })
 }
 
 /// A KDL string literal of `s`.
@@ -2680,7 +2818,21 @@ fn shell_words(line: &str) -> Option<Vec<String>> {
 /// (`sh -c`), where the string needs one (`$PORT`, `&&`, a pipe).
 fn exec_form_help(name: &str, line: &str) -> String {
     let shell = |script: &str| format!("`{name} \"sh\" \"-c\" {}`", kdl_string(script));
-    match shell_words(line) {
+    // `FOO=1 python app.py` sets a variable for the program, and a line
+    // break ends a command: both are the shell's.
+    let assigns = line.split_whitespace().next().is_some_and(|w| {
+        w.split_once('=').is_some_and(|(k, _)| {
+            !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    });
+    let words = if assigns || line.contains(['\n', '\r']) {
+        None
+    } else {
+        shell_words(line)
+    };
+    match words {
         Some(words)
             if words.len() >= 3
                 && matches!(words[0].as_str(), "sh" | "/bin/sh" | "bash" | "/bin/bash")
@@ -2709,7 +2861,10 @@ fn exec_form_help(name: &str, line: &str) -> String {
         None => {
             // `exec` only where the line is one command (with `&&`, `;` or a
             // pipe it would end the script early).
-            let script = if line.starts_with("exec ") || line.contains(['|', '&', ';']) {
+            let script = if line.starts_with("exec ")
+                || assigns
+                || line.contains(['|', '&', ';', '\n', '\r'])
+            {
                 line.to_string()
             } else {
                 format!("exec {line}")

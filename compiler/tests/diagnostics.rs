@@ -1679,3 +1679,97 @@ fn a_package_pinned_twice_in_a_lock_names_both_lines() {
         e.items[0].help
     );
 }
+
+/// `healthcheck` in the image config, in each of its forms, and
+/// `stopsignal` as Docker writes it.
+#[test]
+fn healthcheck_and_stopsignal_reach_the_config_as_docker_reads_them() {
+    let config = |lines: &str| {
+        let text = format!("kiln 1\npython \"3.11\"\n{lines}\n");
+        let c = kiln_compiler::compile("h.kdl", &text, &Options::default())
+            .unwrap_or_else(|e| panic!("{lines}: {e:?}"));
+        let v: serde_json::Value =
+            serde_json::from_slice(&c.builds[0].config.to_json()).expect("json");
+        v["config"].clone()
+    };
+    let test = |line: &str| config(line)["Healthcheck"]["Test"].clone();
+    assert_eq!(
+        test(r#"healthcheck "curl" "-f" "http://localhost/h""#),
+        serde_json::json!(["CMD", "curl", "-f", "http://localhost/h"])
+    );
+    assert_eq!(
+        test(r#"healthcheck "CMD" "curl" "-f" "http://localhost/h""#),
+        serde_json::json!(["CMD", "curl", "-f", "http://localhost/h"])
+    );
+    assert_eq!(
+        test(r#"healthcheck "curl -f http://localhost/h || exit 1""#),
+        serde_json::json!(["CMD-SHELL", "curl -f http://localhost/h || exit 1"])
+    );
+    assert_eq!(
+        test(r#"healthcheck "CMD curl -f http://localhost/h""#),
+        serde_json::json!(["CMD-SHELL", "curl -f http://localhost/h"])
+    );
+    assert_eq!(test(r#"healthcheck "none""#), serde_json::json!(["NONE"]));
+    let c = config(r#"healthcheck "true" interval="1m30s" timeout="500ms" retries=2"#);
+    assert_eq!(c["Healthcheck"]["Interval"], 90_000_000_000_u64);
+    assert_eq!(c["Healthcheck"]["Timeout"], 500_000_000_u64);
+    assert_eq!(c["Healthcheck"]["Retries"], 2);
+    for (written, stored) in [
+        ("SIGINT", "SIGINT"),
+        ("sigterm", "SIGTERM"),
+        ("QUIT", "SIGQUIT"),
+        ("SIGRTMIN+3", "SIGRTMIN+3"),
+        ("9", "9"),
+    ] {
+        assert_eq!(
+            config(&format!("stopsignal \"{written}\""))["StopSignal"],
+            stored,
+            "{written}"
+        );
+    }
+}
+
+/// Credential-like `env` names warn where the value could be one (a build
+/// argument's too), not where it says where one is or how long one is.
+#[test]
+fn credential_warnings_fire_on_values_not_on_their_whereabouts() {
+    let warns = |env: &str| {
+        let text = format!("kiln 1\narg \"T\" default=\"x\"\npython \"3.11\"\nenv {env}\n");
+        let c = kiln_compiler::compile("c.kdl", &text, &Options::default()).expect("compiles");
+        c.warnings
+            .items
+            .iter()
+            .any(|w| w.code == "kiln::secret_in_env")
+    };
+    assert!(warns(r#"HF_TOKEN="hf_abcdefghijklmnop""#));
+    assert!(warns(r#"HF_TOKEN="${T}""#));
+    assert!(!warns(r#"PASSWORD_FILE="/run/secrets/db_password""#));
+    assert!(!warns(r#"HF_TOKEN_PATH="/run/secrets/hf""#));
+    assert!(!warns(r#"MAX_TOKEN="40960000""#));
+    assert!(!warns(r#"TOKENIZERS_PARALLELISM="false""#));
+}
+
+/// Exec form runs no shell: a `$VAR` in any argument warns, with the
+/// `sh -c` form to write instead.
+#[test]
+fn a_variable_in_an_exec_form_argument_warns() {
+    let text = "kiln 1\npython \"3.11\"\ncmd \"gunicorn\" \"-b\" \"0.0.0.0:${PORT}\" \"app:app\"\n";
+    let c = kiln_compiler::compile("v.kdl", text, &Options::default()).expect("compiles");
+    let w = c
+        .warnings
+        .items
+        .iter()
+        .find(|w| w.code == "kiln::exec_form")
+        .expect("a warning");
+    assert_eq!(c.warnings.location(w), "v.kdl:3:21");
+    assert!(
+        w.help.as_deref().is_some_and(
+            |h| h.contains(r#"`cmd "sh" "-c" "exec gunicorn -b 0.0.0.0:${PORT} app:app"`"#)
+        ),
+        "{:?}",
+        w.help
+    );
+    let plain = "kiln 1\npython \"3.11\"\ncmd \"python\" \"-m\" \"app\" \"--price=$5\"\n";
+    let c = kiln_compiler::compile("v.kdl", plain, &Options::default()).expect("compiles");
+    assert!(c.warnings.items.iter().all(|w| w.code != "kiln::exec_form"));
+}

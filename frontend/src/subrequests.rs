@@ -193,9 +193,7 @@ pub fn outline(compilation: &Compilation, opts: &Options) -> Result<Outline, Fai
             secrets.insert(id.clone(), true);
         }
         for id in plan.runs.iter().filter_map(|r| r.value.secret.as_ref()) {
-            if plan.ca_bundle.as_ref() != Some(id) {
-                secrets.insert(id.clone(), true);
-            }
+            secrets.insert(id.clone(), true);
         }
     }
     out.secrets = secrets
