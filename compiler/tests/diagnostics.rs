@@ -1585,6 +1585,22 @@ fn the_framework_in_pip_is_judged_by_whether_its_release_meets_it() {
             "f.kdl:4:1 kiln::framework_in_pip `r.txt` line 2 asks for `torch==2.5.1`, which `framework \"pytorch\" \"2.4.1\"` does not meet: pip would install it over the framework's build for this variant"
         ]
     );
+    // A companion in a release that does not go with the framework's.
+    let e = compile(
+        "pip requirements=\"r.txt\"",
+        Some("transformers>=4.40\ntorchvision>=0.20\n"),
+    )
+    .err()
+    .expect("torchvision 0.20 goes with torch 2.5");
+    assert_eq!(e.items[0].code, "kiln::incompatible");
+    assert!(
+        e.items[0].message.starts_with(
+            "`r.txt` line 2 asks for `torchvision>=0.20`, which leaves out torchvision 0.19.1"
+        ),
+        "{}",
+        e.items[0].message
+    );
+    assert!(compile("pip requirements=\"r.txt\"", Some("torchvision>=0.19\n")).is_ok());
 }
 
 /// The fix kiln offers for a `cmd` written as one string splits it as a

@@ -638,6 +638,31 @@ pub fn plan(
         // asks for another release of the framework would make pip put
         // PyPI's build over the one the framework step installed.
         for (file, line, spec, span) in &file_requirements {
+            // A companion (torchvision) the file asks for in a release that
+            // does not go with the framework's.
+            let name = model::requirement_name(spec);
+            if let Some(want) = fw.companion_version(&name) {
+                let clash = match model::exact_pin(spec) {
+                    Some((_, v)) => {
+                        let release = v.split('+').next().unwrap_or(&v).to_string();
+                        (!model::same_version(&release, want)).then(|| format!("=={v}"))
+                    }
+                    None => model::excludes_release(spec, want),
+                };
+                if let Some(clause) = clash {
+                    diags.push(
+                        Diagnostic::error(
+                            "kiln::incompatible",
+                            *span,
+                            format!(
+                                "`{file}` line {line} asks for `{spec}`, which leaves out {name} {want} ({clause}), the release that goes with {} {}",
+                                fw.name, fw.version
+                            ),
+                        )
+                        .with_help(format!("make the line hold {name} {want}, or name it in a `pip` line of the recipe, where kiln installs it with the framework")),
+                    );
+                }
+            }
             if fw.is_itself(spec) && !fw.admits(spec) {
                 diags.push(
                     Diagnostic::error(
