@@ -282,14 +282,7 @@ impl Cx<'_> {
                 // Optional, so that the step says which secret is missing
                 // and how to pass it (the engine's own error names only
                 // the id, at whichever step mounts it first).
-                exec = exec.mount(Mount::Secret {
-                    target: secret_path(id),
-                    id: id.clone(),
-                    uid: 0,
-                    gid: 0,
-                    mode: 0o400,
-                    optional: true,
-                });
+                exec = exec.mount(secret_mount(id, 0o400, true));
             }
         }
         exec
@@ -315,14 +308,7 @@ impl Cx<'_> {
     /// without it runs with the image's own roots).
     fn ca_mount(&self, exec: Exec) -> Exec {
         match &self.plan.ca_bundle {
-            Some(id) => exec.mount(Mount::Secret {
-                target: secret_path(id),
-                id: id.clone(),
-                uid: 0,
-                gid: 0,
-                mode: 0o444,
-                optional: true,
-            }),
+            Some(id) => exec.mount(secret_mount(id, 0o444, true)),
             None => exec,
         }
     }
@@ -1302,14 +1288,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             }
         }
         if let Some(id) = &r.value.secret {
-            exec = exec.mount(Mount::Secret {
-                target: secret_path(id),
-                id: id.clone(),
-                uid: 0,
-                gid: 0,
-                mode: 0o400,
-                optional: false,
-            });
+            exec = exec.mount(secret_mount(id, 0o400, false));
         }
         exec.cwd = workdir.clone().unwrap_or_else(|| "/".to_string());
         state.run(exec).root()
@@ -1592,6 +1571,18 @@ fn source_info(source: &SourceFile, opts: &Options) -> Option<llb::SourceInfo> {
 
 fn secret_path(id: &str) -> String {
     format!("/run/secrets/{id}")
+}
+
+/// The build secret `id` at its path under /run/secrets, root's.
+fn secret_mount(id: &str, mode: u32, optional: bool) -> Mount {
+    Mount::Secret {
+        target: secret_path(id),
+        id: id.to_string(),
+        uid: 0,
+        gid: 0,
+        mode,
+        optional,
+    }
 }
 
 /// POSIX shell single-quoting, only where needed.

@@ -57,6 +57,14 @@ fn warning_codes(name: &str, text: &str) -> Vec<String> {
         .collect()
 }
 
+/// Each diagnostic as `FILE:LINE:COL CODE MESSAGE`.
+fn located(d: &kiln_compiler::Diagnostics) -> Vec<String> {
+    d.items
+        .iter()
+        .map(|x| format!("{} {} {}", d.location(x), x.code, x.message))
+        .collect()
+}
+
 #[test]
 fn every_diagnostic_names_file_line_col_code_and_message() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/diagnostics");
@@ -86,11 +94,7 @@ fn every_diagnostic_names_file_line_col_code_and_message() {
             Ok(_) => panic!("{name} compiled, but it should fail"),
             Err(d) => d,
         };
-        let got: Vec<String> = diags
-            .items
-            .iter()
-            .map(|d| format!("{} {} {}", diags.location(d), d.code, d.message))
-            .collect();
+        let got = located(&diags);
         let want: Vec<String> = expected
             .iter()
             .map(|e| format!("{name}:{} {} {}", e.location, e.code, e.message))
@@ -404,11 +408,7 @@ fn requirements_files_and_their_includes_are_asked_for_and_checked() {
     opts.context_files.insert("c.txt".into(), None);
     assert!(c.context_files_wanted(&opts).is_empty());
     let errors = c.compile(&opts).err().expect("a missing include fails");
-    let got: Vec<String> = errors
-        .items
-        .iter()
-        .map(|d| format!("{} {} {}", errors.location(d), d.code, d.message))
-        .collect();
+    let got = located(&errors);
     assert_eq!(
         got,
         [
@@ -868,11 +868,7 @@ fn local_projects_in_requirements_files_install_from_the_context() {
         opts.context_files
             .insert("reqs/app.txt".into(), Some(file.into()));
         let errors = c.compile(&opts).err().expect("fails");
-        let got: Vec<String> = errors
-            .items
-            .iter()
-            .map(|d| format!("{} {} {}", errors.location(d), d.code, d.message))
-            .collect();
+        let got = located(&errors);
         assert_eq!(got, [format!("r.kdl:3:1 {code} {message}")], "{file:?}");
     }
     // URLs, VCS and absolute paths (the builder's own files) are pip's.
@@ -1574,11 +1570,7 @@ fn the_framework_in_pip_is_judged_by_whether_its_release_meets_it() {
     )
     .err()
     .expect("another release in a file fails");
-    let got: Vec<String> = e
-        .items
-        .iter()
-        .map(|d| format!("{} {} {}", e.location(d), d.code, d.message))
-        .collect();
+    let got = located(&e);
     assert_eq!(
         got,
         [
@@ -1652,11 +1644,7 @@ fn a_requirements_file_that_leaves_out_a_pin_is_an_error_at_its_line() {
     let e = compile("pandas>=2\nnumpy>=2\n")
         .err()
         .expect("the range leaves the pin out");
-    let got: Vec<String> = e
-        .items
-        .iter()
-        .map(|d| format!("{} {} {}", e.location(d), d.code, d.message))
-        .collect();
+    let got = located(&e);
     assert_eq!(
         got,
         [
