@@ -1777,3 +1777,26 @@ fn a_variable_in_an_exec_form_argument_warns() {
     let c = kiln_compiler::compile("v.kdl", plain, &Options::default()).expect("compiles");
     assert!(c.warnings.items.iter().all(|w| w.code != "kiln::exec_form"));
 }
+
+/// A build argument named in a `run` command is the shell's variable there
+/// (build arguments reach no step): it warns, unless an `env` sets it or it
+/// is a proxy variable, which reaches `run` steps.
+#[test]
+fn a_build_argument_in_a_run_command_warns() {
+    let codes = |lines: &str| {
+        warning_codes(
+            "a.kdl",
+            &format!(
+                "kiln 1\narg \"MODEL\" default=\"m\"\narg \"HTTPS_PROXY\"\npython \"3.11\"\n{lines}\n"
+            ),
+        )
+    };
+    assert_eq!(
+        codes("run \"huggingface-cli download ${MODEL}\""),
+        ["a.kdl:5:1 kiln::arg_in_run"]
+    );
+    assert_eq!(codes("run \"echo $MODEL\""), ["a.kdl:5:1 kiln::arg_in_run"]);
+    assert!(codes("run \"echo $MODELS\"").is_empty());
+    assert!(codes("env MODEL=\"${MODEL}\"\nrun \"echo ${MODEL}\"").is_empty());
+    assert!(codes("run \"curl --proxy $HTTPS_PROXY https://x\"").is_empty());
+}

@@ -1738,6 +1738,50 @@ fn image_config(
             }
         }
     }
+    // A `run` step's command is the shell's, as written: a build argument
+    // named in it is a shell variable there, empty unless the image's
+    // environment has it (build arguments reach no step).
+    for r in &s.run {
+        let command = &r.value.command;
+        let named: Vec<&str> = declared
+            .iter()
+            .copied()
+            .filter(|name| {
+                // The proxy variables do reach `run` steps.
+                let proxy = matches!(
+                    name.to_ascii_uppercase().as_str(),
+                    "HTTP_PROXY" | "HTTPS_PROXY" | "FTP_PROXY" | "NO_PROXY" | "ALL_PROXY"
+                );
+                !proxy
+                    && !env_index.contains_key(*name)
+                    && (command.contains(&format!("${{{name}}}"))
+                        || command.contains(&format!("${{{name}:"))
+                        || command.match_indices(&format!("${name}")).any(|(i, m)| {
+                            !command[i + m.len()..]
+                                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                        }))
+            })
+            .collect();
+        if let Some(name) = named.first() {
+            let shown: Vec<String> = named.iter().map(|n| format!("`${n}`")).collect();
+            diags.push(
+                Diagnostic::warning(
+                    "kiln::arg_in_run",
+                    r.span,
+                    format!(
+                        "{} in this `run` {} the shell's, not the build argument's: build arguments reach no step, and the image's environment does not set {}, so {} empty here",
+                        shown.join(", "),
+                        if named.len() == 1 { "is" } else { "are" },
+                        if named.len() == 1 { "it" } else { "them" },
+                        if named.len() == 1 { "it is" } else { "they are" },
+                    ),
+                )
+                .with_help(format!(
+                    "to pass the value, add `env {name}=\"${{{name}}}\"` (it stays in the image's environment); for a token, use `run \"…\" secret=\"ID\"`, which stays out of the image"
+                )),
+            );
+        }
+    }
     if let Some(u) = &s.user {
         // Numeric, as `uid:gid`: the same account as the name (the user
         // step creates it with these ids), but checkable without the image's
