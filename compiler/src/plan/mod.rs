@@ -1656,12 +1656,7 @@ fn image_config(
         // usual default), which may not be the base's (nvidia/cuda's and
         // conda's add their own folders).
         let raw = &e.value.1;
-        if runtime.resolved.is_none()
-            && (raw.contains("${PATH}")
-                || raw.match_indices("$PATH").any(|(i, m)| {
-                    !raw[i + m.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-                }))
-        {
+        if runtime.resolved.is_none() && reads_variable(raw, "PATH") {
             diags.push(
                 Diagnostic::warning(
                     "kiln::base_config_unknown",
@@ -1752,14 +1747,7 @@ fn image_config(
                     name.to_ascii_uppercase().as_str(),
                     "HTTP_PROXY" | "HTTPS_PROXY" | "FTP_PROXY" | "NO_PROXY" | "ALL_PROXY"
                 );
-                !proxy
-                    && !env_index.contains_key(*name)
-                    && (command.contains(&format!("${{{name}}}"))
-                        || command.contains(&format!("${{{name}:"))
-                        || command.match_indices(&format!("${name}")).any(|(i, m)| {
-                            !command[i + m.len()..]
-                                .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-                        }))
+                !proxy && !env_index.contains_key(*name) && reads_variable(command, name)
             })
             .collect();
         if let Some(name) = named.first() {
@@ -2075,6 +2063,16 @@ struct ReadRequirements {
     find_links_in_folder: Vec<String>,
     /// Every requirement of the file and its includes: (file, line, spec).
     requirements: Vec<(String, usize, String)>,
+}
+
+/// Whether shell text reads the variable `name`: `${NAME}`, `${NAME:-…}`,
+/// or `$NAME` not followed by more of a name.
+fn reads_variable(text: &str, name: &str) -> bool {
+    text.contains(&format!("${{{name}}}"))
+        || text.contains(&format!("${{{name}:"))
+        || text.match_indices(&format!("${name}")).any(|(i, m)| {
+            !text[i + m.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        })
 }
 
 /// Follow a requirements file's includes through the files the caller
