@@ -62,19 +62,37 @@ pub fn parse(name: &str, text: &str) -> Result<Syntax, Diagnostics> {
             doc,
         }),
         Ok(Err(err)) => {
+            // A KDL 1 raw string (`r"…"`, `r#"…"#`) in a document that is
+            // otherwise KDL 2 (`#true`, `#"…"#`): the parser reads it as
+            // neither and points at some other line. Say what it is, there.
+            if let Some(at) = mixed_v1_raw_string(&kdl_text) {
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::kdl_syntax",
+                        SourceSpan::new(at.into(), 1),
+                        "`r\"…\"` is a KDL 1 raw string, in a recipe written in KDL 2 (`#true`, `#\"…\"#`)",
+                    )
+                    .with_label("KDL 1 raw string")
+                    .with_help(
+                        "KDL 2 writes raw strings `#\"…\"#` (`r#\"x\"#` becomes `#\"x\"#`); a recipe must be all KDL 1 or all KDL 2",
+                    ),
+                );
+                return Err(diags);
+            }
             for d in err.diagnostics {
                 let message = d
                     .message
                     .clone()
                     .unwrap_or_else(|| "invalid KDL".to_string());
-                let mut diag = Diagnostic::error("kiln::kdl_syntax", d.span, message)
+                let span = narrow_span(&kdl_text, d.span);
+                let mut diag = Diagnostic::error("kiln::kdl_syntax", span, message)
                     .with_label(d.label.clone().unwrap_or_else(|| "here".to_string()));
                 if let Some(help) = &d.help {
                     diag = diag.with_help(help.clone());
                 }
                 // KDL 1 keywords in a KDL 2 document (a file that mixes
                 // both is read as neither).
-                let start = d.span.offset().min(text.len());
+                let start = span.offset().min(text.len());
                 let word: String = text
                     .get(start..)
                     .unwrap_or("")
@@ -93,7 +111,7 @@ pub fn parse(name: &str, text: &str) -> Result<Syntax, Diagnostics> {
                 // A backslash escape KDL does not know (`\q`, a Windows
                 // path): the parser says only that the string is not one.
                 let span_text = text
-                    .get(start..(start + d.span.len()).min(text.len()))
+                    .get(start..(start + span.len()).min(text.len()))
                     .unwrap_or("");
                 if span_text.starts_with('"') {
                     let mut chars = span_text.chars().peekable();
@@ -209,6 +227,111 @@ fn strip_directives(text: &str) -> (String, Option<(String, SourceSpan)>) {
     }
     out.push_str(rest);
     (out, directive)
+}
+
+/// The parser reports some errors (a property without a value: `uid=`)
+/// with a span from the start of the document to where it stopped. Such a
+/// span says nothing: the error is where it ends, at its last character.
+fn narrow_span(text: &str, span: SourceSpan) -> SourceSpan {
+    let start = span.offset().min(text.len());
+    let end = (start + span.len()).min(text.len());
+    let Some(covered) = text.get(start..end) else {
+        return span;
+    };
+    if start != 0 || !covered.trim_end().contains('\n') {
+        return span;
+    }
+    let trimmed = covered.trim_end();
+    match trimmed.char_indices().next_back() {
+        Some((i, c)) => SourceSpan::new((start + i).into(), c.len_utf8()),
+        None => span,
+    }
+}
+
+/// Where a KDL 1 raw string (`r"…"`, `r#"…"#`) starts in a document that
+/// also has KDL 2-only syntax (`#true`, `#false`, `#null`, a `#"…"#` raw
+/// string), skipping strings and comments; `None` when it has not both.
+fn mixed_v1_raw_string(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'r');
+    let mut v1 = None;
+    let mut v2 = false;
+    let mut i = 0;
+    // The closing of a raw string with `hashes` `#`s.
+    let skip_raw = |mut j: usize, hashes: usize| -> usize {
+        while j < b.len() {
+            if b[j] == b'"' && b[j + 1..].iter().take(hashes).filter(|&&c| c == b'#').count() == hashes
+            {
+                return j + 1 + hashes;
+            }
+            j += 1;
+        }
+        j
+    };
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0usize;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'r' if (i == 0 || !ident(b[i - 1])) => {
+                let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
+                if b.get(i + 1 + hashes) == Some(&b'"') {
+                    v1.get_or_insert(i);
+                    i = skip_raw(i + 2 + hashes, hashes);
+                } else {
+                    i += 1;
+                }
+            }
+            b'#' if (i == 0 || !ident(b[i - 1])) => {
+                let hashes = b[i..].iter().take_while(|&&c| c == b'#').count();
+                let after = &text[i + hashes..];
+                if after.starts_with('"') {
+                    v2 = true;
+                    i = skip_raw(i + hashes + 1, hashes);
+                } else {
+                    if hashes == 1
+                        && ["true", "false", "null", "inf", "-inf", "nan"]
+                            .iter()
+                            .any(|k| after.starts_with(k))
+                    {
+                        v2 = true;
+                    }
+                    i += hashes;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    v1.filter(|_| v2)
 }
 
 /// `syntax=VALUE` after a comment marker, as BuildKit's directive parser reads it.
@@ -358,6 +481,27 @@ mod tests {
         let err = parse("r.kdl", "kiln 1\nbad \"open\n").expect_err("fails");
         let first = err.errors().next().expect("an error");
         assert_eq!(err.source.line_col(first.span.offset()).0, 2);
+    }
+
+    #[test]
+    fn a_property_without_a_value_is_reported_where_it_is() {
+        let text = "kiln 1\npython \"3.10\"\nuser \"app\" uid=\nworkdir \"/app\"\n";
+        let err = parse("r.kdl", text).expect_err("fails");
+        let first = err.errors().next().expect("an error");
+        assert_eq!(err.source.line_col(first.span.offset()), (3, 15));
+    }
+
+    #[test]
+    fn a_kdl1_raw_string_in_a_kdl2_recipe_is_named_at_its_line() {
+        let text = "kiln 1\nvariant \"cpu\" default=#true\nenv A=r#\"x\"#\n";
+        let err = parse("r.kdl", text).expect_err("fails");
+        let first = err.errors().next().expect("an error");
+        assert_eq!(err.source.line_col(first.span.offset()), (3, 7));
+        assert!(err.render_plain().contains("KDL 1 raw string"));
+        // Inside a string or a comment, `r"` is text; all-KDL-1 is read.
+        assert_eq!(mixed_v1_raw_string("a \"r\\\"x\" #true // r\"y\"\n"), None);
+        assert_eq!(mixed_v1_raw_string("a r\"x\" #\"r\"y\"# b=#null"), Some(2));
+        parse("r.kdl", "kiln 1\nrun r\"echo \\a\" default=true\n").expect("KDL 1 parses");
     }
 
     #[test]
