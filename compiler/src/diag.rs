@@ -145,6 +145,9 @@ fn is_newline(c: char) -> bool {
 pub struct Diagnostics {
     pub source: SourceFile,
     pub items: Vec<Diagnostic>,
+    /// What [`Diagnostics::push`] has added (rebuilt when `items` was
+    /// changed by hand).
+    seen: std::collections::HashSet<u64>,
 }
 
 impl Diagnostics {
@@ -152,11 +155,35 @@ impl Diagnostics {
         Diagnostics {
             source,
             items: Vec::new(),
+            seen: Default::default(),
         }
     }
 
+    /// Add a diagnostic; one already there (the same problem, found again
+    /// for another platform or variant) is not added twice.
     pub fn push(&mut self, d: Diagnostic) {
-        self.items.push(d);
+        use std::hash::{Hash, Hasher};
+        let key = |d: &Diagnostic| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (
+                d.code,
+                d.is_error(),
+                &d.message,
+                d.span.offset(),
+                d.span.len(),
+            )
+                .hash(&mut h);
+            h.finish()
+        };
+        // Diagnostics come in order of the recipe, so the same problem found
+        // for another platform or variant is usually near the end; a set of
+        // what is there keeps thousands of warnings linear.
+        if self.seen.len() != self.items.len() {
+            self.seen = self.items.iter().map(key).collect();
+        }
+        if self.seen.insert(key(&d)) {
+            self.items.push(d);
+        }
     }
 
     pub fn has_errors(&self) -> bool {

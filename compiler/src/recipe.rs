@@ -260,7 +260,13 @@ fn mixed_v1_raw_string(text: &str) -> Option<usize> {
     // The closing of a raw string with `hashes` `#`s.
     let skip_raw = |mut j: usize, hashes: usize| -> usize {
         while j < b.len() {
-            if b[j] == b'"' && b[j + 1..].iter().take(hashes).filter(|&&c| c == b'#').count() == hashes
+            if b[j] == b'"'
+                && b[j + 1..]
+                    .iter()
+                    .take(hashes)
+                    .filter(|&&c| c == b'#')
+                    .count()
+                    == hashes
             {
                 return j + 1 + hashes;
             }

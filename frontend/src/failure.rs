@@ -58,10 +58,11 @@ fn render_errors(diags: &Diagnostics) -> String {
 }
 
 fn errors_only(diags: &Diagnostics) -> Diagnostics {
-    Diagnostics {
-        source: diags.source.clone(),
-        items: diags.errors().cloned().collect(),
+    let mut only = Diagnostics::new(diags.source.clone());
+    for d in diags.errors() {
+        only.push(d.clone());
     }
+    only
 }
 
 fn engine_message(context: &str, status: &tonic::Status) -> String {

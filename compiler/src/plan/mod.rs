@@ -1114,10 +1114,18 @@ pub(crate) fn arg_values(
             (Some(v), _) => Some(v.clone()),
             (None, Some(default)) => match expand(default, &values, &declared) {
                 Ok(v) => Some(v),
-                Err(other) => {
+                Err(why) => {
                     if let Some(d) = diags.as_deref_mut() {
-                        d.push(
-                            Diagnostic::error(
+                        let diag = match why {
+                            Unexpanded::Undeclared(other) if &other == name => Diagnostic::error(
+                                "kiln::unknown_arg",
+                                a.name.span,
+                                format!("the default of `{name}` reads `${{{name}}}`, itself"),
+                            )
+                            .with_help(
+                                "a default reads only the arguments declared before it: give a value, or read another argument",
+                            ),
+                            Unexpanded::Undeclared(other) => Diagnostic::error(
                                 "kiln::unknown_arg",
                                 a.name.span,
                                 format!(
@@ -1127,7 +1135,17 @@ pub(crate) fn arg_values(
                             .with_help(format!(
                                 "declare `{other}` above `{name}` (a default reads only the arguments before it)"
                             )),
-                        );
+                            malformed => {
+                                let (message, help) = malformed.describe();
+                                Diagnostic::error(
+                                    "kiln::bad_substitution",
+                                    a.name.span,
+                                    format!("the default of `{name}`: {message}"),
+                                )
+                                .with_help(help)
+                            }
+                        };
+                        d.push(diag);
                     }
                     None
                 }
@@ -1155,7 +1173,21 @@ fn substitute_args(
     let mut sub = |text: &str, span: SourceSpan| -> String {
         match expand(text, &values, &declared) {
             Ok(t) => t,
-            Err(name) => {
+            Err(Unexpanded::Malformed(bad)) => {
+                let (message, help) = Unexpanded::Malformed(bad.clone()).describe();
+                let at = {
+                    let src = diags.source.text.as_str();
+                    let (start, len) = (span.offset(), span.len());
+                    src.get(start..start + len)
+                        .filter(|t| t.matches(bad.as_str()).count() == 1)
+                        .and_then(|t| t.find(bad.as_str()))
+                        .map_or(span, |i| SourceSpan::new((start + i).into(), bad.len()))
+                };
+                diags
+                    .push(Diagnostic::error("kiln::bad_substitution", at, message).with_help(help));
+                text.to_string()
+            }
+            Err(Unexpanded::Undeclared(name)) => {
                 let listed = if declared.is_empty() {
                     "the recipe declares none".to_string()
                 } else {
@@ -1420,11 +1452,41 @@ fn substitute_args(
 }
 
 /// Expand `${NAME}`; `$${` is a literal `${`. Err(name) for an unknown name.
+/// Why a `${…}` could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unexpanded {
+    /// `${NAME}` names no declared argument.
+    Undeclared(String),
+    /// A `${` form kiln does not read (`${X:?e}`, `${X-e}`, `${}`), or one
+    /// without its `}`: the text from `${` on.
+    Malformed(String),
+}
+
+impl Unexpanded {
+    /// The message and the help for a value that reads it.
+    fn describe(&self) -> (String, String) {
+        match self {
+            Unexpanded::Undeclared(name) => (
+                format!("`${{{name}}}` names no declared build argument, or it has no value"),
+                String::new(),
+            ),
+            Unexpanded::Malformed(text) if !text.contains('}') => (
+                format!("`{text}` has no closing `}}`"),
+                "write `${NAME}`, or `$${` for a literal `${`".to_string(),
+            ),
+            Unexpanded::Malformed(text) => (
+                format!("`{text}` is not a substitution kiln reads"),
+                "kiln reads `${NAME}`, `${NAME:-WORD}` (WORD where NAME is unset or empty) and `${NAME:+WORD}` (WORD where it is set); `$${` is a literal `${`".to_string(),
+            ),
+        }
+    }
+}
+
 fn expand(
     text: &str,
     values: &BTreeMap<String, String>,
     declared: &[String],
-) -> Result<String, String> {
+) -> Result<String, Unexpanded> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
@@ -1451,8 +1513,7 @@ fn expand(
             }
         }
         let Some(end) = end else {
-            out.push_str(&rest[i..]);
-            return Ok(out);
+            return Err(Unexpanded::Malformed(rest[i..].to_string()));
         };
         let inner = &after[..end];
         // `${NAME}`, `${NAME:-WORD}` (WORD when NAME is unset or empty),
@@ -1464,9 +1525,9 @@ fn expand(
         let is_name =
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !is_name {
-            out.push_str(&rest[i..i + 2 + end + 1]);
+            return Err(Unexpanded::Malformed(rest[i..i + 2 + end + 1].to_string()));
         } else if !declared.iter().any(|d| d == name) {
-            return Err(name.to_string());
+            return Err(Unexpanded::Undeclared(name.to_string()));
         } else {
             let value = values.get(name).map(String::as_str).unwrap_or("");
             match modifier {
@@ -1557,6 +1618,41 @@ fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, V
     }
     out.push_str(rest);
     (out, unset)
+}
+
+/// The first `${…}` of an `env` value that is no form kiln reads (or has no
+/// closing `}`), as written; `$$` is a literal `$`.
+fn malformed_substitution(text: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(i) = rest.find('$') {
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            rest = tail;
+            continue;
+        }
+        let Some(body) = after.strip_prefix('{') else {
+            rest = after;
+            continue;
+        };
+        let Some(end) = body.find('}') else {
+            return Some(rest[i..].to_string());
+        };
+        let inner = &body[..end];
+        let name = match inner.find(":-").or_else(|| inner.find(":+")) {
+            Some(k) => &inner[..k],
+            None => inner,
+        };
+        let is_name = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !is_name {
+            return Some(rest[i..i + 2 + end + 1].to_string());
+        }
+        rest = &body[end + 1..];
+    }
+    None
 }
 
 /// The image config: the base's, with the venv first on PATH, the GPU
@@ -1656,6 +1752,17 @@ fn image_config(
         // usual default), which may not be the base's (nvidia/cuda's and
         // conda's add their own folders).
         let raw = &e.value.1;
+        if let Some(bad) = malformed_substitution(raw) {
+            let (message, help) = Unexpanded::Malformed(bad).describe();
+            diags.push(
+                Diagnostic::error(
+                    "kiln::bad_substitution",
+                    e.span,
+                    format!("env {}: {message}", e.value.0),
+                )
+                .with_help(help.replace("$${` is a literal `${", "$$` is a literal `$")),
+            );
+        }
         if runtime.resolved.is_none() && reads_variable(raw, "PATH") {
             diags.push(
                 Diagnostic::warning(
@@ -1948,7 +2055,16 @@ mod tests {
         assert_eq!(expand("x==${V}", &v, &declared), Ok("x==1.2".to_string()));
         assert_eq!(expand("a${EMPTY}b", &v, &declared), Ok("ab".to_string()));
         assert_eq!(expand("$${V}", &v, &declared), Ok("${V}".to_string()));
-        assert_eq!(expand("${NOPE}", &v, &declared), Err("NOPE".to_string()));
+        assert_eq!(
+            expand("${NOPE}", &v, &declared),
+            Err(Unexpanded::Undeclared("NOPE".to_string()))
+        );
+        for bad in ["${V", "${V-e}", "${V:?e}", "${}", "${V:0:1}", "x${V%c}"] {
+            assert!(
+                matches!(expand(bad, &v, &declared), Err(Unexpanded::Malformed(_))),
+                "{bad}"
+            );
+        }
         assert_eq!(expand("$HOME/x", &v, &declared), Ok("$HOME/x".to_string()));
     }
 }
