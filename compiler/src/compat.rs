@@ -285,6 +285,24 @@ impl CompatData {
         })
     }
 
+    /// The cuDNN major release the `cudnn` images of a CUDA carry: the
+    /// number in their tag (`cudnn8`, `cudnn9`); the unnumbered `cudnn`
+    /// tags (CUDA 12.4 and newer) carry cuDNN 9 (the supported-tags page
+    /// cited in the data).
+    pub fn cuda_image_cudnn(&self, cuda: &str) -> Option<String> {
+        let c = self.cuda.iter().find(|c| c.cuda == cuda)?;
+        Some(cudnn_of_tag_part(&c.cudnn_tag).unwrap_or_else(|| "9".to_string()))
+    }
+
+    /// CUDA versions whose nvidia/cuda `cudnn` images carry cuDNN `major`.
+    pub fn cudas_with_cudnn(&self, major: &str) -> Vec<String> {
+        self.cuda
+            .iter()
+            .filter(|c| self.cuda_image_cudnn(&c.cuda).as_deref() == Some(major))
+            .map(|c| c.cuda.clone())
+            .collect()
+    }
+
     /// `python:3.11-slim`.
     pub fn slim_image(&self, python: &str) -> Option<String> {
         self.slim.get(python).map(|(image, _)| image.clone())
@@ -305,17 +323,45 @@ pub fn distro_of_image(name: &str, tag: &str) -> Option<String> {
     let data = CompatData::builtin();
     let last = name.rsplit('/').next().unwrap_or(name);
     match last {
-        "ubuntu" => {
+        "ubuntu" | "debian" => {
+            // `ubuntu:22.04`, `ubuntu:jammy-20240911`, `debian:bookworm-slim`,
+            // `debian:12`; a release the data does not know (`ubuntu:25.04`,
+            // `debian:testing`, `ubuntu:latest`) is still a distro image
+            // without python, named as written.
             let v = tag.split('-').next().unwrap_or(tag);
-            let id = format!("ubuntu{v}");
-            data.distros.iter().any(|d| d.id == id).then_some(id)
-        }
-        "debian" => {
-            let v = tag.split('-').next().unwrap_or(tag);
-            data.distros
+            let known = data
+                .distros
                 .iter()
-                .find(|d| d.alias.as_deref() == Some(v) || d.id == format!("debian{v}"))
-                .map(|d| d.id.clone())
+                .find(|d| d.alias.as_deref() == Some(v) || d.id == format!("{last}{v}"))
+                .map(|d| d.id.clone());
+            let release = v
+                .split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            let moving = [
+                "",
+                "latest",
+                "rolling",
+                "devel",
+                "stable",
+                "oldstable",
+                "oldoldstable",
+                "testing",
+                "unstable",
+                "sid",
+            ];
+            known.or_else(|| {
+                if release {
+                    Some(format!("{last}{v}"))
+                } else if moving.contains(&v) {
+                    Some(if tag.is_empty() {
+                        last.to_string()
+                    } else {
+                        format!("{last}:{tag}")
+                    })
+                } else {
+                    None
+                }
+            })
         }
         _ => data
             .distros
@@ -326,6 +372,12 @@ pub fn distro_of_image(name: &str, tag: &str) -> Option<String> {
             })
             .map(|d| d.id.clone()),
     }
+}
+
+/// `cudnn8` → `8`; `None` for a part that names no cuDNN release.
+pub fn cudnn_of_tag_part(part: &str) -> Option<String> {
+    let n = part.strip_prefix("cudnn")?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| n.to_string())
 }
 
 /// Compares dotted versions numerically (`2.10` after `2.9`); a part that is
@@ -776,6 +828,26 @@ mod tests {
             Some("debian12")
         );
         assert_eq!(distro_of_image("python", "3.11-slim"), None);
+        // Ubuntu's codenames, as Debian's; releases the data does not know
+        // and moving tags are still distro images (python from apt).
+        for (name, tag, distro) in [
+            ("ubuntu", "jammy", "ubuntu22.04"),
+            ("ubuntu", "noble-20240801", "ubuntu24.04"),
+            ("ubuntu", "25.04", "ubuntu25.04"),
+            ("ubuntu", "", "ubuntu"),
+            ("ubuntu", "latest", "ubuntu:latest"),
+            ("debian", "stable-slim", "debian:stable-slim"),
+        ] {
+            assert_eq!(
+                distro_of_image(name, tag).as_deref(),
+                Some(distro),
+                "{name}:{tag}"
+            );
+        }
+        assert_eq!(distro_of_image("ubuntu", "my-build"), None);
+        assert_eq!(d.cuda_image_cudnn("12.1").as_deref(), Some("8"));
+        assert_eq!(d.cuda_image_cudnn("12.3").as_deref(), Some("9"));
+        assert_eq!(d.cuda_image_cudnn("12.4").as_deref(), Some("9"));
     }
 
     #[test]

@@ -838,14 +838,10 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         None => b_ready
             .run(
                 cx.script(
-                    &if plan.builder.python_from_apt {
-                        // The distro's python, installed by apt: its version
-                        // is the distro's, which the plan checked against the
-                        // recipe's (the image's tag names the distro).
-                        VENV_SCRIPT.to_string()
-                    } else {
-                        venv_script(&plan.python, &plan.builder.reference.familiar_name_tag())
-                    },
+                    // The distro's python too: a tag names the distro's
+                    // release (checked when kiln knows it), but `ubuntu:latest`
+                    // or `debian:testing` do not say which.
+                    &venv_script(&plan.python, &plan.builder.reference.familiar_name_tag()),
                     cx.meta(&format!("python -m venv {VENV}"), plan.python_span),
                 )
                 .env(&b_env),

@@ -82,7 +82,17 @@ pub(super) fn choose(
             );
             return None;
         }
-        let wanted_distro = s.cuda.as_ref().and_then(|c| c.value.distro.clone());
+        // `distro="jammy"` is `ubuntu22.04`.
+        let wanted_distro = s
+            .cuda
+            .as_ref()
+            .and_then(|c| c.value.distro.clone())
+            .map(|d| {
+                data.distros
+                    .iter()
+                    .find(|x| x.alias.as_deref() == Some(d.as_str()))
+                    .map_or(d, |x| x.id.clone())
+            });
         let chosen = match &wanted_distro {
             Some(d) => {
                 if !distros.iter().any(|x| x == d) {
@@ -102,10 +112,10 @@ pub(super) fn choose(
                 }
                 d.clone()
             }
-            None => match distros
-                .iter()
-                .find(|d| data.distro_python(d) == Some(python))
-            {
+            None => match distros.iter().find(|d| {
+                data.distro_python(d)
+                    .is_some_and(|p| same_python(p, python))
+            }) {
                 Some(d) => d.clone(),
                 None => {
                     let offered: Vec<String> = distros
@@ -131,7 +141,7 @@ pub(super) fn choose(
             },
         };
         if let Some(distro_py) = data.distro_python(&chosen)
-            && distro_py != python
+            && !same_python(distro_py, python)
         {
             diags.push(
                 Diagnostic::error(
@@ -146,6 +156,33 @@ pub(super) fn choose(
                 )),
             );
             return None;
+        }
+        // The image's cuDNN is its CUDA's (nvidia/cuda publishes one cuDNN
+        // flavour per CUDA release): a `cudnn=` it does not meet is an error.
+        if let (Some(want), Some(have)) = (&g.cudnn, data.cuda_image_cudnn(&g.cuda)) {
+            let want_major = want.split('.').next().unwrap_or(want);
+            if want_major != have {
+                let others = data.cudas_with_cudnn(want_major);
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::cudnn_mismatch",
+                        g.span,
+                        format!(
+                            "nvidia/cuda's CUDA {} images carry cuDNN {have}, not the {want} this variant asks for",
+                            g.cuda
+                        ),
+                    )
+                    .with_help(if others.is_empty() {
+                        format!("write `cudnn=\"{have}\"`, or leave out `cudnn=`")
+                    } else {
+                        format!(
+                            "write `cudnn=\"{have}\"`, or a CUDA whose images carry cuDNN {want_major}: {}",
+                            others.join(", ")
+                        )
+                    }),
+                );
+                return None;
+            }
         }
         let cudnn = true;
         let Some(tag) = data.cuda_image(&g.cuda, &chosen, CudaFlavor::Runtime, cudnn) else {

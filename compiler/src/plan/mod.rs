@@ -2375,7 +2375,10 @@ fn image_cuda(base: &Base) -> ImageCuda {
         },
         "tensorflow/tensorflow" => {
             if tag.contains("gpu") {
-                ImageCuda::Some
+                // `2.16.1-gpu`: the CUDA that release is built for.
+                tf_gpu_release(&tag)
+                    .and_then(|r| r.cuda.first())
+                    .map_or(ImageCuda::Some, |b| ImageCuda::Version(b.cuda.clone()))
             } else {
                 ImageCuda::None
             }
@@ -2388,6 +2391,60 @@ fn image_cuda(base: &Base) -> ImageCuda {
         | "condaforge/miniforge3"
         | "mambaorg/micromamba" => ImageCuda::None,
         _ => ImageCuda::Unknown,
+    }
+}
+
+/// The release of a `tensorflow/tensorflow:2.16.1-gpu` tag, when kiln's
+/// data knows it.
+fn tf_gpu_release(tag: &str) -> Option<&'static crate::compat::Release> {
+    let version = tag.split('-').next().unwrap_or("");
+    crate::compat::CompatData::builtin().release(crate::compat::Framework::TensorFlow, version)
+}
+
+/// What kiln can tell of the cuDNN an image carries: `Some(Some("9"))`,
+/// `Some(None)` for an image known to carry none, `None` when it cannot
+/// tell. From the config (`NV_CUDNN_VERSION`, set by nvidia/cuda's cuDNN
+/// images) when the caller resolved it, else from well-known tags.
+fn image_cudnn(base: &Base) -> Option<Option<String>> {
+    if let Some(config) = base.resolved.as_ref().map(|r| &r.config)
+        && config.env("CUDA_VERSION").is_some()
+    {
+        let v = config
+            .env("NV_CUDNN_VERSION")
+            .or_else(|| config.env("CUDNN_VERSION"));
+        return Some(v.map(|v| v.split('.').next().unwrap_or(v).to_string()));
+    }
+    let name = base.reference.familiar_name();
+    let tag = base.reference.tag.clone().unwrap_or_default();
+    let parts: Vec<&str> = tag.split('-').collect();
+    match name.as_str() {
+        "nvidia/cuda" | "nvcr.io/nvidia/cuda" => {
+            if let Some(n) = parts
+                .iter()
+                .find_map(|p| crate::compat::cudnn_of_tag_part(p))
+            {
+                return Some(Some(n));
+            }
+            if parts.contains(&"cudnn") {
+                let cuda: Vec<&str> = parts.first()?.split('.').take(2).collect();
+                return crate::compat::CompatData::builtin()
+                    .cuda_image_cudnn(&cuda.join("."))
+                    .map(Some);
+            }
+            // `12.4.1-runtime-ubuntu22.04`, `-base-`, `-devel-`: no cuDNN.
+            parts
+                .iter()
+                .any(|p| matches!(*p, "runtime" | "devel" | "base"))
+                .then_some(None)
+        }
+        "pytorch/pytorch" => parts
+            .iter()
+            .find_map(|p| crate::compat::cudnn_of_tag_part(p))
+            .map(Some),
+        "tensorflow/tensorflow" if tag.contains("gpu") => tf_gpu_release(&tag)
+            .and_then(|r| r.cuda.first())
+            .map(|b| Some(b.cudnn.split('.').next().unwrap_or("").to_string())),
+        _ => None,
     }
 }
 
@@ -2497,6 +2554,36 @@ fn check_base_cuda(
                             g.cuda
                         )),
                     );
+                }
+                _ if g.cudnn.is_some() && !matches!(cuda, ImageCuda::None) => {
+                    let want = g.cudnn.as_deref().unwrap_or("");
+                    let want_major = want.split('.').next().unwrap_or(want);
+                    let have = image_cudnn(runtime);
+                    let wrong = match &have {
+                        Some(Some(n)) => n != want_major,
+                        Some(None) => true,
+                        None => false,
+                    };
+                    if wrong {
+                        let carries = match &have {
+                            Some(Some(n)) => format!("cuDNN {n}"),
+                            _ => "no cuDNN".to_string(),
+                        };
+                        diags.push(
+                            Diagnostic::error(
+                                "kiln::cudnn_mismatch",
+                                g.span,
+                                format!(
+                                    "the variant asks for cuDNN {want}, which comes from the base here, but `{image}` carries {carries}"
+                                ),
+                            )
+                            .with_label("not the base's cuDNN")
+                            .with_help(match &have {
+                                Some(Some(n)) => format!("write `cudnn=\"{n}\"`, or use a base with cuDNN {want_major}"),
+                                _ => "use a `cudnn` image as `base` (nvidia/cuda:…-cudnn-runtime-…), or leave out `cudnn=`".to_string(),
+                            }),
+                        );
+                    }
                 }
                 ImageCuda::None => {
                     diags.push(
