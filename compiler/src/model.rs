@@ -1534,6 +1534,7 @@ impl Decoder {
                     });
                 }
             }
+            let packages = packages.iter().map(|p| normalize_requirement(p)).collect();
             s.pip.push(Spanned::new(Pip::Packages(packages), span));
         } else if let Some(r) = requirements {
             if let Some(norm) = self.check_context_path(&r, "requirements file") {
@@ -2124,6 +2125,41 @@ fn valid_port(p: &str) -> bool {
         && num.parse::<u16>().is_ok_and(|n| n > 0)
 }
 
+/// A requirement as kiln compares it, meaning the same to pip: without
+/// surrounding whitespace, and with PEP 508's parenthesized version clauses
+/// (`numpy (==1.26.4)`, `scipy[dev] (>=1.13)`) written without the
+/// parentheses.
+pub fn normalize_requirement(r: &str) -> String {
+    let r = r.trim();
+    if r.contains("://") || r.contains('@') {
+        return r.to_string();
+    }
+    let (spec, marker) = match r.split_once(';') {
+        Some((a, b)) => (a.trim_end(), Some(b.trim())),
+        None => (r, None),
+    };
+    let name_end = spec
+        .find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+        .unwrap_or(spec.len());
+    let mut head_end = name_end;
+    let rest = &spec[name_end..];
+    if rest.trim_start().starts_with('[')
+        && let Some(close) = rest.find(']')
+    {
+        head_end = name_end + close + 1;
+    }
+    let (head, clauses) = spec.split_at(head_end);
+    let clauses = clauses.trim();
+    let spec = match clauses.strip_prefix('(').and_then(|c| c.strip_suffix(')')) {
+        Some(inner) => format!("{}{}", head.trim_end(), inner.trim()),
+        None => spec.to_string(),
+    };
+    match marker {
+        Some(m) => format!("{spec}; {m}"),
+        None => spec,
+    }
+}
+
 /// A light check of a PEP 508 requirement: a project name, then extras,
 /// version specifiers, a URL or markers. pip has the last word at build time;
 /// this catches what is clearly not a requirement (shell syntax, flags, spaces
@@ -2138,7 +2174,16 @@ pub fn check_requirement(r: &str) -> Result<(), &'static str> {
     if r.starts_with('-') {
         return Err("pip options are not requirements");
     }
-    if r.contains(['\n', '`', '$', ';']) && !r.contains("; ") {
+    if r.contains(['\n', '`', '$']) {
+        return Err("it contains shell syntax");
+    }
+    // `; marker` (PEP 508, with or without the space): a marker starts
+    // with a word (its variables are checked below), a quote or `(`.
+    if let Some((_, marker)) = r.split_once(';')
+        && !marker
+            .trim_start()
+            .starts_with(|c: char| c.is_ascii_alphanumeric() || "_('\"".contains(c))
+    {
         return Err("it contains shell syntax");
     }
     // A bare URL (`git+https://…`, `https://…/x.whl`): PEP 508 wants the

@@ -1203,6 +1203,10 @@ fn requirement_versions_are_pep_440() {
         ("foo<>1", false),
         ("numpy==${V}", true),
         ("tzdata===2024.1a", true),
+        ("numpy==1.26.4;python_version<'3.12'", true),
+        ("numpy ; sys_platform == 'linux'", true),
+        ("numpy; rm -rf /", false),
+        ("numpy;echo hi", false),
     ] {
         assert_eq!(
             check_requirement(spec).is_ok(),
@@ -1214,6 +1218,35 @@ fn requirement_versions_are_pep_440() {
     assert_eq!(
         check_requirement("foo<>1"),
         Err("its version operator is not one of ==, !=, <=, >=, ~=, <, >, ===")
+    );
+    use kiln_compiler::model::normalize_requirement;
+    for (written, read) in [
+        ("numpy (==1.0)", "numpy==1.0"),
+        ("scipy[dev] (>=1.13, <2)", "scipy[dev]>=1.13, <2"),
+        (" six==1.16.0\n", "six==1.16.0"),
+        (
+            "numpy==1.26.4;python_version<'3.12'",
+            "numpy==1.26.4; python_version<'3.12'",
+        ),
+        ("lib @ https://x/(y).whl", "lib @ https://x/(y).whl"),
+    ] {
+        assert_eq!(normalize_requirement(written), read, "{written}");
+    }
+}
+
+/// `numpy (==1.0)` is `numpy==1.0`: its pin is 1.0, and a range that
+/// leaves it out is the error it is for the `==` spelling.
+#[test]
+fn a_parenthesized_pin_is_read_as_the_pin() {
+    let text = "kiln 1\npython \"3.11\"\npip \"numpy (==1.0)\" \"numpy>=2\"\n";
+    let c = kiln_compiler::load("p.kdl", text).expect("loads");
+    let err = c
+        .compile(&Options::default())
+        .expect_err("conflicting pins");
+    let text = err.render_plain();
+    assert!(
+        text.contains("numpy is pinned to 1.0, which `numpy>=2` leaves out"),
+        "{text}"
     );
 }
 

@@ -148,7 +148,9 @@ pub(super) fn resolve(
         None => {
             // The newest release that fits this variant: its python, its
             // CUDA (with a build for this platform), or CPU wheels for it.
-            let platform_name = platform.to_string();
+            // Wheels are per OS and architecture: linux/amd64/v3 runs the
+            // x86_64 ones.
+            let platform_name = format!("{}/{}", platform.os, platform.architecture);
             let for_python: Vec<_> = data
                 .releases(fw)
                 .iter()
@@ -304,7 +306,7 @@ pub(super) fn resolve(
         return None;
     }
 
-    let platform_name = platform.to_string();
+    let platform_name = format!("{}/{}", platform.os, platform.architecture);
     let mut wheels_bring_cuda = false;
     let mut synthesized: Option<compat::CudaBuild> = None;
     let (install, verify): (&Install, Option<String>) = match gpu {
