@@ -39,6 +39,9 @@ pub struct Pin {
 
 /// The logical lines of `text`, as pip's requirements parser sees them.
 pub fn parse(text: &str) -> Vec<Entry> {
+    // A byte-order mark (files saved by some Windows editors): pip reads
+    // past it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     let mut pending: Option<(usize, String)> = None;
     for (i, raw) in text.lines().enumerate() {

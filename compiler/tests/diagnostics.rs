@@ -1833,3 +1833,40 @@ fn a_build_argument_in_a_run_command_warns() {
     assert!(codes("env MODEL=\"${MODEL}\"\nrun \"echo ${MODEL}\"").is_empty());
     assert!(codes("run \"curl --proxy $HTTPS_PROXY https://x\"").is_empty());
 }
+
+/// A lock's pin of the framework, or of a companion, that does not go with
+/// the `framework` line is reported at the lock's line; a lock saved with
+/// a byte-order mark is still a lock.
+#[test]
+fn a_lock_pin_of_the_framework_names_its_line() {
+    let recipe =
+        "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.4.1\"\npip requirements=\"req.lock\"\n";
+    let mut opts = Options::default();
+    opts.context_files.insert(
+        "req.lock".into(),
+        Some("# locked\nnumpy==1.26.4\ntorch==2.5.0\ntorchvision==0.18.0\n".into()),
+    );
+    let e = kiln_compiler::compile("l.kdl", recipe, &opts)
+        .err()
+        .expect("fails");
+    let got: Vec<String> = e
+        .items
+        .iter()
+        .map(|d| format!("{} {}", e.location(d), d.message))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "l.kdl:4:1 `req.lock` line 3: `torch==2.5.0` is the framework: `framework \"pytorch\" \"2.4.1\"` installs it, built for this variant",
+            "l.kdl:4:1 `req.lock` line 4: torchvision 0.18.0 does not go with pytorch 2.4.1",
+        ]
+    );
+    opts.context_files.insert(
+        "req.lock".into(),
+        Some("\u{feff}numpy==1.26.4\nsix==1.16.0\n".into()),
+    );
+    let c = kiln_compiler::compile("l.kdl", recipe, &opts).expect("compiles");
+    // Read as a lock, each pin is an install op of its own.
+    let llb = String::from_utf8_lossy(&c.builds[0].bytes).to_string();
+    assert!(llb.contains("six==1.16.0"), "the lock was not read as pins");
+}

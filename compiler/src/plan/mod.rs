@@ -680,6 +680,13 @@ pub fn plan(
                 );
             }
         }
+        // Where a lock holds the pin: the file's line, for messages.
+        let in_lock = |spec: &str| {
+            lock_lines
+                .get(spec)
+                .map(|(file, line)| format!("`{file}` line {line}: "))
+                .unwrap_or_default()
+        };
         pip_inline.retain(|(spec, span)| {
             // The framework itself: its step installs the build that fits
             // the variant (CPU, or the CUDA asked for), from the right index.
@@ -713,8 +720,10 @@ pub fn plan(
                 }
                 let same = fw.admits(spec);
                 let message = format!(
-                    "`{spec}` is the framework: `framework \"{}\" \"{}\"` installs it, built for this variant",
-                    fw.name, fw.version
+                    "{}`{spec}` is the framework: `framework \"{}\" \"{}\"` installs it, built for this variant",
+                    in_lock(spec),
+                    fw.name,
+                    fw.version
                 );
                 diags.push(if same {
                     Diagnostic::warning("kiln::framework_in_pip", *span, message)
@@ -738,8 +747,10 @@ pub fn plan(
                         "kiln::incompatible",
                         *span,
                         format!(
-                            "{name} {version} does not go with {} {}",
-                            fw.name, fw.version
+                            "{}{name} {version} does not go with {} {}",
+                            in_lock(spec),
+                            fw.name,
+                            fw.version
                         ),
                     )
                     .with_help(format!(
