@@ -670,9 +670,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         serde_json::to_vec(&map)?
                     }
                 };
+                // After the LLB: a run that could not write it leaves no
+                // config behind for a next step to pick up.
+                write_stdout(&output)?;
                 write_file(path, &json)?;
+            } else {
+                write_stdout(&output)?;
             }
-            write_stdout(&output)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check {

@@ -146,6 +146,31 @@ fn config_out_follows_links_and_leaves_nothing_behind() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A compile that cannot write its LLB leaves no `--config-out` file for a
+/// next step to take as this run's.
+#[test]
+fn config_out_is_not_written_when_the_llb_is_not() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-cfgfull-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let config = dir.join("c.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "compile",
+            "examples/sklearn-service/kiln.kdl",
+            "--config-out",
+            config.to_str().expect("utf8"),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::fs::File::create("/dev/full").expect("/dev/full"))
+        .output()
+        .expect("kiln runs");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("writing to stdout"), "{}", stderr(&o));
+    assert!(!config.exists(), "the config was written");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn base_config_with_a_digest_pins_the_tag_the_recipe_names() {
     let dir = std::env::temp_dir().join(format!("kiln-cli-base-{}", std::process::id()));
