@@ -1865,7 +1865,7 @@ fn image_config(
                     name.to_ascii_uppercase().as_str(),
                     "HTTP_PROXY" | "HTTPS_PROXY" | "FTP_PROXY" | "NO_PROXY" | "ALL_PROXY"
                 );
-                !proxy && !env_index.contains_key(*name) && reads_variable(command, name)
+                !proxy && !env_index.contains_key(*name) && shell_reads_unset(command, name)
             })
             .collect();
         if let Some(name) = named.first() {
@@ -2059,6 +2059,25 @@ mod tests {
     }
 
     #[test]
+    fn a_run_reads_a_variable_only_where_the_shell_expands_it_unset() {
+        for (script, reads) in [
+            ("echo $MODEL", true),
+            ("echo \"${MODEL:-x}\"", true),
+            ("echo $MODELS", false),
+            ("echo $${MODEL}", false),
+            ("echo '$MODEL'", false),
+            ("echo \\$MODEL", false),
+            ("MODEL=x; echo $MODEL", false),
+            ("export MODEL=x && echo $MODEL", false),
+            ("for MODEL in a b; do echo $MODEL; done", false),
+            ("echo \"it's $MODEL\"", true),
+            ("OTHER_MODEL=x; echo $MODEL", true),
+        ] {
+            assert_eq!(shell_reads_unset(script, "MODEL"), reads, "{script}");
+        }
+    }
+
+    #[test]
     fn expand_substitutes_declared_args_only() {
         let mut v = BTreeMap::new();
         v.insert("V".to_string(), "1.2".to_string());
@@ -2200,6 +2219,77 @@ fn reads_variable(text: &str, name: &str) -> bool {
         || text.match_indices(&format!("${name}")).any(|(i, m)| {
             !text[i + m.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
         })
+}
+
+/// Whether a shell script expands `$NAME`/`${NAME…}` without setting it
+/// first: text in single quotes, `\$` and `$$` expand nothing, and a script
+/// that assigns the name (`NAME=…`, `export NAME=…`, `for NAME in`,
+/// `read NAME`) has its own value.
+fn shell_reads_unset(script: &str, name: &str) -> bool {
+    let b = script.as_bytes();
+    let word_start = |i: usize| i == 0 || b" \t\n;&|(`".contains(&b[i - 1]);
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    let mut i = 0;
+    let mut in_double = false;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'\'' if !in_double => {
+                i += 1;
+                while i < b.len() && b[i] != b'\'' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'"' => {
+                in_double = !in_double;
+                i += 1;
+            }
+            b'$' if b.get(i + 1) == Some(&b'$') => i += 2,
+            b'$' => {
+                let rest = &script[i + 1..];
+                let braced = rest.strip_prefix('{');
+                let body = braced.unwrap_or(rest);
+                if let Some(after) = body.strip_prefix(name)
+                    && !after.bytes().next().is_some_and(ident)
+                {
+                    return true;
+                }
+                i += 1;
+            }
+            _ if !in_double && word_start(i) && script[i..].starts_with(name) => {
+                let after = &script[i + name.len()..];
+                if after.starts_with('=') {
+                    return false;
+                }
+                i += name.len();
+            }
+            _ if !in_double && word_start(i) => {
+                // `for NAME in`, `read [-r] NAME`, `export NAME=`.
+                let rest = &script[i..];
+                let words: Vec<&str> = rest
+                    .split(|c: char| c == ';' || c == '\n' || c == '&' || c == '|')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                let sets = match words.first() {
+                    Some(&"for") => words.get(1) == Some(&name),
+                    Some(&"read") => words[1..].iter().any(|w| *w == name),
+                    Some(&"export" | &"local" | &"declare" | &"readonly") => words[1..]
+                        .iter()
+                        .any(|w| w.split('=').next() == Some(name) && w.contains('=')),
+                    _ => false,
+                };
+                if sets {
+                    return false;
+                }
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    false
 }
 
 /// Follow a requirements file's includes through the files the caller
