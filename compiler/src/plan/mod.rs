@@ -2268,14 +2268,14 @@ fn shell_reads_unset(script: &str, name: &str) -> bool {
                 // `for NAME in`, `read [-r] NAME`, `export NAME=`.
                 let rest = &script[i..];
                 let words: Vec<&str> = rest
-                    .split(|c: char| c == ';' || c == '\n' || c == '&' || c == '|')
+                    .split([';', '\n', '&', '|'])
                     .next()
                     .unwrap_or("")
                     .split_whitespace()
                     .collect();
                 let sets = match words.first() {
                     Some(&"for") => words.get(1) == Some(&name),
-                    Some(&"read") => words[1..].iter().any(|w| *w == name),
+                    Some(&"read") => words[1..].contains(&name),
                     Some(&"export" | &"local" | &"declare" | &"readonly") => words[1..]
                         .iter()
                         .any(|w| w.split('=').next() == Some(name) && w.contains('=')),
