@@ -42,6 +42,29 @@ impl FrameworkPlan {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A project that went with earlier releases of this framework and
+    /// with none kiln knows from this one on (torchaudio after 2.11): the
+    /// last framework release it went with, and its own release there.
+    pub fn retired_companion(&self, name: &str) -> Option<(String, String)> {
+        let name = model::requirement_name(name);
+        if self.companion_version(&name).is_some() {
+            return None;
+        }
+        let fw = Framework::from_name(&self.name)?;
+        CompatData::builtin()
+            .releases(fw)
+            .iter()
+            .filter(|r| compat::version_cmp(&r.version, &self.version).is_lt())
+            .rev()
+            .find_map(|r| {
+                r.companions
+                    .iter()
+                    .find(|c| model::requirement_name(&c.name) == name)
+                    .and_then(|c| c.version.clone())
+                    .map(|v| (r.version.clone(), v))
+            })
+    }
+
     /// The projects that are this framework itself (one of its builds), as
     /// pip names them: a `pip` requirement for one of them would install a
     /// second build over the one the framework step chose.
@@ -272,6 +295,25 @@ pub(super) fn resolve(
                 )
                 .with_help("name the wheel index with `pip index=\"…\"` if it moved; add the release to compiler/data/compat.kdl"),
             );
+            // The rule's python versions are the best guess kiln has: a
+            // newer release rarely brings back a python its line dropped.
+            if !rule.pythons.iter().any(|p| p == python) {
+                diags.push(
+                    Diagnostic::warning(
+                        "kiln::newer_than_data",
+                        span,
+                        format!(
+                            "{label} {} has wheels for python {} only; {label} {v} may have none for python {python}",
+                            rule.version,
+                            rule.pythons.join(", ")
+                        ),
+                    )
+                    .with_help(format!(
+                        "check the release's files on PyPI for python {python}, or use a python {} has wheels for",
+                        rule.version
+                    )),
+                );
+            }
             (rule, v, false)
         }
     };

@@ -736,6 +736,28 @@ pub fn plan(
                 });
                 return false;
             }
+            // A project that went with earlier releases only: pip takes
+            // its last release, built against another framework release.
+            if let Some((last_fw, last)) = fw.retired_companion(spec) {
+                let name = model::requirement_name(spec);
+                diags.push(
+                    Diagnostic::warning(
+                        "kiln::incompatible",
+                        *span,
+                        format!(
+                            "{}kiln knows no {name} release that goes with {} {}: its last known, {last}, goes with {} {last_fw}, and pip would install it over this framework",
+                            in_lock(spec),
+                            fw.name,
+                            fw.version,
+                            fw.name
+                        ),
+                    )
+                    .with_help(format!(
+                        "drop {name}, or use {} {last_fw}, which it goes with",
+                        fw.name
+                    )),
+                );
+            }
             // A companion pinned to another framework release's version is
             // the wrong-build mistake again, one package over.
             if let Some((name, version)) = model::exact_pin(spec)
