@@ -751,3 +751,30 @@ fn a_recipe_that_is_not_utf8_is_refused_at_its_first_bad_byte() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `check` reports every missing context file in one run: a missing
+/// requirements file does not hide the missing `copy` sources.
+#[test]
+fn check_reports_every_missing_context_file() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-missing-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let recipe = dir.join("kiln.kdl");
+    std::fs::write(
+        &recipe,
+        "kiln 1\npython \"3.11\"\npip requirements=\"nope.txt\"\ncopy \"src\" \"/app/src\"\n",
+    )
+    .expect("write");
+    let o = kiln(&["check", recipe.to_str().expect("utf8")]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("kiln.kdl:3:1: requirements file `nope.txt` is not in the build context"),
+        "{err}"
+    );
+    assert!(
+        err.contains("kiln.kdl:4:1: copy source `src` is not in the build context"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

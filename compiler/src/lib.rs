@@ -315,11 +315,19 @@ impl Compilation {
     /// their wildcards in the last part only ([`copy_pattern`]), of every
     /// variant built, each once; not the whole context.
     pub fn context_paths_wanted(&self, opts: &Options) -> Vec<String> {
-        let Ok((plans, _)) = self.plan(opts) else {
-            return Vec::new();
+        // A recipe that does not plan (a missing requirements file) still
+        // has its `copy` lines checked, so one run reports every missing
+        // file: those that read no build argument, from every variant.
+        let copies: Vec<model::Spanned<model::Copy>> = match self.plan(opts) {
+            Ok((plans, _)) => plans.iter().flat_map(|p| p.copies.clone()).collect(),
+            Err(_) => std::iter::once(&self.recipe.top)
+                .chain(self.recipe.variants.iter().map(|v| &v.settings))
+                .flat_map(|s| s.copy.iter().cloned())
+                .filter(|c| !model::has_arg_ref(&c.value.src))
+                .collect(),
         };
         let mut out: Vec<String> = Vec::new();
-        for c in plans.iter().flat_map(|p| &p.copies) {
+        for c in &copies {
             let src = &c.value.src;
             let wanted = !is_pattern(src) || copy_pattern(src).is_some();
             if src != "." && wanted && !out.contains(src) {
