@@ -778,3 +778,34 @@ fn check_reports_every_missing_context_file() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A local project or archive a requirements file installs, missing from
+/// the context, is an error that names the file's line (pip would stop on
+/// it in the install step); one that is there is fine.
+#[test]
+fn a_missing_local_project_in_a_requirements_file_is_named() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-localreq-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("libs/proj")).expect("mkdir");
+    std::fs::write(dir.join("libs/proj/pyproject.toml"), "").expect("write");
+    std::fs::write(
+        dir.join("kiln.kdl"),
+        "kiln 1\npython \"3.11\"\npip requirements=\"requirements.txt\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("requirements.txt"),
+        "./libs/proj\ndist/x-1.0-py3-none-any.whl\n",
+    )
+    .expect("write");
+    let recipe = dir.join("kiln.kdl");
+    let o = kiln(&["check", recipe.to_str().expect("utf8")]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("kiln.kdl:3:1: `requirements.txt` line 2 installs `dist/x-1.0-py3-none-any.whl`, which is not in the build context"),
+        "{err}"
+    );
+    assert!(!err.contains("libs/proj`, which"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -318,15 +318,27 @@ impl Compilation {
         // A recipe that does not plan (a missing requirements file) still
         // has its `copy` lines checked, so one run reports every missing
         // file: those that read no build argument, from every variant.
+        let mut out: Vec<String> = Vec::new();
         let copies: Vec<model::Spanned<model::Copy>> = match self.plan(opts) {
-            Ok((plans, _)) => plans.iter().flat_map(|p| p.copies.clone()).collect(),
+            Ok((plans, _)) => {
+                // The local projects and archives requirements files name.
+                for step in plans.iter().flat_map(|p| &p.pip) {
+                    if let plan::PipStep::Requirements { sources, .. } = step {
+                        for src in sources {
+                            if !out.contains(src) {
+                                out.push(src.clone());
+                            }
+                        }
+                    }
+                }
+                plans.iter().flat_map(|p| p.copies.clone()).collect()
+            }
             Err(_) => std::iter::once(&self.recipe.top)
                 .chain(self.recipe.variants.iter().map(|v| &v.settings))
                 .flat_map(|s| s.copy.iter().cloned())
                 .filter(|c| !model::has_arg_ref(&c.value.src))
                 .collect(),
         };
-        let mut out: Vec<String> = Vec::new();
         for c in &copies {
             let src = &c.value.src;
             let wanted = !is_pattern(src) || copy_pattern(src).is_some();

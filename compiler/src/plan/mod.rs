@@ -2401,6 +2401,22 @@ fn read_requirements(
                     }
                     match local_context_paths(&file, &local) {
                         Ok(paths) => {
+                            // A project or archive the caller looked up in
+                            // the context and did not find (pip would stop
+                            // on it in the install step).
+                            if !matches!(local, Local::FindLinks { .. })
+                                && let [only] = paths.as_slice()
+                                && opts.context_paths.get(only) == Some(&false)
+                            {
+                                diags.push(
+                                    Diagnostic::error(
+                                        "kiln::missing_file",
+                                        span,
+                                        format!("`{file}` line {line} installs `{path}`, which is not in the build context"),
+                                    )
+                                    .with_help("add it to the context (and not to .dockerignore), or fix the line; pip reads it relative to the context's root"),
+                                );
+                            }
                             for p in paths {
                                 if !out.sources.contains(&p) {
                                     out.sources.push(p);
