@@ -408,7 +408,12 @@ fn look_up_copy_sources(c: &Compilation, opts: &mut Options, b: &BuildArgs) -> R
                 Ok(meta) if kiln_compiler::ignore::excluded(&opts.exclude, &src) => {
                     reincludes && meta.is_dir()
                 }
-                Ok(_) => true,
+                Ok(_) => {
+                    if path.metadata().is_ok_and(|m| m.is_file()) {
+                        opts.context_path_files.insert(src.clone());
+                    }
+                    true
+                }
             },
         };
         opts.context_paths.insert(src, present);

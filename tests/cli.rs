@@ -809,3 +809,30 @@ fn a_missing_local_project_in_a_requirements_file_is_named() {
     assert!(!err.contains("libs/proj`, which"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A file copied onto `/` for a user touches no folder of the image: no
+/// warning; a folder copied there does warn.
+#[test]
+fn only_a_folder_copied_onto_root_warns() {
+    let dir = std::env::temp_dir().join(format!("kiln-cli-ontoroot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("overlay/etc")).expect("mkdir");
+    std::fs::write(dir.join("run.sh"), "#!/bin/sh\n").expect("write");
+    let recipe = dir.join("kiln.kdl");
+    for (src, warns) in [("run.sh", false), ("overlay", true)] {
+        std::fs::write(
+            &recipe,
+            format!("kiln 1\npython \"3.11\"\nuser \"app\"\ncopy \"{src}\" \"/\"\n"),
+        )
+        .expect("write");
+        let o = kiln(&["check", recipe.to_str().expect("utf8")]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(
+            stderr(&o).contains("copy_onto_root"),
+            warns,
+            "{src}: {}",
+            stderr(&o)
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

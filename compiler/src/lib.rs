@@ -110,6 +110,9 @@ pub struct Options {
     /// error at the `copy` line. A path not supplied is taken on trust (the
     /// engine then reports it when it copies).
     pub context_paths: BTreeMap<String, bool>,
+    /// Those of [`Options::context_paths`] the caller found to be files (a
+    /// file copied onto `/` touches no folder of the image).
+    pub context_path_files: std::collections::BTreeSet<String>,
 }
 
 impl Default for Options {
@@ -130,6 +133,7 @@ impl Default for Options {
             exclude: Vec::new(),
             context_files: BTreeMap::new(),
             context_paths: BTreeMap::new(),
+            context_path_files: Default::default(),
         }
     }
 }

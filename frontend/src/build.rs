@@ -310,6 +310,7 @@ pub fn compile_options(
         // Not looked up here: the engine reports a missing copy source at
         // its `copy` line when it copies.
         context_paths: BTreeMap::new(),
+        context_path_files: Default::default(),
     }
 }
 

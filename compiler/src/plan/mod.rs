@@ -929,14 +929,16 @@ pub fn plan(
     // the copied folder's mode and the user as owner.
     if let Some(u) = &user {
         for c in &settings.copy {
-            if !c.value.root_owned && crate::lower::lands_on_root(&c.value.dest, workdir.as_deref())
+            if !c.value.root_owned
+                && crate::lower::lands_on_root(&c.value.dest, workdir.as_deref())
+                && !opts.context_path_files.contains(&c.value.src)
             {
                 diags.push(
                     Diagnostic::warning(
                         "kiln::copy_onto_root",
                         c.span,
                         format!(
-                            "`{}` is copied onto `/` for the user `{}`: every folder of it the image already has (`etc`, `usr`, …) gets the copied folder's mode and `{}` as owner",
+                            "`{}` is copied onto `/` for the user `{}`: where it is a folder, every folder of it the image already has (`etc`, `usr`, …) gets the copied folder's mode and `{}` as owner",
                             c.value.src, u.value.name, u.value.name
                         ),
                     )
