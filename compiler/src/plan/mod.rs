@@ -2083,6 +2083,43 @@ mod tests {
     }
 
     #[test]
+    fn conda_python_specs_are_read_in_their_spellings() {
+        for (file, spec) in [
+            ("dependencies:\n  - python=3.10\n", "=3.10"),
+            (
+                "name: x\ndependencies:\n  - conda-forge::python>=3.10,<3.11\n",
+                ">=3.10,<3.11",
+            ),
+            (
+                "dependencies:\n  - python-dateutil\n  - \"python 3.11.*\"\n",
+                "3.11.*",
+            ),
+            ("dependencies:\n  - python[version='>=3.12']\n", ">=3.12"),
+            ("dependencies: [numpy, python=3.9]\n", "=3.9"),
+        ] {
+            assert_eq!(
+                conda_python(file).map(|(_, s)| s).as_deref(),
+                Some(spec),
+                "{file}"
+            );
+        }
+        assert_eq!(conda_python("dependencies:\n  - numpy\n"), None);
+        for (spec, python, admits) in [
+            ("=3.10", "3.10", true),
+            ("=3.10", "3.11", false),
+            ("3.11.*", "3.11.4", true),
+            (">=3.12", "3.11", false),
+            (">=3.10,<3.11", "3.11", false),
+            (">=3.10,<3.12", "3.11", true),
+            ("<3.11.5", "3.11", true),
+            ("3.10|3.11", "3.11", true),
+            ("", "3.11", true),
+        ] {
+            assert_eq!(conda_spec_admits(spec, python), admits, "{spec} {python}");
+        }
+    }
+
+    #[test]
     fn a_run_reads_a_variable_only_where_the_shell_expands_it_unset() {
         for (script, reads) in [
             ("echo $MODEL", true),
@@ -2153,24 +2190,59 @@ fn check_conda_file(
             )
             .with_help("the path is relative to the build context; check it, and that .dockerignore does not exclude the file"),
         ),
+        Some(Some(text)) if text.contains(['\0', '\u{fffd}']) => diags.push(
+            Diagnostic::error(
+                "kiln::invalid_file",
+                c.span,
+                format!(
+                    "conda environment file `{}` is not a text file (it has bytes that are not UTF-8)",
+                    c.value
+                ),
+            )
+            .with_help("name the environment's YAML file (`environment.yml`)"),
+        ),
         Some(Some(text)) => {
-            let minor = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
-            if let Some(v) = conda_python(text)
-                && minor(&v) != minor(python)
+            let newer = {
+                let mut parts = python.split('.');
+                let major = parts.next().unwrap_or("3");
+                let minor: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+                format!("{major}.{}", minor + 1)
+            };
+            if let Some((line, spec)) = conda_python(text)
+                && conda_spec_admits(&spec, python)
+                && conda_spec_admits(&spec, &newer)
+                && !spec.is_empty()
             {
+                let minor = python.split('.').take(2).collect::<Vec<_>>().join(".");
+                diags.push(
+                    Diagnostic::warning(
+                        "kiln::python_mismatch",
+                        c.span,
+                        format!(
+                            "`{}` line {line} asks for python{}{spec}, which admits pythons newer than the recipe's {python}: conda picks the newest it can, and the environment's python is the image's",
+                            c.value,
+                            if spec.starts_with(|c: char| c.is_ascii_digit()) { " " } else { "" }
+                        ),
+                    )
+                    .with_help(format!("write `- python={minor}` in `{}`", c.value)),
+                );
+            }
+            if let Some((line, spec)) = conda_python(text)
+                && !conda_spec_admits(&spec, python)
+            {
+                let minor = python.split('.').take(2).collect::<Vec<_>>().join(".");
                 diags.push(
                     Diagnostic::error(
                         "kiln::python_mismatch",
                         c.span,
                         format!(
-                            "`{}` asks for python {v}, but the recipe asks for python {python}: the environment's python is the image's",
-                            c.value
+                            "`{}` line {line} asks for python{}{spec}, which leaves out the recipe's python {python}: the environment's python is the image's",
+                            c.value,
+                            if spec.starts_with(|c: char| c.is_ascii_digit()) { " " } else { "" }
                         ),
                     )
                     .with_help(format!(
-                        "write `python \"{}\"`, or change the python line of `{}`",
-                        minor(&v),
-                        c.value
+                        "make the line admit python {minor} (`- python={minor}`), or change the recipe's python line",
                     )),
                 );
             }
@@ -2178,45 +2250,98 @@ fn check_conda_file(
     }
 }
 
-/// The python release a conda environment file pins (`- python=3.10`,
-/// `- python==3.10.*`, `- conda-forge::python=3.11.9`), as written without
-/// its operator; `None` when it names none, or only a range.
-fn conda_python(text: &str) -> Option<String> {
+/// The python a conda environment file asks for, as its match spec
+/// writes it after the name (`=3.10`, `>=3.10,<3.11`, `3.11|3.12`, the
+/// `[version=…]` form's value), with the file's line; `None` when it
+/// names no python (conda then picks its newest).
+fn conda_python(text: &str) -> Option<(usize, String)> {
+    let spec_of = |item: &str| -> Option<String> {
+        let item = item.trim().trim_matches(['"', '\'']);
+        let item = item.rsplit("::").next().unwrap_or(item);
+        let rest = item.strip_prefix("python")?;
+        // `python-dateutil`, `python_abi`: other packages.
+        if rest.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return None;
+        }
+        let rest = rest.trim();
+        if let Some(bracket) = rest.strip_prefix('[') {
+            let inner = bracket.split(']').next().unwrap_or("");
+            let version = inner
+                .split(',')
+                .find_map(|kv| kv.trim().strip_prefix("version"))
+                .and_then(|v| v.trim_start().strip_prefix('='))?;
+            return Some(version.trim().trim_matches(['"', '\'']).to_string());
+        }
+        // `python 3.10.*` (a space before the version, conda's own form).
+        Some(rest.split_whitespace().collect::<Vec<_>>().join(""))
+    };
     let mut in_deps = false;
-    for line in text.lines() {
+    for (i, line) in text.lines().enumerate() {
         let line = line.split(" #").next().unwrap_or_default().trim_end();
         if !line.starts_with([' ', '-', '\t']) {
-            in_deps = line.trim() == "dependencies:";
+            let top = line.trim();
+            in_deps = top == "dependencies:";
+            // `dependencies: [python=3.10, numpy]`, YAML's flow style.
+            if let Some(flow) = top
+                .strip_prefix("dependencies:")
+                .map(str::trim)
+                .and_then(|f| f.strip_prefix('['))
+            {
+                let flow = flow.trim_end().trim_end_matches(']');
+                if let Some(spec) = flow.split(", ").find_map(spec_of) {
+                    return Some((i + 1, spec));
+                }
+            }
             continue;
         }
         let Some(item) = line.trim().strip_prefix('-') else {
             continue;
         };
-        if !in_deps {
-            continue;
-        }
-        let item = item.trim().trim_matches(['"', '\'']);
-        let item = item.rsplit("::").next().unwrap_or(item);
-        let Some(rest) = item.strip_prefix("python") else {
-            continue;
-        };
-        let rest = rest.trim_start();
-        let version = if let Some(v) = rest.strip_prefix("==") {
-            v
-        } else if let Some(v) = rest.strip_prefix('=') {
-            v
-        } else if rest.starts_with(|c: char| c.is_ascii_digit()) {
-            rest
-        } else {
-            continue;
-        };
-        let version = version.split(['=', ' ']).next().unwrap_or_default();
-        let version = version.trim_end_matches(".*").trim_end_matches('*');
-        if version.split('.').count() >= 2 && version.split('.').all(|p| p.parse::<u32>().is_ok()) {
-            return Some(version.to_string());
+        if in_deps && let Some(spec) = spec_of(item) {
+            return Some((i + 1, spec));
         }
     }
     None
+}
+
+/// Whether a conda match spec's version part (`=3.10`, `>=3.10,<3.11`,
+/// `3.11|3.12`, `3.10.*`) admits some python of the recipe's major.minor.
+/// Clauses kiln cannot read admit it (conda has the last word).
+fn conda_spec_admits(spec: &str, python: &str) -> bool {
+    let mm = |v: &str| -> Option<(u32, u32, bool)> {
+        let v = v.trim().trim_end_matches(".*").trim_end_matches('*');
+        let mut parts = v.split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        // Whether a patch above .0 is named (`<3.11.5` admits 3.11.0).
+        let patch = parts
+            .next()
+            .is_some_and(|p| p.parse::<u32>().is_ok_and(|n| n > 0));
+        Some((major, minor, patch))
+    };
+    let Some((want_major, want_minor, _)) = mm(python) else {
+        return true;
+    };
+    let want = (want_major, want_minor);
+    let clause_admits = |clause: &str| -> bool {
+        let clause = clause.trim();
+        let op_len = clause
+            .find(|c: char| !"=<>!~".contains(c))
+            .unwrap_or(clause.len());
+        let (op, version) = clause.split_at(op_len);
+        let Some((major, minor, patch)) = mm(version) else {
+            return true;
+        };
+        let have = (major, minor);
+        match op {
+            "" | "=" | "==" => have == want,
+            ">=" | ">" => want >= have,
+            "<=" => want <= have,
+            "<" => want < have || (want == have && patch),
+            _ => true,
+        }
+    };
+    spec.is_empty() || spec.split('|').any(|alt| alt.split(',').all(clause_admits))
 }
 
 /// What kiln learnt of a requirements file from the caller's copy of the
