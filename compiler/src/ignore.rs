@@ -69,67 +69,118 @@ pub fn excluded(patterns: &[String], path: &str) -> bool {
 /// `pat` against the path `parts`, segment by segment; `**` stands for any
 /// number of segments.
 fn segments_match(pat: &[&str], parts: &[&str]) -> bool {
-    match pat.split_first() {
-        None => parts.is_empty(),
-        Some((&"**", rest)) => (0..=parts.len()).any(|i| segments_match(rest, &parts[i..])),
-        Some((first, rest)) => {
-            !parts.is_empty()
-                && glob(first.as_bytes(), parts[0].as_bytes())
-                && segments_match(rest, &parts[1..])
-        }
+    wildcard(pat, parts, |p| *p == "**", |p, part| {
+        glob(p.as_bytes(), part.as_bytes())
+    })
+}
+
+/// One token of a segment pattern.
+enum Tok {
+    Star,
+    Any,
+    Lit(u8),
+    Class { negate: bool, ranges: Vec<(u8, u8)> },
+    /// An unclosed `[`: Go's `filepath.Match` fails the whole pattern.
+    Bad,
+}
+
+fn tokens(mut p: &[u8]) -> Vec<Tok> {
+    let mut out = Vec::new();
+    while let Some((&c, rest)) = p.split_first() {
+        p = rest;
+        out.push(match c {
+            b'*' => Tok::Star,
+            b'?' => Tok::Any,
+            b'\\' if !p.is_empty() => {
+                let t = Tok::Lit(p[0]);
+                p = &p[1..];
+                t
+            }
+            b'[' => {
+                let (negate, mut class) = match p.split_first() {
+                    Some((b'^', r)) => (true, r),
+                    _ => (false, p),
+                };
+                let mut ranges = Vec::new();
+                let mut first = true;
+                let closed = loop {
+                    match class.split_first() {
+                        None => break false,
+                        Some((b']', r)) if !first => {
+                            class = r;
+                            break true;
+                        }
+                        Some((&lo, r)) => {
+                            let (lo, r) = match (lo, r.split_first()) {
+                                (b'\\', Some((&e, r2))) => (e, r2),
+                                _ => (lo, r),
+                            };
+                            if r.len() > 1 && r[0] == b'-' && r[1] != b']' {
+                                ranges.push((lo, r[1]));
+                                class = &r[2..];
+                            } else {
+                                ranges.push((lo, lo));
+                                class = r;
+                            }
+                        }
+                    }
+                    first = false;
+                };
+                if !closed {
+                    return vec![Tok::Bad];
+                }
+                p = class;
+                Tok::Class { negate, ranges }
+            }
+            c => Tok::Lit(c),
+        });
     }
+    out
 }
 
 /// Go's `filepath.Match` within one segment: `*`, `?`, `[…]` (with `^`
 /// negation and ranges) and `\` escapes.
 fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
-        Some((b'[', rest)) => {
-            let Some((&c, tail)) = s.split_first() else {
-                return false;
-            };
-            let (negate, mut class) = match rest.split_first() {
-                Some((b'^', r)) => (true, r),
-                _ => (false, rest),
-            };
-            let mut hit = false;
-            let mut first = true;
-            loop {
-                match class.split_first() {
-                    None => return false,
-                    Some((b']', r)) if !first => {
-                        class = r;
-                        break;
-                    }
-                    Some((&lo, r)) => {
-                        let (lo, r) = match (lo, r.split_first()) {
-                            (b'\\', Some((&e, r2))) => (e, r2),
-                            _ => (lo, r),
-                        };
-                        if let (Some((b'-', r2)), true) =
-                            (r.split_first(), r.len() > 1 && r[1] != b']')
-                        {
-                            let (hi, r3) = (r2[0], &r2[1..]);
-                            hit |= lo <= c && c <= hi;
-                            class = r3;
-                        } else {
-                            hit |= lo == c;
-                            class = r;
-                        }
-                    }
-                }
-                first = false;
-            }
-            hit != negate && glob(class, tail)
+    let toks = tokens(p);
+    wildcard(&toks, s, |t| matches!(t, Tok::Star), |t, &c| match t {
+        Tok::Any => true,
+        Tok::Lit(x) => *x == c,
+        Tok::Class { negate, ranges } => {
+            ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negate
         }
-        Some((b'\\', rest)) if !rest.is_empty() => {
-            !s.is_empty() && s[0] == rest[0] && glob(&rest[1..], &s[1..])
+        Tok::Star | Tok::Bad => false,
+    })
+}
+
+/// Wildcard matching without backtracking blow-up: `is_star` tokens match
+/// any run of items, the others one item each. On a mismatch only the last
+/// star takes one more item, so a match costs at most pattern × input
+/// steps, however many stars the pattern has (a recursive matcher takes
+/// exponential time on `*a*a*a*…*b`).
+fn wildcard<T, S>(
+    pat: &[T],
+    items: &[S],
+    is_star: impl Fn(&T) -> bool,
+    one: impl Fn(&T, &S) -> bool,
+) -> bool {
+    let (mut p, mut i) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < items.len() {
+        if p < pat.len() && is_star(&pat[p]) {
+            star = Some((p, i));
+            p += 1;
+        } else if p < pat.len() && one(&pat[p], &items[i]) {
+            p += 1;
+            i += 1;
+        } else if let Some((sp, si)) = star {
+            p = sp + 1;
+            i = si + 1;
+            star = Some((sp, si + 1));
+        } else {
+            return false;
         }
-        Some((&c, rest)) => !s.is_empty() && s[0] == c && glob(rest, &s[1..]),
     }
+    pat[p..].iter().all(is_star)
 }
 
 /// A path in shortest form: repeated and trailing slashes, `.` and inner
@@ -180,6 +231,24 @@ mod tests {
         assert!(excluded(&parse("[^a]*.txt\n"), "b.txt"));
         assert!(!excluded(&parse("[^a]*.txt\n"), "a.txt"));
         assert!(excluded(&parse("/reqs\n"), "reqs/prod.txt"));
+        assert!(excluded(&parse("a\\*b\n"), "a*b"));
+        assert!(!excluded(&parse("a\\*b\n"), "axb"));
+        assert!(excluded(&parse("[a-c-]x\n"), "-x"));
+        assert!(!excluded(&parse("[ab\n"), "a"), "an unclosed class matches nothing");
+        assert!(excluded(&parse("*a*b*\n"), "xxaxxbxx"));
+        assert!(!excluded(&parse("*a*b\n"), "xxbxxa"));
+    }
+
+    /// Many wildcards against a long name or a deep path take time in
+    /// proportion to pattern × input (an exponential matcher would not
+    /// finish these).
+    #[test]
+    fn wildcards_do_not_backtrack_exponentially() {
+        let name = "a".repeat(200);
+        assert!(!excluded(&parse(&format!("{}b\n", "*a".repeat(40))), &name));
+        assert!(excluded(&parse(&format!("{}a\n", "*a".repeat(40))), &name));
+        let deep = vec!["a"; 60].join("/");
+        assert!(!excluded(&parse(&format!("{}b\n", "**/".repeat(30))), &deep));
     }
 
     #[test]
