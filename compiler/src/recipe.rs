@@ -376,6 +376,31 @@ fn too_deep(text: &str) -> Option<(usize, &'static str)> {
     while i < bytes.len() {
         let start = i;
         let mut prefix = false;
+        // A raw string (`#"…"#`, KDL 1's `r#"…"#`, `r"…"`): no escapes,
+        // it ends at `"` and as many `#` as it opened with.
+        let raw_at = match bytes[i] {
+            b'r' if i == 0 || !bytes[i - 1].is_ascii_alphanumeric() => Some(i + 1),
+            b'#' => Some(i),
+            _ => None,
+        };
+        if let Some(from) = raw_at {
+            let hashes = bytes[from..].iter().take_while(|&&b| b == b'#').count();
+            if bytes.get(from + hashes) == Some(&b'"') && (hashes > 0 || bytes[i] == b'r') {
+                i = from + hashes + 1;
+                while i < bytes.len() {
+                    if bytes[i] == b'"'
+                        && bytes[i + 1..].iter().take(hashes).filter(|&&b| b == b'#').count()
+                            == hashes
+                    {
+                        i += 1 + hashes;
+                        break;
+                    }
+                    i += 1;
+                }
+                prefixes = 0;
+                continue;
+            }
+        }
         match bytes[i] {
             b'"' => {
                 i += 1;
@@ -523,6 +548,9 @@ mod tests {
             format!("x {}\"a\"", "/-".repeat(3000)),
             "}".repeat(20_000),
             format!("x {}\"a\"", "(a)".repeat(40_000)),
+            // A raw string holding a backslash is no escape of its quote.
+            format!("name #\"\\\"#\n{}", "a{".repeat(2000)),
+            format!("name r#\"\\\"#\n{}", "a{".repeat(2000)),
         ] {
             let err = parse("r.kdl", &format!("kiln 1\n{bomb}\n")).expect_err("too deep");
             assert!(
