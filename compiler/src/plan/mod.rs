@@ -1522,6 +1522,24 @@ fn expand(
     values: &BTreeMap<String, String>,
     declared: &[String],
 ) -> Result<String, Unexpanded> {
+    expand_nested(text, values, declared, 0)
+}
+
+/// How deep `${A:-${B:-…}}` defaults may nest.
+const MAX_SUBSTITUTION_DEPTH: usize = 8;
+
+fn expand_nested(
+    text: &str,
+    values: &BTreeMap<String, String>,
+    declared: &[String],
+    depth: usize,
+) -> Result<String, Unexpanded> {
+    if depth > MAX_SUBSTITUTION_DEPTH {
+        let shown: String = text.chars().take(40).collect();
+        return Err(Unexpanded::Malformed(format!(
+            "{shown}…}} (defaults nested more than {MAX_SUBSTITUTION_DEPTH} deep)"
+        )));
+    }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("${") {
@@ -1534,16 +1552,16 @@ fn expand(
         out.push_str(&rest[..i]);
         let after = &rest[i + 2..];
         // The closing brace, past any nested `${…}` in a default.
-        let mut depth = 0usize;
+        let mut braces = 0usize;
         let mut end = None;
         for (j, c) in after.char_indices() {
             match c {
-                '{' => depth += 1,
-                '}' if depth == 0 => {
+                '{' => braces += 1,
+                '}' if braces == 0 => {
                     end = Some(j);
                     break;
                 }
-                '}' => depth -= 1,
+                '}' => braces -= 1,
                 _ => {}
             }
         }
@@ -1568,10 +1586,10 @@ fn expand(
             match modifier {
                 None => out.push_str(value),
                 Some((":-", word)) if value.is_empty() => {
-                    out.push_str(&expand(word, values, declared)?)
+                    out.push_str(&expand_nested(word, values, declared, depth + 1)?)
                 }
                 Some((":+", word)) if !value.is_empty() => {
-                    out.push_str(&expand(word, values, declared)?)
+                    out.push_str(&expand_nested(word, values, declared, depth + 1)?)
                 }
                 Some((":-", _)) => out.push_str(value),
                 Some(_) => {}
