@@ -130,16 +130,49 @@ struct Cx {
 }
 
 impl Cx {
+    /// The digest of `node`, emitting it and what it depends on first. An
+    /// explicit stack, not recursion: a recipe of thousands of steps is a
+    /// chain thousands of ops deep.
     fn visit(&mut self, node: &Arc<Node>) -> String {
-        let key = Arc::as_ptr(node) as usize;
-        if let Some(d) = self.done.get(&key) {
-            return d.clone();
+        let mut stack: Vec<&Arc<Node>> = vec![node];
+        while let Some(&top) = stack.last() {
+            let key = Arc::as_ptr(top) as usize;
+            if self.done.contains_key(&key) {
+                stack.pop();
+                continue;
+            }
+            let pending: Vec<&Arc<Node>> = top
+                .inputs
+                .iter()
+                .map(|o| &o.node)
+                .filter(|n| !self.done.contains_key(&(Arc::as_ptr(n) as usize)))
+                .collect();
+            if pending.is_empty() {
+                stack.pop();
+                self.emit(top);
+            } else {
+                // The first input first, as a recursive walk would go.
+                stack.extend(pending.into_iter().rev());
+            }
         }
+        self.done
+            .get(&(Arc::as_ptr(node) as usize))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Emit one node whose inputs are all emitted.
+    fn emit(&mut self, node: &Arc<Node>) -> String {
+        let key = Arc::as_ptr(node) as usize;
         let inputs: Vec<pb::Input> = node
             .inputs
             .iter()
             .map(|o| pb::Input {
-                digest: self.visit(&o.node),
+                digest: self
+                    .done
+                    .get(&(Arc::as_ptr(&o.node) as usize))
+                    .cloned()
+                    .unwrap_or_default(),
                 index: o.index,
             })
             .collect();

@@ -134,6 +134,23 @@ struct Node {
     meta: OpMeta,
 }
 
+/// Dropping a node drops what it depends on: a chain thousands of steps
+/// long would recurse once per step and overflow the stack. The inputs no
+/// other node holds are taken apart here, one at a time.
+impl Drop for Node {
+    fn drop(&mut self) {
+        let mut stack: Vec<Arc<Node>> = std::mem::take(&mut self.inputs)
+            .into_iter()
+            .map(|o| o.node)
+            .collect();
+        while let Some(node) = stack.pop() {
+            if let Ok(mut node) = Arc::try_unwrap(node) {
+                stack.extend(std::mem::take(&mut node.inputs).into_iter().map(|o| o.node));
+            }
+        }
+    }
+}
+
 /// An output of a node.
 #[derive(Debug, Clone)]
 struct Output {
