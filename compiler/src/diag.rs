@@ -70,6 +70,8 @@ impl Diagnostic {
 pub struct SourceFile {
     pub name: String,
     pub text: Arc<String>,
+    /// Where each line starts, found once (a recipe's spans are many).
+    line_starts: Arc<std::sync::OnceLock<Vec<usize>>>,
 }
 
 impl SourceFile {
@@ -77,7 +79,27 @@ impl SourceFile {
         SourceFile {
             name: name.into(),
             text: Arc::new(text.into()),
+            line_starts: Arc::default(),
         }
+    }
+
+    /// Byte offsets where lines start (the first is 0). Lines end where
+    /// KDL says they do: CRLF, CR, LF, NEL, FF, LS or PS.
+    fn line_starts(&self) -> &[usize] {
+        self.line_starts.get_or_init(|| {
+            let text = self.text.as_str();
+            let mut starts = vec![0];
+            let mut chars = text.char_indices().peekable();
+            while let Some((i, c)) = chars.next() {
+                if c == '\r' && chars.peek().is_some_and(|&(_, n)| n == '\n') {
+                    chars.next();
+                    starts.push(i + 2);
+                } else if is_newline(c) {
+                    starts.push(i + c.len_utf8());
+                }
+            }
+            starts
+        })
     }
 
     /// 1-based line and column (in characters) of a byte offset. Lines end
@@ -89,17 +111,14 @@ impl SourceFile {
             offset -= 1;
         }
         let before = &text[..offset];
-        let (mut line, mut line_start) = (1, 0);
-        let mut chars = before.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
-            if c == '\r' && chars.peek().is_some_and(|&(_, n)| n == '\n') {
-                chars.next();
-                line += 1;
-                line_start = i + 2;
-            } else if is_newline(c) {
-                line += 1;
-                line_start = i + c.len_utf8();
-            }
+        let starts = self.line_starts();
+        // The last line start at or before the offset; an offset between
+        // the \r and \n of a CRLF is at the start of the next line.
+        let mut line = starts.partition_point(|&s| s <= offset);
+        let mut line_start = starts[line - 1];
+        if before.ends_with('\r') && line_start < offset {
+            line += 1;
+            line_start = offset;
         }
         // A byte-order mark is no column an editor shows.
         let line_text = &before[line_start..];
@@ -556,6 +575,36 @@ mod tests {
         assert_eq!(src.line_text(2), "python \"3.11\"");
         assert_eq!(src.line_text(4), "bad");
         assert_eq!(src.line_text(5), "");
+    }
+
+    /// The line index agrees with a plain scan of the text before each
+    /// offset, at every offset of a text with every kind of line break.
+    #[test]
+    fn line_col_agrees_with_a_scan_at_every_offset() {
+        let text = "\u{feff}kiln 1\r\npython \"3.11\"\r\rname \"é\"\u{2028}a\u{85}\u{c}b\n\r\n";
+        let src = SourceFile::new("r.kdl", text);
+        for offset in 0..=text.len() + 1 {
+            let mut o = offset.min(text.len());
+            while !text.is_char_boundary(o) {
+                o -= 1;
+            }
+            let before = &text[..o];
+            let (mut line, mut start) = (1, 0);
+            let mut chars = before.char_indices().peekable();
+            while let Some((i, c)) = chars.next() {
+                if c == '\r' && chars.peek().is_some_and(|&(_, n)| n == '\n') {
+                    chars.next();
+                    line += 1;
+                    start = i + 2;
+                } else if is_newline(c) {
+                    line += 1;
+                    start = i + c.len_utf8();
+                }
+            }
+            let rest = &before[start..];
+            let col = rest.strip_prefix('\u{feff}').unwrap_or(rest).chars().count() + 1;
+            assert_eq!(src.line_col(offset), (line, col), "offset {offset}");
+        }
     }
 
     #[test]
