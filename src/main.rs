@@ -711,13 +711,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Each problem once, with the variants it concerns when that is
             // not all of them.
             let mut found: Vec<(kiln_compiler::diag::Diagnostic, Vec<String>)> = Vec::new();
+            // Where each problem is in `found` (thousands of warnings stay
+            // linear).
+            type Key = (&'static str, bool, String, usize, usize);
+            let mut index: std::collections::HashMap<Key, usize> = Default::default();
             let mut oks = Vec::new();
-            let mut add = |d: &kiln_compiler::diag::Diagnostic, variant: &str| match found
-                .iter_mut()
-                .find(|(f, _)| f == d)
-            {
-                Some((_, vs)) => vs.push(variant.to_string()),
-                None => found.push((d.clone(), vec![variant.to_string()])),
+            let mut add = |d: &kiln_compiler::diag::Diagnostic, variant: &str| {
+                let key = (
+                    d.code,
+                    d.is_error(),
+                    d.message.clone(),
+                    d.span.offset(),
+                    d.span.len(),
+                );
+                match index.get(&key) {
+                    Some(&at) => found[at].1.push(variant.to_string()),
+                    None => {
+                        index.insert(key, found.len());
+                        found.push((d.clone(), vec![variant.to_string()]));
+                    }
+                }
             };
             for t in &targets {
                 let mut o = Options {
