@@ -2362,6 +2362,9 @@ fn conda_spec_admits(spec: &str, python: &str) -> bool {
     spec.is_empty() || spec.split('|').any(|alt| alt.split(',').all(clause_admits))
 }
 
+/// The most files one requirements file may include, transitively.
+const MAX_REQUIREMENT_FILES: usize = 256;
+
 /// What kiln learnt of a requirements file from the caller's copy of the
 /// context (see [`Options::context_files`]).
 struct ReadRequirements {
@@ -2483,6 +2486,21 @@ fn read_requirements(
     let mut todo: Vec<(String, Option<IncludedBy>)> = vec![(path.to_string(), None)];
     let mut seen = vec![path.to_string()];
     while !todo.is_empty() {
+        // Includes through a link to their own folder (`-r a/reqs.txt` with
+        // `a -> .`) name new paths for the same files without end.
+        if seen.len() > MAX_REQUIREMENT_FILES {
+            diags.push(
+                Diagnostic::error(
+                    "kiln::too_many_includes",
+                    span,
+                    format!(
+                        "`{path}` includes more than {MAX_REQUIREMENT_FILES} requirements files (`-r`, `-c`): a loop through a symbolic link to a folder?"
+                    ),
+                )
+                .with_help("name each included file by one path, without links that lead back to a folder on the way"),
+            );
+            break;
+        }
         // In the order the files name them (a queue), for stable messages.
         let (file, from) = todo.remove(0);
         let text = match opts.context_files.get(&file) {
