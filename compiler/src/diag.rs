@@ -473,13 +473,20 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 
 /// The candidate nearest to `word`, when it is near enough to be a typo.
 pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let limit = (word.chars().count() / 3).max(2);
-    // The same word in another case is the best guess (`B` for `b`).
+    let length = word.chars().count();
+    let limit = (length / 3).max(2);
+    let lower = word.to_lowercase();
+    // The same word in another case is the best guess (`B` for `b`). Only
+    // names of a name's length get a distance (it costs the product of
+    // the two lengths): a typo is not 60,000 characters long.
     candidates
         .into_iter()
         .map(|c| {
-            let distance = if c.to_lowercase() == word.to_lowercase() {
+            let other = c.chars().count();
+            let distance = if c.to_lowercase() == lower {
                 0
+            } else if length > 64 || other > 64 || other.abs_diff(length) > limit {
+                usize::MAX
             } else {
                 edit_distance(word, c).max(1)
             };
@@ -602,7 +609,12 @@ mod tests {
                 }
             }
             let rest = &before[start..];
-            let col = rest.strip_prefix('\u{feff}').unwrap_or(rest).chars().count() + 1;
+            let col = rest
+                .strip_prefix('\u{feff}')
+                .unwrap_or(rest)
+                .chars()
+                .count()
+                + 1;
             assert_eq!(src.line_col(offset), (line, col), "offset {offset}");
         }
     }

@@ -69,9 +69,12 @@ pub fn excluded(patterns: &[String], path: &str) -> bool {
 /// `pat` against the path `parts`, segment by segment; `**` stands for any
 /// number of segments.
 fn segments_match(pat: &[&str], parts: &[&str]) -> bool {
-    wildcard(pat, parts, |p| *p == "**", |p, part| {
-        glob(p.as_bytes(), part.as_bytes())
-    })
+    wildcard(
+        pat,
+        parts,
+        |p| *p == "**",
+        |p, part| glob(p.as_bytes(), part.as_bytes()),
+    )
 }
 
 /// One token of a segment pattern.
@@ -79,7 +82,10 @@ enum Tok {
     Star,
     Any,
     Lit(u8),
-    Class { negate: bool, ranges: Vec<(u8, u8)> },
+    Class {
+        negate: bool,
+        ranges: Vec<(u8, u8)>,
+    },
     /// An unclosed `[`: Go's `filepath.Match` fails the whole pattern.
     Bad,
 }
@@ -142,14 +148,19 @@ fn tokens(mut p: &[u8]) -> Vec<Tok> {
 /// negation and ranges) and `\` escapes.
 fn glob(p: &[u8], s: &[u8]) -> bool {
     let toks = tokens(p);
-    wildcard(&toks, s, |t| matches!(t, Tok::Star), |t, &c| match t {
-        Tok::Any => true,
-        Tok::Lit(x) => *x == c,
-        Tok::Class { negate, ranges } => {
-            ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negate
-        }
-        Tok::Star | Tok::Bad => false,
-    })
+    wildcard(
+        &toks,
+        s,
+        |t| matches!(t, Tok::Star),
+        |t, &c| match t {
+            Tok::Any => true,
+            Tok::Lit(x) => *x == c,
+            Tok::Class { negate, ranges } => {
+                ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negate
+            }
+            Tok::Star | Tok::Bad => false,
+        },
+    )
 }
 
 /// Wildcard matching without backtracking blow-up: `is_star` tokens match
@@ -234,7 +245,10 @@ mod tests {
         assert!(excluded(&parse("a\\*b\n"), "a*b"));
         assert!(!excluded(&parse("a\\*b\n"), "axb"));
         assert!(excluded(&parse("[a-c-]x\n"), "-x"));
-        assert!(!excluded(&parse("[ab\n"), "a"), "an unclosed class matches nothing");
+        assert!(
+            !excluded(&parse("[ab\n"), "a"),
+            "an unclosed class matches nothing"
+        );
         assert!(excluded(&parse("*a*b*\n"), "xxaxxbxx"));
         assert!(!excluded(&parse("*a*b\n"), "xxbxxa"));
     }
@@ -248,7 +262,10 @@ mod tests {
         assert!(!excluded(&parse(&format!("{}b\n", "*a".repeat(40))), &name));
         assert!(excluded(&parse(&format!("{}a\n", "*a".repeat(40))), &name));
         let deep = vec!["a"; 60].join("/");
-        assert!(!excluded(&parse(&format!("{}b\n", "**/".repeat(30))), &deep));
+        assert!(!excluded(
+            &parse(&format!("{}b\n", "**/".repeat(30))),
+            &deep
+        ));
     }
 
     #[test]

@@ -389,7 +389,11 @@ fn too_deep(text: &str) -> Option<(usize, &'static str)> {
                 i = from + hashes + 1;
                 while i < bytes.len() {
                     if bytes[i] == b'"'
-                        && bytes[i + 1..].iter().take(hashes).filter(|&&b| b == b'#').count()
+                        && bytes[i + 1..]
+                            .iter()
+                            .take(hashes)
+                            .filter(|&&b| b == b'#')
+                            .count()
                             == hashes
                     {
                         i += 1 + hashes;
