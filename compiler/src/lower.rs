@@ -1437,9 +1437,52 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     );
 
     // ---- checks -------------------------------------------------------------
-    let checks = if plan.verify.is_empty() {
+    // A venv's python is a link to its builder's interpreter: with a
+    // builder other than the runtime base, the runtime must have that
+    // interpreter at the same path, or every `python` in the image fails.
+    // Said at build time, since kiln cannot know an in-house image's
+    // python.
+    // Two official python images of one python, or two distro images with
+    // the distro's python, have it at the same path.
+    let same_python_path = (plan.builder.reference.familiar_name() == "python"
+        && plan.runtime.reference.familiar_name() == "python")
+        || (plan.builder.python_from_apt && plan.runtime.python_from_apt);
+    let venv_check = (conda.is_none()
+        && !same_python_path
+        && plan.builder.reference.to_string() != plan.runtime.reference.to_string())
+    .then(|| {
+        let builder = plan.builder.reference.familiar_name_tag();
+        let runtime = plan.runtime.reference.familiar_name_tag();
+        let script = format!(
+            "if ! {VENV}/bin/python -c '' >/dev/null 2>&1; then echo \"kiln: error: the environment's python ($(readlink {VENV}/bin/python)), made in the builder {builder}, does not run in the runtime base {runtime}: the runtime needs the builder's python at the same path (a builder built from the runtime base, or no builder)\" >&2; exit 1; fi"
+        );
+        Exec {
+            args: vec!["/bin/sh".into(), "-c".into(), script],
+            env: image_env.clone(),
+            cwd: "/".into(),
+            user: (!plan.config.config.user.is_empty()).then(|| plan.config.config.user.clone()),
+            mounts: vec![Mount::Tmpfs {
+                target: "/tmp".into(),
+            }],
+            network: llb::Network::None,
+            proxy: None,
+            sandbox: cx.sandbox(),
+            platform: platform.clone(),
+            meta: cx.meta(
+                "check: the environment's python runs on the runtime base",
+                plan.builder.span,
+            ),
+        }
+    });
+    let checks = if plan.verify.is_empty() && venv_check.is_none() {
         None
     } else {
+        let env_chain = !plan.verify.iter().all(|v| v.value.after == RunAfter::Copy)
+            || venv_check.is_some();
+        let environment = match venv_check {
+            Some(exec) => environment.run(exec).root(),
+            None => environment,
+        };
         let mut env = image_env.clone();
         env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
         let check = |state: State,
@@ -1499,11 +1542,11 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             // Both chains must pass: a merge of their results makes the
             // engine solve them together; without MergeOp the first check
             // on the image waits for the others (their result mounted).
-            let wait = (!merge && !on_env.is_empty()).then(|| state.clone());
+            let wait = (!merge && env_chain).then(|| state.clone());
             for (i, v) in on_image.into_iter().enumerate() {
                 s2 = check(s2, v, &cwd, if i == 0 { wait.as_ref() } else { None });
             }
-            state = if on_env.is_empty() || !merge {
+            state = if !env_chain || !merge {
                 s2
             } else {
                 State::merge(&[state, s2], cx.meta("checks", None))

@@ -1870,3 +1870,26 @@ fn a_lock_pin_of_the_framework_names_its_line() {
     let llb = String::from_utf8_lossy(&c.builds[0].bytes).to_string();
     assert!(llb.contains("six==1.16.0"), "the lock was not read as pins");
 }
+
+/// With a builder kiln cannot tell has the runtime's python at the same
+/// path (an in-house runtime base), the checks run the environment's python
+/// on the runtime: a venv linked to a python the runtime lacks fails the
+/// build there, not in the user's `docker run`. Two official python images
+/// need no such check.
+#[test]
+fn a_foreign_builder_gets_a_check_that_the_venv_runs_on_the_runtime() {
+    let check = "does not run in the runtime base";
+    let compile = |base: &str| {
+        let text = format!(
+            "kiln 1\npython \"3.11\"\nbase \"{base}\"\nbuilder \"python:3.11-bookworm\"\npip \"six==1.16.0\"\n"
+        );
+        let c = kiln_compiler::compile("b.kdl", &text, &Options::default()).expect("compiles");
+        c.builds[0]
+            .checks
+            .as_ref()
+            .map(|d| String::from_utf8_lossy(&prost::Message::encode_to_vec(d)).into_owned())
+            .unwrap_or_default()
+    };
+    assert!(compile("registry.example.com/team/runtime:1").contains(check));
+    assert!(!compile("python:3.11-slim").contains(check));
+}
