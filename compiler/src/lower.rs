@@ -79,7 +79,8 @@ const VENV_SCRIPT: &str = "python3 -m venv /opt/venv\n";
 /// minor count: `3.11.4` picks a base tag, and any 3.11 meets it.
 fn venv_script(python: &str, image: &str) -> String {
     format!(
-        "kiln_have=$(python3 -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])') || exit 1
+        "if ! command -v python3 >/dev/null 2>&1; then echo \"kiln: error: {image} has no python3 on its PATH: the environment needs the image's python {want} (a python:{want}-slim image, or a Debian/Ubuntu base kiln installs python on)\" >&2; exit 1; fi
+kiln_have=$(python3 -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])') || exit 1
 case \"$kiln_have.\" in
   {want}.*) ;;
   *) echo \"kiln: error: python3 in {image} is $kiln_have, but the recipe asks for python {want}: use an image with python {want}, or change the recipe's python line\" >&2; exit 1 ;;
@@ -1477,8 +1478,8 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let checks = if plan.verify.is_empty() && venv_check.is_none() {
         None
     } else {
-        let env_chain = !plan.verify.iter().all(|v| v.value.after == RunAfter::Copy)
-            || venv_check.is_some();
+        let env_chain =
+            !plan.verify.iter().all(|v| v.value.after == RunAfter::Copy) || venv_check.is_some();
         let environment = match venv_check {
             Some(exec) => environment.run(exec).root(),
             None => environment,

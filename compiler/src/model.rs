@@ -1520,6 +1520,16 @@ impl Decoder {
                     .help = Some(format!("install the file's requirements with `pip requirements=\"{p}\"`"));
                     continue;
                 }
+                if let Some(shown) = url_credentials(p) {
+                    let at = find_arg(node, p).unwrap_or(span);
+                    self.err(
+                        "kiln::secret_in_recipe",
+                        at,
+                        format!("`{shown}` has credentials in its URL: they would end up in the image's build graph and its install step's command line"),
+                    )
+                    .help = Some("leave them out of the URL and put them in a netrc file given as a build secret: `pip index=\"https://HOST/…\" secret=\"ID\"` mounts it for the install steps (pip reads it for any URL on that host)".into());
+                    continue;
+                }
                 if let Err(why) = check_requirement(p) {
                     let at = find_arg(node, p).unwrap_or(span);
                     self.err(
@@ -2123,6 +2133,23 @@ fn valid_port(p: &str) -> bool {
     };
     matches!(proto, None | Some("tcp") | Some("udp") | Some("sctp"))
         && num.parse::<u16>().is_ok_and(|n| n > 0)
+}
+
+/// A requirement whose URL carries credentials (`mylib @
+/// https://user:token@host/…`, `https://TOKEN@github.com/…`), written with
+/// the secret part masked (build logs are read); `None` without any (an SSH
+/// user such as `git@github.com` is no secret).
+pub fn url_credentials(r: &str) -> Option<String> {
+    let (scheme, rest) = r.split_once("://")?;
+    let scheme = scheme.rsplit(['@', ' ']).next().unwrap_or(scheme).trim();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let masked = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:…"),
+        None if scheme.ends_with("http") || scheme.ends_with("https") => "…".to_string(),
+        None => return None,
+    };
+    Some(r.replacen(&format!("://{userinfo}@"), &format!("://{masked}@"), 1))
 }
 
 /// A requirement as kiln compares it, meaning the same to pip: without

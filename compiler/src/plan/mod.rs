@@ -1403,6 +1403,7 @@ fn substitute_args(
         a.value.packages = packages;
     }
     let mut url_credentials: Vec<(SourceSpan, String)> = Vec::new();
+    let mut requirement_credentials: Vec<(SourceSpan, String)> = Vec::new();
     for p in &mut out.pip {
         let span = p.span;
         match &mut p.value {
@@ -1411,7 +1412,9 @@ fn substitute_args(
                 for x in specs.iter() {
                     let v = sub(x, span);
                     if model::has_arg_ref(x) && !model::has_arg_ref(&v) {
-                        if let Err(why) = model::check_requirement(&v) {
+                        if model::url_credentials(&v).is_some() {
+                            requirement_credentials.push((span, x.clone()));
+                        } else if let Err(why) = model::check_requirement(&v) {
                             bad_values.push((
                                 span,
                                 x.clone(),
@@ -1443,6 +1446,16 @@ fn substitute_args(
     for l in &mut out.label {
         let span = l.span;
         l.value.1 = sub(&l.value.1, span);
+    }
+    for (span, written) in requirement_credentials {
+        diags.push(
+            Diagnostic::error(
+                "kiln::secret_in_recipe",
+                span,
+                format!("`{written}` puts credentials in its URL: they would end up in the image's build graph and its install step's command line"),
+            )
+            .with_help("a build argument's value is no secret: give the credentials as a netrc build secret (`pip index=\"https://HOST/…\" secret=\"ID\"`)"),
+        );
     }
     for (span, written) in url_credentials {
         diags.push(
