@@ -1638,6 +1638,13 @@ fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, V
     };
     let mut rest = text;
     while let Some(i) = rest.find('$') {
+        // `\$` is a `$`, as a Dockerfile's ENV reads it.
+        if rest[..i].ends_with('\\') {
+            out.push_str(&rest[..i - 1]);
+            out.push('$');
+            rest = &rest[i + 1..];
+            continue;
+        }
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
         if let Some(tail) = after.strip_prefix('$') {
@@ -1694,6 +1701,10 @@ fn malformed_substitution(text: &str) -> Option<String> {
         let after = &rest[i + 1..];
         if let Some(tail) = after.strip_prefix('$') {
             rest = tail;
+            continue;
+        }
+        if rest[..i].ends_with('\\') {
+            rest = after;
             continue;
         }
         let Some(body) = after.strip_prefix('{') else {
@@ -2098,6 +2109,7 @@ mod tests {
             "/usr/local/cuda/bin:/opt/venv/bin:/usr/bin"
         );
         assert_eq!(x("${A}/$A/${A}b/$Ab").0, "x/x/xb/");
+        assert_eq!(x("\\$A \\${A} $$A a\\b").0, "$A ${A} $A a\\b");
         assert_eq!(x("$Ab").1, vec!["Ab".to_string()]);
         assert_eq!(
             x("${E:-d} ${NO:-d} ${A:-d} ${A:+s} ${E:+s}|${NO:+s}").0,
