@@ -452,7 +452,8 @@ fn copy_sources_missing_from_the_context_are_located_errors() {
     let ignored = check("kiln 1\npython \"3.11\"\ncopy \"secret.env\" \"/app/\"\n");
     assert_eq!(ignored.status.code(), Some(1));
     assert!(
-        stderr(&ignored).contains("copy source `secret.env` is not in the build context")
+        stderr(&ignored)
+            .contains("copy source `secret.env` is left out of the build context by .dockerignore")
             && stderr(&ignored).contains(".dockerignore leaves it out"),
         "{}",
         stderr(&ignored)

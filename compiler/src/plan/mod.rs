@@ -993,6 +993,11 @@ pub fn plan(
                             "copy pattern `{}` matches nothing in the build context",
                             c.value.src
                         )
+                    } else if ignored {
+                        format!(
+                            "copy source `{}` is left out of the build context by .dockerignore",
+                            c.value.src
+                        )
                     } else {
                         format!("copy source `{}` is not in the build context", c.value.src)
                     },
@@ -2536,6 +2541,10 @@ fn read_requirements(
             Some(Some(text)) => text,
             Some(None) => {
                 let (message, help) = match &from {
+                    None if crate::ignore::excluded(&opts.exclude, &file) => (
+                        format!("requirements file `{file}` is left out of the build context by .dockerignore"),
+                        "re-include it in .dockerignore with `!` (kiln bind-mounts it into the install step; it never reaches a layer)".to_string(),
+                    ),
                     None => (
                         format!("requirements file `{file}` is not in the build context"),
                         "the path is relative to the build context; check it, and that .dockerignore does not exclude the file".to_string(),
