@@ -475,9 +475,11 @@ fn copy_sources_missing_from_the_context_are_located_errors() {
     let said = stderr(&reincluded);
     assert_eq!(reincluded.status.code(), Some(1), "{said}");
     assert!(
-        said.contains("kiln.kdl:3:1: copy source `secret.env` is not in the build context")
-            && said
-                .contains("kiln.kdl:4:1: copy source `data/big.bin` is not in the build context")
+        said.contains(
+            "kiln.kdl:3:1: copy source `secret.env` is left out of the build context by .dockerignore"
+        ) && said.contains(
+            "kiln.kdl:4:1: copy source `data/big.bin` is left out of the build context by .dockerignore"
+        )
             && !said.contains("kiln.kdl:5:1")
             && !said.contains("kiln.kdl:6:1"),
         "{said}"
