@@ -985,6 +985,49 @@ fn a_base_with_another_python_fails_at_the_python_line() {
     );
 }
 
+/// A builder other than the runtime base makes the venv, whose python is
+/// a link to the builder's: on an in-house runtime base without that
+/// python the build fails in the checks, saying so, instead of giving an
+/// image whose every `python` fails; with no builder, the venv step says
+/// the base has no python3.
+#[test]
+fn a_runtime_base_without_the_builders_python_fails_the_build() {
+    let Some(engine) = common::engine(EngineKind::New, "runtime_without_python") else {
+        return;
+    };
+    let base = built_base(
+        engine,
+        &format!("kiln-e2e-nopython:{}", nonce()),
+        "FROM python:3.11-slim\nRUN rm -f /usr/bin/python3* /usr/local/bin/python3*\n",
+        &[],
+    );
+    for (builder, wanted) in [
+        (
+            "builder \"python:3.11-slim\"\n",
+            "made in the builder python:3.11-slim, does not run in the runtime base",
+        ),
+        ("", "has no python3 on its PATH"),
+    ] {
+        let ctx = TempDir::new("no-python");
+        std::fs::write(
+            ctx.path().join("kiln.kdl"),
+            format!(
+                "// syntax=kiln/frontend:dev\nkiln 1\nname \"no-python\"\npython \"3.11\"\n\
+                 base \"{}\"\n{builder}pip \"six==1.16.0\"\nca-bundle secret=\"ca-bundle\"\n",
+                base.tag
+            ),
+        )
+        .expect("write");
+        let build = engine.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()));
+        assert!(!build.ok, "it built:\n{}", build.report());
+        assert!(
+            build.all_text().contains(wanted),
+            "the error does not say {wanted:?}:\n{}",
+            build.report()
+        );
+    }
+}
+
 /// `run … secret="ID"`: the step reads the secret at /run/secrets/ID (a
 /// model hub's token), and its bytes reach no layer, the config or the
 /// history; a build not given the secret fails at the `run` line.

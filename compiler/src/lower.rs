@@ -1455,7 +1455,7 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         let builder = plan.builder.reference.familiar_name_tag();
         let runtime = plan.runtime.reference.familiar_name_tag();
         let script = format!(
-            "if ! {VENV}/bin/python -c '' >/dev/null 2>&1; then echo \"kiln: error: the environment's python ($(readlink {VENV}/bin/python)), made in the builder {builder}, does not run in the runtime base {runtime}: the runtime needs the builder's python at the same path (a builder built from the runtime base, or no builder)\" >&2; exit 1; fi"
+            "if ! {VENV}/bin/python -c '' >/dev/null 2>&1; then echo \"kiln: error: the environment's python ($(readlink -f {VENV}/bin/python)), made in the builder {builder}, does not run in the runtime base {runtime}: the runtime needs the builder's python at the same path (a builder built from the runtime base, or no builder)\" >&2; exit 1; fi"
         );
         Exec {
             args: vec!["/bin/sh".into(), "-c".into(), script],
