@@ -217,8 +217,27 @@ impl CompatData {
         self.releases.get(&fw).map_or(&[], Vec::as_slice)
     }
 
+    /// The release `version` names; trailing `.0`s do not count, as in
+    /// PEP 440 (`2.14.0.0` is `2.14.0`).
     pub fn release(&self, fw: Framework, version: &str) -> Option<&Release> {
-        self.releases(fw).iter().find(|r| r.version == version)
+        fn trimmed(v: &str) -> &str {
+            let mut v = v;
+            while let Some(shorter) = v.strip_suffix(".0") {
+                if !shorter.contains('.') {
+                    break;
+                }
+                v = shorter;
+            }
+            v
+        }
+        self.releases(fw)
+            .iter()
+            .find(|r| r.version == version)
+            .or_else(|| {
+                self.releases(fw)
+                    .iter()
+                    .find(|r| trimmed(&r.version) == trimmed(version))
+            })
     }
 
     /// The newest known release of `version`'s major line (2.x for 2.9.0).

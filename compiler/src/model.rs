@@ -565,13 +565,16 @@ impl Decoder {
                 if let Some(v) = self.one_string(node, "python version") {
                     if has_arg_ref(&v.value) {
                         // Checked once the build argument is substituted.
-                    } else if !is_version(&v.value, 2) {
+                    } else if !is_version(&v.value, 2) || v.value.split('.').count() > 3 {
                         self.err(
                             "kiln::invalid_version",
                             v.span,
                             format!("`{}` is not a python version", v.value),
                         )
-                        .help = Some("write major.minor, e.g. `python \"3.11\"`".into());
+                        .help = Some(
+                            "write major.minor, e.g. `python \"3.11\"`, or major.minor.patch"
+                                .into(),
+                        );
                     } else if !python_supported(&v.value) {
                         // The venv, pip's wheels and the frameworks need a
                         // python 3 that pip still installs for.
@@ -689,6 +692,22 @@ impl Decoder {
                                     value.value.trim_start_matches("./")
                                 )
                             });
+                        }
+                        // `/app/../srv/./x/` is `/srv/x`, as Docker cleans
+                        // a WORKDIR.
+                        let mut value = value;
+                        if value.value.starts_with('/') && !has_arg_ref(&value.value) {
+                            let mut parts: Vec<&str> = Vec::new();
+                            for part in value.value.split('/') {
+                                match part {
+                                    "" | "." => {}
+                                    ".." => {
+                                        parts.pop();
+                                    }
+                                    p => parts.push(p),
+                                }
+                            }
+                            value.value = format!("/{}", parts.join("/"));
                         }
                         self.set_once(&mut s.workdir, value, node, level);
                     }
@@ -1552,7 +1571,8 @@ impl Decoder {
             }
         } else if let Some(i) = index {
             // A URL from a build argument is checked once it has its value.
-            let url_like = (i.value.starts_with("https://") || i.value.starts_with("http://"))
+            let url_like = (i.value.to_ascii_lowercase().starts_with("https://")
+                || i.value.to_ascii_lowercase().starts_with("http://"))
                 && !i.value.contains(char::is_whitespace);
             if !(url_like || has_arg_ref(&i.value)) {
                 self.err(

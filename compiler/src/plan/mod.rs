@@ -1353,7 +1353,10 @@ fn substitute_args(
     {
         let written = p.value.clone();
         p.value = sub(&written, p.span);
-        if !model::is_version(&p.value, 2) || !model::python_supported(&p.value) {
+        if !model::is_version(&p.value, 2)
+            || p.value.split('.').count() > 3
+            || !model::python_supported(&p.value)
+        {
             bad_versions.push((p.span, written, p.value.clone(), "a python 3.8+ version"));
         }
     }
@@ -1435,7 +1438,9 @@ fn substitute_args(
                 let written = url.clone();
                 *url = sub(&written, span);
                 if model::has_arg_ref(&written) && !model::has_arg_ref(url) {
-                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    if !(url.to_ascii_lowercase().starts_with("https://")
+                        || url.to_ascii_lowercase().starts_with("http://"))
+                    {
                         bad_values.push((span, written.clone(), "not an index URL".to_string()));
                     }
                     if url.contains('@') {
