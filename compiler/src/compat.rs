@@ -864,6 +864,11 @@ mod tests {
             );
         }
         assert_eq!(distro_of_image("ubuntu", "my-build"), None);
+        assert_eq!(
+            d.release(Framework::PyTorch, "2.4.1.0").map(|r| r.version.as_str()),
+            Some("2.4.1")
+        );
+        assert!(d.release(Framework::PyTorch, "2.4.10").is_none());
         assert_eq!(d.cuda_image_cudnn("12.1").as_deref(), Some("8"));
         assert_eq!(d.cuda_image_cudnn("12.3").as_deref(), Some("9"));
         assert_eq!(d.cuda_image_cudnn("12.4").as_deref(), Some("9"));

@@ -1893,3 +1893,14 @@ fn a_foreign_builder_gets_a_check_that_the_venv_runs_on_the_runtime() {
     assert!(compile("registry.example.com/team/runtime:1").contains(check));
     assert!(!compile("python:3.11-slim").contains(check));
 }
+
+/// A workdir is cleaned as Docker cleans a WORKDIR: `/app/../srv/./x/` is
+/// `/srv/x` in the image config.
+#[test]
+fn a_workdir_is_cleaned() {
+    let text = "kiln 1\npython \"3.11\"\nworkdir \"/app/../srv/./x/\"\n";
+    let c = kiln_compiler::compile("w.kdl", text, &Options::default()).expect("compiles");
+    let config: serde_json::Value =
+        serde_json::from_slice(&c.builds[0].config.to_json()).expect("json");
+    assert_eq!(config["config"]["WorkingDir"], "/srv/x");
+}
