@@ -865,7 +865,8 @@ mod tests {
         }
         assert_eq!(distro_of_image("ubuntu", "my-build"), None);
         assert_eq!(
-            d.release(Framework::PyTorch, "2.4.1.0").map(|r| r.version.as_str()),
+            d.release(Framework::PyTorch, "2.4.1.0")
+                .map(|r| r.version.as_str()),
             Some("2.4.1")
         );
         assert!(d.release(Framework::PyTorch, "2.4.10").is_none());

@@ -300,6 +300,12 @@ pub fn explain(plan: &Plan) -> String {
         let _ = writeln!(o, "  workdir: {}", c.working_dir);
     }
     for e in &c.env {
+        // One line each: a value's line breaks and tabs are shown escaped.
+        let e = e
+            .replace('\\', "\\\\")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r")
+            .replace('\t', "\\t");
         let _ = writeln!(o, "  env {e}");
     }
     if let Some(ep) = &c.entrypoint {
