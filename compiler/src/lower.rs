@@ -97,6 +97,17 @@ esac
     )
 }
 
+/// Whether an image's tag names a distro release whose python kiln's data
+/// knows (`ubuntu:22.04`, `nvidia/cuda:…-ubuntu22.04`, `debian:bookworm`).
+fn distro_python_known(image: &crate::image_ref::ImageRef) -> bool {
+    let tag = image.tag.clone().unwrap_or_default();
+    crate::compat::distro_of_image(&image.familiar_name(), &tag).is_some_and(|d| {
+        crate::compat::CompatData::builtin()
+            .distro_python(&d)
+            .is_some()
+    })
+}
+
 /// A python that can import pip's vendored `packaging`: the venv's when it
 /// has its own pip, the builder's otherwise.
 const KILN_PY: &str = "kiln_py() {
@@ -839,10 +850,17 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         None => b_ready
             .run(
                 cx.script(
-                    // The distro's python too: a tag names the distro's
-                    // release (checked when kiln knows it), but `ubuntu:latest`
-                    // or `debian:testing` do not say which.
-                    &venv_script(&plan.python, &plan.builder.reference.familiar_name_tag()),
+                    &if plan.builder.python_from_apt && distro_python_known(&plan.builder.reference)
+                    {
+                        // The distro's python, installed by apt: its version
+                        // is the distro's, which the plan checked against the
+                        // recipe's (the image's tag names the release).
+                        VENV_SCRIPT.to_string()
+                    } else {
+                        // Any other image, `ubuntu:latest` and
+                        // `debian:testing` included, whose tag does not say.
+                        venv_script(&plan.python, &plan.builder.reference.familiar_name_tag())
+                    },
                     cx.meta(&format!("python -m venv {VENV}"), plan.python_span),
                 )
                 .env(&b_env),
