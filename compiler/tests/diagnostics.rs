@@ -1904,3 +1904,41 @@ fn a_workdir_is_cleaned() {
         serde_json::from_slice(&c.builds[0].config.to_json()).expect("json");
     assert_eq!(config["config"]["WorkingDir"], "/srv/x");
 }
+
+/// A conda file's python spec must admit the recipe's python (an error at
+/// the `conda` line naming the file's line); one that admits newer ones too
+/// warns, since conda takes the newest.
+#[test]
+fn a_conda_files_python_spec_is_held_to_the_recipes() {
+    let recipe = "kiln 1\npython \"3.11\"\nconda \"environment.yml\"\n";
+    let with = |yml: &str| {
+        let mut opts = Options::default();
+        opts.context_files
+            .insert("environment.yml".into(), Some(yml.to_string()));
+        kiln_compiler::compile("c.kdl", recipe, &opts)
+    };
+    let e = with("name: x\ndependencies:\n  - numpy\n  - python>=3.12\n")
+        .err()
+        .expect("fails");
+    assert_eq!(
+        located(&e),
+        [
+            "c.kdl:3:7 kiln::python_mismatch `environment.yml` line 4 asks for python>=3.12, which leaves out the recipe's python 3.11: the environment's python is the image's"
+        ]
+    );
+    let warned = with("dependencies:\n  - python>=3.10\n").expect("compiles");
+    assert!(
+        warned.warnings.items.iter().any(|d| d
+            .message
+            .contains("admits pythons newer than the recipe's 3.11")),
+        "{:?}",
+        warned.warnings.items
+    );
+    let fine = with("dependencies:\n  - python=3.11\n").expect("compiles");
+    assert!(
+        fine.warnings
+            .items
+            .iter()
+            .all(|d| d.code != "kiln::python_mismatch")
+    );
+}

@@ -1630,7 +1630,7 @@ fn expand_nested(
 /// earlier `env`); `${NAME:-WORD}` gives WORD where NAME is unset or empty,
 /// `${NAME:+WORD}` WORD where it is set; `$$` is a `$`. Also returns the
 /// names that were unset (they expand to nothing, as in a Dockerfile).
-fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, Vec<String>) {
+fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Expanded {
     fn is_name(s: &str) -> bool {
         s.chars()
             .next()
@@ -1639,6 +1639,7 @@ fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, V
     }
     let mut out = String::with_capacity(text.len());
     let mut unset = Vec::new();
+    let mut malformed = None;
     let get = |name: &str, unset: &mut Vec<String>| -> Option<String> {
         let v = lookup(name);
         if v.is_none() && !unset.iter().any(|u| u == name) {
@@ -1669,7 +1670,9 @@ fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, V
                 None => (inner, None),
             };
             if !is_name(name) {
-                out.push_str(&rest[i..i + 2 + end + 1]);
+                let written = &rest[i..i + 2 + end + 1];
+                malformed.get_or_insert_with(|| written.to_string());
+                out.push_str(written);
             } else {
                 match op {
                     None => out.push_str(&get(name, &mut unset).unwrap_or_default()),
@@ -1694,52 +1697,31 @@ fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> (String, V
                 out.push_str(&get(name, &mut unset).unwrap_or_default());
                 rest = &after[len..];
             } else {
+                if after.starts_with('{') {
+                    // `${` with no closing `}`.
+                    malformed.get_or_insert_with(|| rest[i..].to_string());
+                }
                 out.push('$');
                 rest = after;
             }
         }
     }
     out.push_str(rest);
-    (out, unset)
+    Expanded {
+        value: out,
+        unset,
+        malformed,
+    }
 }
 
-/// The first `${…}` of an `env` value that is no form kiln reads (or has no
-/// closing `}`), as written; `$$` is a literal `$`.
-fn malformed_substitution(text: &str) -> Option<String> {
-    let mut rest = text;
-    while let Some(i) = rest.find('$') {
-        let after = &rest[i + 1..];
-        if let Some(tail) = after.strip_prefix('$') {
-            rest = tail;
-            continue;
-        }
-        if rest[..i].ends_with('\\') {
-            rest = after;
-            continue;
-        }
-        let Some(body) = after.strip_prefix('{') else {
-            rest = after;
-            continue;
-        };
-        let Some(end) = body.find('}') else {
-            return Some(rest[i..].to_string());
-        };
-        let inner = &body[..end];
-        let name = match inner.find(":-").or_else(|| inner.find(":+")) {
-            Some(k) => &inner[..k],
-            None => inner,
-        };
-        let is_name = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !is_name {
-            return Some(rest[i..i + 2 + end + 1].to_string());
-        }
-        rest = &body[end + 1..];
-    }
-    None
+/// An `env` value expanded.
+struct Expanded {
+    value: String,
+    /// Variables it read that have no value (they expand to nothing).
+    unset: Vec<String>,
+    /// The first `${…}` that is no form kiln reads (or has no closing `}`),
+    /// as written: kept as text.
+    malformed: Option<String>,
 }
 
 /// The image config: the base's, with the venv first on PATH, the GPU
@@ -1820,7 +1802,11 @@ fn image_config(
         .filter_map(|(i, kv)| kv.split_once('=').map(|(k, _)| (k.to_string(), i)))
         .collect();
     for e in &s.env {
-        let (value, unset) = {
+        let Expanded {
+            value,
+            unset,
+            malformed,
+        } = {
             let lookup = |name: &str| -> Option<String> {
                 if declared.contains(&name) {
                     return Some(args.get(name).cloned().unwrap_or_default());
@@ -1839,7 +1825,7 @@ fn image_config(
         // usual default), which may not be the base's (nvidia/cuda's and
         // conda's add their own folders).
         let raw = &e.value.1;
-        if let Some(bad) = malformed_substitution(raw) {
+        if let Some(bad) = malformed {
             let (message, help) = Unexpanded::Malformed(bad).describe();
             diags.push(
                 Diagnostic::error(
@@ -2113,7 +2099,10 @@ mod tests {
                 .into_iter()
                 .collect();
         let lookup = |n: &str| vars.get(n).map(|v| v.to_string());
-        let x = |t: &str| expand_env(t, &lookup);
+        let x = |t: &str| {
+            let e = expand_env(t, &lookup);
+            (e.value, e.unset)
+        };
         assert_eq!(
             x("/usr/local/cuda/bin:$PATH").0,
             "/usr/local/cuda/bin:/opt/venv/bin:/usr/bin"
@@ -2255,48 +2244,40 @@ fn check_conda_file(
             .with_help("name the environment's YAML file (`environment.yml`)"),
         ),
         Some(Some(text)) => {
+            let Some((line, spec)) = conda_python(text) else {
+                return;
+            };
+            let minor = python.split('.').take(2).collect::<Vec<_>>().join(".");
             let newer = {
                 let mut parts = python.split('.');
                 let major = parts.next().unwrap_or("3");
                 let minor: u32 = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
                 format!("{major}.{}", minor + 1)
             };
-            if let Some((line, spec)) = conda_python(text)
-                && conda_spec_admits(&spec, python)
-                && conda_spec_admits(&spec, &newer)
-                && !spec.is_empty()
-            {
-                let minor = python.split('.').take(2).collect::<Vec<_>>().join(".");
-                diags.push(
-                    Diagnostic::warning(
-                        "kiln::python_mismatch",
-                        c.span,
-                        format!(
-                            "`{}` line {line} asks for python{}{spec}, which admits pythons newer than the recipe's {python}: conda picks the newest it can, and the environment's python is the image's",
-                            c.value,
-                            if spec.starts_with(|c: char| c.is_ascii_digit()) { " " } else { "" }
-                        ),
-                    )
-                    .with_help(format!("write `- python={minor}` in `{}`", c.value)),
-                );
-            }
-            if let Some((line, spec)) = conda_python(text)
-                && !conda_spec_admits(&spec, python)
-            {
-                let minor = python.split('.').take(2).collect::<Vec<_>>().join(".");
+            let asks = format!(
+                "`{}` line {line} asks for python{}{spec}",
+                c.value,
+                if spec.starts_with(|c: char| c.is_ascii_digit()) { " " } else { "" }
+            );
+            if !conda_spec_admits(&spec, python) {
                 diags.push(
                     Diagnostic::error(
                         "kiln::python_mismatch",
                         c.span,
-                        format!(
-                            "`{}` line {line} asks for python{}{spec}, which leaves out the recipe's python {python}: the environment's python is the image's",
-                            c.value,
-                            if spec.starts_with(|c: char| c.is_ascii_digit()) { " " } else { "" }
-                        ),
+                        format!("{asks}, which leaves out the recipe's python {python}: the environment's python is the image's"),
                     )
                     .with_help(format!(
                         "make the line admit python {minor} (`- python={minor}`), or change the recipe's python line",
                     )),
+                );
+            } else if !spec.is_empty() && conda_spec_admits(&spec, &newer) {
+                diags.push(
+                    Diagnostic::warning(
+                        "kiln::python_mismatch",
+                        c.span,
+                        format!("{asks}, which admits pythons newer than the recipe's {python}: conda picks the newest it can, and the environment's python is the image's"),
+                    )
+                    .with_help(format!("write `- python={minor}` in `{}`", c.value)),
                 );
             }
         }
