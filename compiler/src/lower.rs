@@ -1466,6 +1466,25 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
     let same_python_path = (plan.builder.reference.familiar_name() == "python"
         && plan.runtime.reference.familiar_name() == "python")
         || (plan.builder.python_from_apt && plan.runtime.python_from_apt);
+    // A check: python (or a shell) run as the image's user (the recipe's,
+    // else the base's), with no network and a tmpfs /tmp, writing no
+    // bytecode; its result is not the image's.
+    let mut check_env = image_env.clone();
+    check_env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
+    let check_exec = |args: Vec<String>, cwd: &str, meta: OpMeta| Exec {
+        args,
+        env: check_env.clone(),
+        cwd: cwd.to_string(),
+        user: (!plan.config.config.user.is_empty()).then(|| plan.config.config.user.clone()),
+        mounts: vec![Mount::Tmpfs {
+            target: "/tmp".into(),
+        }],
+        network: llb::Network::None,
+        proxy: None,
+        sandbox: cx.sandbox(),
+        platform: platform.clone(),
+        meta,
+    };
     let venv_check = (conda.is_none()
         && !same_python_path
         && plan.builder.reference.to_string() != plan.runtime.reference.to_string())
@@ -1475,59 +1494,37 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         let script = format!(
             "if ! {VENV}/bin/python -c '' >/dev/null 2>&1; then echo \"kiln: error: the environment's python ($(readlink -f {VENV}/bin/python)), made in the builder {builder}, does not run in the runtime base {runtime}: the runtime needs the builder's python at the same path (a builder built from the runtime base, or no builder)\" >&2; exit 1; fi"
         );
-        Exec {
-            args: vec!["/bin/sh".into(), "-c".into(), script],
-            env: image_env.clone(),
-            cwd: "/".into(),
-            user: (!plan.config.config.user.is_empty()).then(|| plan.config.config.user.clone()),
-            mounts: vec![Mount::Tmpfs {
-                target: "/tmp".into(),
-            }],
-            network: llb::Network::None,
-            proxy: None,
-            sandbox: cx.sandbox(),
-            platform: platform.clone(),
-            meta: cx.meta(
+        check_exec(
+            vec!["/bin/sh".into(), "-c".into(), script],
+            "/",
+            cx.meta(
                 "check: the environment's python runs on the runtime base",
                 plan.builder.span,
             ),
-        }
+        )
     });
     let checks = if plan.verify.is_empty() && venv_check.is_none() {
         None
     } else {
-        let env_chain =
+        // Whether checks run on the environment (not only on the image).
+        let on_environment_checks =
             !plan.verify.iter().all(|v| v.value.after == RunAfter::Copy) || venv_check.is_some();
         let environment = match venv_check {
             Some(exec) => environment.run(exec).root(),
             None => environment,
         };
-        let mut env = image_env.clone();
-        env.push(("PYTHONDONTWRITEBYTECODE".into(), "1".into()));
         let check = |state: State,
                      v: &crate::model::Spanned<crate::model::Verify>,
                      cwd: &str,
                      after: Option<&State>| {
-            let mut exec = Exec {
-                args: vec!["python".into(), "-c".into(), v.value.code.clone()],
-                env: env.clone(),
-                cwd: cwd.to_string(),
-                // The image's user: the recipe's, else the base's.
-                user: (!plan.config.config.user.is_empty())
-                    .then(|| plan.config.config.user.clone()),
-                mounts: Vec::new(),
-                network: llb::Network::None,
-                proxy: None,
-                sandbox: cx.sandbox(),
-                platform: platform.clone(),
-                meta: cx.meta(
+            let mut exec = check_exec(
+                vec!["python".into(), "-c".into(), v.value.code.clone()],
+                cwd,
+                cx.meta(
                     &format!("verify: {}", first_line(&v.value.code)),
                     Some(v.span),
                 ),
-            };
-            exec.mounts.push(Mount::Tmpfs {
-                target: "/tmp".into(),
-            });
+            );
             // Another chain of checks this one must wait for (engines
             // without MergeOp, which joins them otherwise).
             if let Some(a) = after {
@@ -1561,11 +1558,11 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
             // Both chains must pass: a merge of their results makes the
             // engine solve them together; without MergeOp the first check
             // on the image waits for the others (their result mounted).
-            let wait = (!merge && env_chain).then(|| state.clone());
+            let wait = (!merge && on_environment_checks).then(|| state.clone());
             for (i, v) in on_image.into_iter().enumerate() {
                 s2 = check(s2, v, &cwd, if i == 0 { wait.as_ref() } else { None });
             }
-            state = if !env_chain || !merge {
+            state = if !on_environment_checks || !merge {
                 s2
             } else {
                 State::merge(&[state, s2], cx.meta("checks", None))
