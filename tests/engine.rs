@@ -1028,6 +1028,30 @@ fn a_runtime_base_without_the_builders_python_fails_the_build() {
     }
 }
 
+/// A `user` the base already has under another uid (Debian's www-data is
+/// 33): the build stops at once, giving the uid and gid that would use it,
+/// instead of asking for the gid first and the uid after.
+#[test]
+fn a_user_the_base_has_with_another_uid_names_both_ids() {
+    let Some(engine) = common::engine(EngineKind::New, "user_taken") else {
+        return;
+    };
+    let ctx = TempDir::new("user-taken");
+    std::fs::write(
+        ctx.path().join("kiln.kdl"),
+        "// syntax=kiln/frontend:dev\nkiln 1\nname \"user-taken\"\npython \"3.11\"\nuser \"www-data\" uid=1000\n",
+    )
+    .expect("write");
+    let build = engine.build(&Build::new(ctx.path().join("kiln.kdl"), ctx.path()));
+    assert!(!build.ok, "it built:\n{}", build.report());
+    let wanted = "the base already has a user www-data with uid 33 and gid 33, not uid 1000: write user \"www-data\" uid=33 gid=33";
+    assert!(
+        build.all_text().contains(wanted),
+        "the error does not say {wanted:?}:\n{}",
+        build.report()
+    );
+}
+
 /// `run … secret="ID"`: the step reads the secret at /run/secrets/ID (a
 /// model hub's token), and its bytes reach no layer, the config or the
 /// history; a build not given the secret fails at the `run` line.

@@ -1792,6 +1792,10 @@ if command -v useradd >/dev/null 2>&1; then
   old=$(getent passwd {uid} | cut -d: -f1) || old=
   if [ -n \"$old\" ] && [ \"$old\" != {name} ] && ! getent passwd {name} >/dev/null; then
 {take_over}  fi
+  if getent passwd {name} >/dev/null && [ \"$(id -u {name})\" != {uid} ]; then
+    echo \"kiln: the base already has a user {name} with uid $(id -u {name}) and gid $(id -g {name}), not uid {uid}: write user \\\"{name}\\\" uid=$(id -u {name}) gid=$(id -g {name}) to use it, or another name\" >&2
+    exit 1
+  fi
   if ! getent group {gid} >/dev/null; then
     kiln_gid=$(getent group {name} | cut -d: -f3)
     if [ -n \"$kiln_gid\" ]; then
