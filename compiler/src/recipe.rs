@@ -253,91 +253,125 @@ fn narrow_span(text: &str, span: SourceSpan) -> SourceSpan {
 /// string), skipping strings and comments; `None` when it has not both.
 fn mixed_v1_raw_string(text: &str) -> Option<usize> {
     let b = text.as_bytes();
-    let ident = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'r');
     let mut v1 = None;
     let mut v2 = false;
     let mut i = 0;
-    // The closing of a raw string with `hashes` `#`s.
-    let skip_raw = |mut j: usize, hashes: usize| -> usize {
-        while j < b.len() {
-            if b[j] == b'"'
-                && b[j + 1..]
-                    .iter()
-                    .take(hashes)
-                    .filter(|&&c| c == b'#')
-                    .count()
-                    == hashes
-            {
-                return j + 1 + hashes;
-            }
-            j += 1;
-        }
-        j
-    };
     while i < b.len() {
-        match b[i] {
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' {
-                    if b[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
+        if let Some((kind, end)) = string_at(b, i) {
+            match kind {
+                Str::RawV1 => {
+                    v1.get_or_insert(i);
                 }
-                i += 1;
+                Str::RawV2 => v2 = true,
+                Str::Quoted => {}
             }
+            i = end;
+            continue;
+        }
+        match b[i] {
             b'/' if b.get(i + 1) == Some(&b'/') => {
                 while i < b.len() && b[i] != b'\n' {
                     i += 1;
                 }
             }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0usize;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-            }
-            b'r' if (i == 0 || !ident(b[i - 1])) => {
-                let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
-                if b.get(i + 1 + hashes) == Some(&b'"') {
-                    v1.get_or_insert(i);
-                    i = skip_raw(i + 2 + hashes, hashes);
-                } else {
-                    i += 1;
-                }
-            }
-            b'#' if (i == 0 || !ident(b[i - 1])) => {
-                let hashes = b[i..].iter().take_while(|&&c| c == b'#').count();
-                let after = &text[i + hashes..];
-                if after.starts_with('"') {
+            b'/' if b.get(i + 1) == Some(&b'*') => match block_comment_end(b, i) {
+                Ok(end) => i = end,
+                Err(_) => return None,
+            },
+            b'#' if (i == 0 || !is_ident(b[i - 1])) => {
+                let after = &text[i + 1..];
+                if ["true", "false", "null", "inf", "-inf", "nan"]
+                    .iter()
+                    .any(|k| after.starts_with(k))
+                {
                     v2 = true;
-                    i = skip_raw(i + hashes + 1, hashes);
-                } else {
-                    if hashes == 1
-                        && ["true", "false", "null", "inf", "-inf", "nan"]
-                            .iter()
-                            .any(|k| after.starts_with(k))
-                    {
-                        v2 = true;
-                    }
-                    i += hashes;
                 }
+                i += 1;
             }
             _ => i += 1,
         }
     }
     v1.filter(|_| v2)
+}
+
+/// A byte of a KDL identifier (enough to tell `r"` from `bar"`).
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')
+}
+
+/// The kinds of KDL string [`string_at`] tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Str {
+    /// `"…"`, with `\` escapes.
+    Quoted,
+    /// KDL 1's raw string: `r"…"`, `r#"…"#`.
+    RawV1,
+    /// KDL 2's raw string: `#"…"#`.
+    RawV2,
+}
+
+/// The string that starts at `i`, if one does: its kind and the index past
+/// its end (the text's end when it is not closed). A raw string has no
+/// escapes and ends at `"` and as many `#` as it opened with.
+fn string_at(b: &[u8], i: usize) -> Option<(Str, usize)> {
+    let (kind, from) = match b[i] {
+        b'"' => {
+            let mut j = i + 1;
+            while j < b.len() && b[j] != b'"' {
+                if b[j] == b'\\' {
+                    j += 1;
+                }
+                j += 1;
+            }
+            return Some((Str::Quoted, (j + 1).min(b.len())));
+        }
+        b'r' if i == 0 || !is_ident(b[i - 1]) => (Str::RawV1, i + 1),
+        b'#' => (Str::RawV2, i),
+        _ => return None,
+    };
+    let hashes = b[from..].iter().take_while(|&&c| c == b'#').count();
+    if b.get(from + hashes) != Some(&b'"') || (kind == Str::RawV2 && hashes == 0) {
+        return None;
+    }
+    let mut j = from + hashes + 1;
+    while j < b.len() {
+        if b[j] == b'"'
+            && b[j + 1..]
+                .iter()
+                .take(hashes)
+                .filter(|&&c| c == b'#')
+                .count()
+                == hashes
+        {
+            return Some((kind, j + 1 + hashes));
+        }
+        j += 1;
+    }
+    Some((kind, b.len()))
+}
+
+/// Past the block comment (`/* … */`, nesting) that starts at `i`; `Err`
+/// with the offset where it nests deeper than [`MAX_NESTING`].
+fn block_comment_end(b: &[u8], mut i: usize) -> Result<usize, usize> {
+    let mut depth = 0usize;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+            depth += 1;
+            if depth > MAX_NESTING {
+                return Err(i);
+            }
+            i += 2;
+        } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                break;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Ok(i)
 }
 
 /// `syntax=VALUE` after a comment marker, as BuildKit's directive parser reads it.
@@ -376,68 +410,22 @@ fn too_deep(text: &str) -> Option<(usize, &'static str)> {
     while i < bytes.len() {
         let start = i;
         let mut prefix = false;
-        // A raw string (`#"…"#`, KDL 1's `r#"…"#`, `r"…"`): no escapes,
-        // it ends at `"` and as many `#` as it opened with.
-        let raw_at = match bytes[i] {
-            b'r' if i == 0 || !bytes[i - 1].is_ascii_alphanumeric() => Some(i + 1),
-            b'#' => Some(i),
-            _ => None,
-        };
-        if let Some(from) = raw_at {
-            let hashes = bytes[from..].iter().take_while(|&&b| b == b'#').count();
-            if bytes.get(from + hashes) == Some(&b'"') && (hashes > 0 || bytes[i] == b'r') {
-                i = from + hashes + 1;
-                while i < bytes.len() {
-                    if bytes[i] == b'"'
-                        && bytes[i + 1..]
-                            .iter()
-                            .take(hashes)
-                            .filter(|&&b| b == b'#')
-                            .count()
-                            == hashes
-                    {
-                        i += 1 + hashes;
-                        break;
-                    }
-                    i += 1;
-                }
-                prefixes = 0;
-                continue;
-            }
+        // A string, raw or not: nothing in it opens or closes anything.
+        if let Some((_, end)) = string_at(bytes, i) {
+            i = end;
+            prefixes = 0;
+            continue;
         }
         match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
             b'/' if bytes.get(i + 1) == Some(&b'/') => {
                 while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
                 }
             }
             b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                let mut comments = 0usize;
-                while i < bytes.len() {
-                    if bytes[i] == b'/' && bytes.get(i + 1) == Some(&b'*') {
-                        comments += 1;
-                        if comments > MAX_NESTING {
-                            return Some((i, "block comments `/* */` nest"));
-                        }
-                        i += 2;
-                    } else if bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/') {
-                        comments -= 1;
-                        i += 2;
-                        if comments == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
+                match block_comment_end(bytes, i) {
+                    Ok(end) => i = end,
+                    Err(at) => return Some((at, "block comments `/* */` nest")),
                 }
                 // Comments are whitespace: they neither start nor end a run.
                 continue;
