@@ -950,7 +950,7 @@ fn a_base_with_another_python_fails_at_the_python_line() {
     // The fixture's python is 3.11; this tag and config name none.
     let base = built_base(
         engine,
-        &format!("kiln-e2e-inhouse:{}", nonce()),
+        &format!("kiln-e2e-base:inhouse-{}", nonce()),
         "FROM python:3.11-slim\nENV PYTHON_VERSION=\n",
         &[],
     );
@@ -997,7 +997,7 @@ fn a_runtime_base_without_the_builders_python_fails_the_build() {
     };
     let base = built_base(
         engine,
-        &format!("kiln-e2e-nopython:{}", nonce()),
+        &format!("kiln-e2e-base:nopython-{}", nonce()),
         "FROM python:3.11-slim\nRUN rm -f /usr/bin/python3* /usr/local/bin/python3*\n",
         &[],
     );
