@@ -128,6 +128,8 @@ pub enum CudaFrom {
 pub struct CudaReq {
     pub version: String,
     pub cudnn: Option<String>,
+    /// Where `cudnn=` was written (its errors point there).
+    pub cudnn_span: Option<SourceSpan>,
     pub from: CudaFrom,
     pub distro: Option<String>,
 }
@@ -1288,7 +1290,8 @@ impl Decoder {
         let distro = self.string_prop(node, "distro").map(|s| s.value);
         Some(CudaReq {
             version: version.value,
-            cudnn,
+            cudnn_span: cudnn.as_ref().map(|c| c.span),
+            cudnn: cudnn.map(|c| c.value),
             from,
             distro,
         })
@@ -1861,7 +1864,7 @@ impl Decoder {
         }
     }
 
-    fn version_prop(&mut self, node: &KdlNode, key: &str) -> Option<String> {
+    fn version_prop(&mut self, node: &KdlNode, key: &str) -> Option<Spanned<String>> {
         let e = self.prop(node, key)?;
         let what = format!("{key} version");
         let v = self.string(e, &what)?;
@@ -1872,7 +1875,7 @@ impl Decoder {
                 format!("`{}` is not a version", v.value),
             );
         }
-        Some(v.value)
+        Some(v)
     }
 
     /// A build secret's id, as `--secret id=ID` names it: letters, digits,

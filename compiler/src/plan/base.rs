@@ -166,7 +166,7 @@ pub(super) fn choose(
                 diags.push(
                     Diagnostic::error(
                         "kiln::cudnn_mismatch",
-                        g.span,
+                        g.cudnn_span,
                         format!(
                             "nvidia/cuda's CUDA {} images carry cuDNN {have}, not the {want} this variant asks for",
                             g.cuda

@@ -474,7 +474,7 @@ pub(super) fn resolve(
                 diags.push(
                     Diagnostic::error(
                         "kiln::incompatible",
-                        g.span,
+                        g.cudnn_span,
                         format!(
                             "{label} {version} for CUDA {} comes with cuDNN {}, not {want}",
                             g.cuda, build.cudnn

@@ -150,7 +150,10 @@ pub struct Gpu {
     pub cuda: String,
     pub cudnn: Option<String>,
     pub from: CudaFrom,
+    /// The `cuda` node.
     pub span: SourceSpan,
+    /// Its `cudnn=` value, else the node.
+    pub cudnn_span: SourceSpan,
 }
 
 /// Everything lowering needs for one variant on one platform.
@@ -301,6 +304,7 @@ pub fn plan(
         cudnn: c.value.cudnn.clone(),
         from: c.value.from,
         span: c.span,
+        cudnn_span: c.value.cudnn_span.unwrap_or(c.span),
     });
 
     let framework = match &settings.framework {
@@ -2894,7 +2898,7 @@ fn check_base_cuda(
                         diags.push(
                             Diagnostic::error(
                                 "kiln::cudnn_mismatch",
-                                g.span,
+                                g.cudnn_span,
                                 format!(
                                     "the variant asks for cuDNN {want}, which comes from the base here, but `{image}` carries {carries}"
                                 ),
