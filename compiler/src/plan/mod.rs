@@ -1578,30 +1578,13 @@ fn expand_nested(
         }
         out.push_str(&rest[..i]);
         let after = &rest[i + 2..];
-        // The closing brace, past any nested `${…}` in a default.
-        let mut braces = 0usize;
-        let mut end = None;
-        for (j, c) in after.char_indices() {
-            match c {
-                '{' => braces += 1,
-                '}' if braces == 0 => {
-                    end = Some(j);
-                    break;
-                }
-                '}' => braces -= 1,
-                _ => {}
-            }
-        }
-        let Some(end) = end else {
+        let Some(end) = closing_brace(after) else {
             return Err(Unexpanded::Malformed(rest[i..].to_string()));
         };
         let inner = &after[..end];
         // `${NAME}`, `${NAME:-WORD}` (WORD when NAME is unset or empty),
         // `${NAME:+WORD}` (WORD when it is set), as a Dockerfile's ARG.
-        let (name, modifier) = match inner.find(":-").or_else(|| inner.find(":+")) {
-            Some(k) => (&inner[..k], Some((&inner[k..k + 2], &inner[k + 2..]))),
-            None => (inner, None),
-        };
+        let (name, modifier) = split_substitution(inner);
         let is_name =
             !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !is_name {
@@ -1635,22 +1618,37 @@ fn expand_nested(
 /// `${NAME:+WORD}` WORD where it is set; `$$` is a `$`. Also returns the
 /// names that were unset (they expand to nothing, as in a Dockerfile).
 fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Expanded {
+    let mut e = Expanded {
+        value: String::new(),
+        unset: Vec::new(),
+        malformed: None,
+    };
+    e.value = expand_env_word(text, lookup, 0, &mut e);
+    e
+}
+
+/// [`expand_env`] of one word: the value, or a `${…:-WORD}` default at
+/// `depth` (defaults are read as values are, so they nest).
+fn expand_env_word(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    depth: usize,
+    e: &mut Expanded,
+) -> String {
     fn is_name(s: &str) -> bool {
         s.chars()
             .next()
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     }
-    let mut out = String::with_capacity(text.len());
-    let mut unset = Vec::new();
-    let mut malformed = None;
-    let get = |name: &str, unset: &mut Vec<String>| -> Option<String> {
+    let get = |name: &str, e: &mut Expanded| -> Option<String> {
         let v = lookup(name);
-        if v.is_none() && !unset.iter().any(|u| u == name) {
-            unset.push(name.to_string());
+        if v.is_none() && !e.unset.iter().any(|u| u == name) {
+            e.unset.push(name.to_string());
         }
         v
     };
+    let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('$') {
         // `\$` is a `$`, as a Dockerfile's ENV reads it.
@@ -1666,29 +1664,29 @@ fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Expanded {
             out.push('$');
             rest = tail;
         } else if let Some(body) = after.strip_prefix('{')
-            && let Some(end) = body.find('}')
+            && let Some(end) = closing_brace(body)
         {
             let inner = &body[..end];
-            let (name, op) = match inner.find(":-").or_else(|| inner.find(":+")) {
-                Some(k) => (&inner[..k], Some((&inner[k..k + 2], &inner[k + 2..]))),
-                None => (inner, None),
-            };
+            let written = &rest[i..i + 2 + end + 1];
+            let (name, op) = split_substitution(inner);
             if !is_name(name) {
-                let written = &rest[i..i + 2 + end + 1];
-                malformed.get_or_insert_with(|| written.to_string());
+                e.malformed.get_or_insert_with(|| written.to_string());
+                out.push_str(written);
+            } else if op.is_some() && depth >= MAX_SUBSTITUTION_DEPTH {
+                let shown: String = written.chars().take(40).collect();
+                e.malformed.get_or_insert_with(|| {
+                    format!("{shown}…}} (defaults nested more than {MAX_SUBSTITUTION_DEPTH} deep)")
+                });
                 out.push_str(written);
             } else {
-                match op {
-                    None => out.push_str(&get(name, &mut unset).unwrap_or_default()),
-                    Some((":-", word)) => match lookup(name).filter(|v| !v.is_empty()) {
-                        Some(v) => out.push_str(&v),
-                        None => out.push_str(word),
-                    },
-                    Some((_, word)) => {
-                        if lookup(name).is_some_and(|v| !v.is_empty()) {
-                            out.push_str(word);
-                        }
+                let set = lookup(name).filter(|v| !v.is_empty());
+                match (op, set) {
+                    (None, _) => out.push_str(&get(name, e).unwrap_or_default()),
+                    (Some((":-", _)), Some(v)) => out.push_str(&v),
+                    (Some((":-", word)), None) | (Some((_, word)), Some(_)) => {
+                        out.push_str(&expand_env_word(word, lookup, depth + 1, e))
                     }
+                    (Some(_), None) => {}
                 }
             }
             rest = &body[end + 1..];
@@ -1698,12 +1696,12 @@ fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Expanded {
                 .unwrap_or(after.len());
             let name = &after[..len];
             if is_name(name) {
-                out.push_str(&get(name, &mut unset).unwrap_or_default());
+                out.push_str(&get(name, e).unwrap_or_default());
                 rest = &after[len..];
             } else {
                 if after.starts_with('{') {
                     // `${` with no closing `}`.
-                    malformed.get_or_insert_with(|| rest[i..].to_string());
+                    e.malformed.get_or_insert_with(|| rest[i..].to_string());
                 }
                 out.push('$');
                 rest = after;
@@ -1711,11 +1709,36 @@ fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Expanded {
         }
     }
     out.push_str(rest);
-    Expanded {
-        value: out,
-        unset,
-        malformed,
+    out
+}
+
+/// What a `${…}` holds: the name, and the `:-`/`:+` with its word. Text
+/// that is neither comes back whole as the name (no name: malformed).
+fn split_substitution(inner: &str) -> (&str, Option<(&str, &str)>) {
+    let n = inner
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(inner.len());
+    let (name, tail) = inner.split_at(n);
+    match tail.get(..2) {
+        _ if tail.is_empty() => (name, None),
+        Some(op @ (":-" | ":+")) => (name, Some((op, &tail[2..]))),
+        _ => (inner, None),
     }
+}
+
+/// The `}` that closes a `${`, past any `${…}` nested in a default: its
+/// index in `body` (the text after the `${`).
+fn closing_brace(body: &str) -> Option<usize> {
+    let mut open = 0usize;
+    for (j, c) in body.char_indices() {
+        match c {
+            '{' => open += 1,
+            '}' if open == 0 => return Some(j),
+            '}' => open -= 1,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// An `env` value expanded.
@@ -2126,6 +2149,21 @@ mod tests {
         let (v, unset) = x("/cuda/lib64:$LD_LIBRARY_PATH:$LD_LIBRARY_PATH");
         assert_eq!(v, "/cuda/lib64::");
         assert_eq!(unset, vec!["LD_LIBRARY_PATH".to_string()]);
+        // Defaults are read as values are: they nest, and name variables.
+        assert_eq!(
+            x("${HF:-${NO:-/root/.cache}/hf} ${NO:-${A}} ${NO:-$A} ${A:+x${NO:-z}}").0,
+            "/root/.cache/hf x x xz"
+        );
+        assert_eq!(x("pre${NO:-${A:-y}}post ${NO:+${A}}|").0, "prexpost |");
+        let (v, unset) = x("${NO:-$MISSING}");
+        assert_eq!((v.as_str(), unset), ("", vec!["MISSING".to_string()]));
+        let nested = |n: usize| format!("{}d{}", "${NO:-".repeat(n), "}".repeat(n));
+        let eight = expand_env(&nested(8), &lookup);
+        assert_eq!((eight.value.as_str(), eight.malformed), ("d", None));
+        assert!(expand_env(&nested(9), &lookup).malformed.is_some());
+        for bad in ["${A:?e}", "${A-e}", "${}", "${NO:-${A:?e}}"] {
+            assert!(expand_env(bad, &lookup).malformed.is_some(), "{bad}");
+        }
     }
 
     #[test]
