@@ -584,3 +584,49 @@ fn the_loose_requirements_step_points_at_every_line_it_installs() {
         assert!(l.starts_with(want), "{lines:?}");
     }
 }
+
+/// Every exec's KILN_STEP script of `target`.
+fn step_scripts(text: &str, target: &str) -> Vec<String> {
+    let opts = Options {
+        images: slim_config(),
+        target: Some(target.to_string()),
+        ..Options::default()
+    };
+    let value = snapshot("build-extras", text, &opts);
+    value["builds"][0]["llb"]["ops"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .filter_map(|o| o["exec"]["env"].as_array())
+        .flatten()
+        .filter_map(|e| e.as_str()?.strip_prefix("KILN_STEP=").map(str::to_string))
+        .collect()
+}
+
+/// `tensorflow[and-cuda]` or `jax[cuda12]` in a shared `pip` line: the
+/// framework step chooses the build per variant, so the CPU variant gets
+/// no CUDA build next to its CPU one; other extras stay.
+#[test]
+fn a_frameworks_build_extras_in_pip_stay_with_the_framework_step() {
+    let tf = "kiln 1\npython \"3.11\"\nframework \"tensorflow\" \"2.16.1\"\npip \"tensorflow[and-cuda]==2.16.1\"\nvariant \"cpu\" default=#true\nvariant \"gpu\" {\n    cuda \"12.3\"\n}\n";
+    let cpu = step_scripts(tf, "cpu");
+    assert!(cpu.iter().any(|s| s.contains("tensorflow-cpu==2.16.1")));
+    assert!(cpu.iter().all(|s| !s.contains("and-cuda")), "{cpu:#?}");
+    let gpu = step_scripts(tf, "gpu");
+    assert!(
+        gpu.iter()
+            .any(|s| s.contains("tensorflow[and-cuda]==2.16.1"))
+    );
+    let jax = "kiln 1\npython \"3.11\"\nframework \"jax\" \"0.4.30\"\npip \"jax[cuda12,k8s]==0.4.30\" \"flax\"\nvariant \"cpu\" default=#true\nvariant \"gpu\" {\n    cuda \"12.3\"\n}\n";
+    let cpu = step_scripts(jax, "cpu");
+    assert!(
+        cpu.iter().any(|s| s.contains("'jax[k8s]==0.4.30'")),
+        "{cpu:#?}"
+    );
+    assert!(cpu.iter().all(|s| !s.contains("cuda12")), "{cpu:#?}");
+    let gpu = step_scripts(jax, "gpu");
+    assert!(
+        gpu.iter().any(|s| s.contains("jax[cuda12]==0.4.30")),
+        "{gpu:#?}"
+    );
+}

@@ -88,6 +88,23 @@ impl FrameworkPlan {
                 .is_some_and(|p| model::requirement_name(p) == name)
     }
 
+    /// Whether an extra of the framework's project chooses its build (the
+    /// CPU or a CUDA one), which the framework step does per variant:
+    /// TensorFlow's `and-cuda`, JAX's `cpu`, `cuda12`, `cuda12_pip`,
+    /// `cuda12_local`, `tpu`, `rocm`.
+    pub fn is_build_extra(&self, extra: &str) -> bool {
+        let extra = extra.trim().to_ascii_lowercase().replace('_', "-");
+        match self.name.as_str() {
+            "tensorflow" => extra == "and-cuda",
+            "jax" => {
+                ["cpu", "tpu", "cuda", "rocm"].contains(&extra.as_str())
+                    || extra.starts_with("cuda")
+                    || extra.starts_with("rocm")
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `spec`, a requirement of this framework's project, is met by
     /// the framework's release: a bare name, `==` the release (a local
     /// label such as `+cpu` or `+cu121` names a build, and the framework

@@ -691,7 +691,7 @@ pub fn plan(
                 .map(|(file, line)| format!("`{file}` line {line}: "))
                 .unwrap_or_default()
         };
-        pip_inline.retain(|(spec, span)| {
+        pip_inline.retain_mut(|(spec, span)| {
             // The framework itself: its step installs the build that fits
             // the variant (CPU, or the CUDA asked for), from the right index.
             // A pin of the same release adds nothing; any other would put a
@@ -700,21 +700,38 @@ pub fn plan(
                 // `torch[opt-einsum]==2.4.1`: the same release, for its
                 // extras' packages. It stays, installed after the
                 // framework's step, which it does not replace (pip takes
-                // `2.4.1+cpu` for `==2.4.1`).
+                // `2.4.1+cpu` for `==2.4.1`). Extras that choose a build
+                // (`tensorflow[and-cuda]`, `jax[cuda12]`, `jax[cpu]`) are
+                // the framework step's to choose, per variant: with only
+                // those, the requirement is the plain framework.
                 if let Some((before, after)) = spec.split_once('[')
-                    && let Some((_, rest)) = after.split_once(']')
+                    && let Some((extras, rest)) = after.split_once(']')
+                    && let kept = extras
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|e| !e.is_empty() && !fw.is_build_extra(e))
+                        .collect::<Vec<_>>()
+                    && !kept.is_empty()
                 {
                     let plain = format!("{}{}", before.trim(), rest.trim());
                     let same = model::exact_pin(&plain).is_some_and(|(_, v)| v == fw.version)
                         || rest.trim().is_empty();
                     if same {
+                        let written = spec.clone();
+                        *spec = format!("{}[{}]{}", before.trim(), kept.join(","), rest.trim());
                         diags.push(
                             Diagnostic::warning(
                                 "kiln::framework_in_pip",
                                 *span,
                                 format!(
-                                    "`{spec}` is the framework: `framework \"{}\" \"{}\"` installs it, built for this variant; kiln keeps the requirement for its extras",
-                                    fw.name, fw.version
+                                    "`{written}` is the framework: `framework \"{}\" \"{}\"` installs it, built for this variant; kiln keeps the requirement for its extras{}",
+                                    fw.name,
+                                    fw.version,
+                                    if written == *spec {
+                                        String::new()
+                                    } else {
+                                        format!(" (as `{spec}`: the variant's build is the framework step's)")
+                                    }
                                 ),
                             )
                             .with_help("to be plain, list the extras' packages in `pip` instead"),
