@@ -1398,6 +1398,17 @@ fn substitute_args(
         c.value.version = sub(&written, c.span);
         if !model::is_version(&c.value.version, 2) {
             bad_versions.push((c.span, written, c.value.version.clone(), "a CUDA version"));
+        } else if c.value.version.split('.').count() > 2 {
+            // As the literal: kiln matches CUDA by major.minor.
+            bad_versions.push((
+                c.span,
+                written,
+                c.value.version.clone(),
+                "a CUDA major.minor version (kiln matches CUDA by major.minor: `12.4`, not `12.4.1`)",
+            ));
+            // Said once: the rest of the plan reads the major.minor.
+            let mm: Vec<&str> = c.value.version.split('.').take(2).collect();
+            c.value.version = mm.join(".");
         }
     }
     for a in &mut out.apt {
