@@ -782,8 +782,10 @@ impl Decoder {
                         )
                         .with_help(help),
                     );
-                } else if let Some((i, word)) =
-                    words.iter().enumerate().find(|(_, w)| names_a_variable(w))
+                } else if let Some((i, word)) = words
+                    .iter()
+                    .enumerate()
+                    .find(|(i, w)| Some(*i) != shell_script_index(&words) && names_a_variable(w))
                 {
                     // No shell runs exec form: `$PORT` reaches the program
                     // as those five characters.
@@ -811,10 +813,14 @@ impl Decoder {
                                 "`{name}` is exec form, which no shell runs: `{word}` reaches the program as written, not as the variable's value"
                             ),
                         )
-                        .with_help(format!(
-                            "for the value, let a shell run it: `{name} \"sh\" \"-c\" {}`",
-                            kdl_string(&format!("exec {script}"))
-                        )),
+                        .with_help(if shell_script_index(&words).is_some() {
+                            format!("the shell reads the variables of its script only; the words after the script reach it as `$0`, `$1`, … as written: move `{word}` into the script")
+                        } else {
+                            format!(
+                                "for the value, let a shell run it: `{name} \"sh\" \"-c\" {}` (a build argument is not in the image's environment: `env NAME=\"${{NAME}}\"` puts it there)",
+                                kdl_string(&format!("exec {script}"))
+                            )
+                        }),
                     );
                 }
                 let v = Spanned::new(words, span);
@@ -2831,6 +2837,35 @@ fn parse_duration(s: &str) -> Option<u64> {
 }
 
 /// Whether `word` names a shell variable (`$PORT`, `${PORT:-8000}`).
+/// In exec-form words that start a shell with a script (`sh -c SCRIPT`,
+/// `/bin/bash -lc SCRIPT`), the index of the script: the shell reads its
+/// variables. The words after it are the script's `$0`, `$1`, …, as written.
+fn shell_script_index(words: &[String]) -> Option<usize> {
+    let program = words.first()?.rsplit('/').next().unwrap_or_default();
+    if !["sh", "bash", "dash", "ash", "zsh", "ksh", "mksh", "busybox"].contains(&program) {
+        return None;
+    }
+    let mut i = 1;
+    if program == "busybox" {
+        // `busybox sh -c SCRIPT`.
+        (words.get(1).map(String::as_str) == Some("sh")).then_some(())?;
+        i = 2;
+    }
+    while let Some(w) = words.get(i) {
+        let Some(flags) = w
+            .strip_prefix('-')
+            .filter(|f| !f.is_empty() && !f.starts_with('-'))
+        else {
+            return None;
+        };
+        if flags.contains('c') {
+            return (i + 1 < words.len()).then_some(i + 1);
+        }
+        i += 1;
+    }
+    None
+}
+
 fn names_a_variable(word: &str) -> bool {
     word.match_indices('$').any(|(i, _)| {
         word[i + 1..]

@@ -1942,3 +1942,28 @@ fn a_conda_files_python_spec_is_held_to_the_recipes() {
             .all(|d| d.code != "kiln::python_mismatch")
     );
 }
+
+/// Exec form with a variable warns, unless a shell's script holds it
+/// (`sh -c "… $PORT"`, `bash -lc`): the shell reads it there. The words
+/// after the script are its `$1`, … as written, and still warn.
+#[test]
+fn a_variable_in_exec_form_warns_unless_a_shell_script_reads_it() {
+    assert_eq!(
+        warning_codes(
+            "e.kdl",
+            "kiln 1\npython \"3.11\"\nenv PORT=\"8000\"\ncmd \"sh\" \"-c\" \"exec uvicorn app:app --port $PORT\"\nentrypoint \"/bin/bash\" \"-lc\" \"exec python serve.py --port ${PORT}\"\n"
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        warning_codes(
+            "e.kdl",
+            "kiln 1\npython \"3.11\"\ncmd \"sh\" \"-c\" \"exec echo $1\" \"sh\" \"$PORT\"\n"
+        ),
+        vec!["e.kdl:3:35 kiln::exec_form"]
+    );
+    assert_eq!(
+        warning_codes("e.kdl", "kiln 1\npython \"3.11\"\ncmd \"echo\" \"$PORT\"\n"),
+        vec!["e.kdl:3:12 kiln::exec_form"]
+    );
+}
