@@ -2852,12 +2852,9 @@ fn shell_script_index(words: &[String]) -> Option<usize> {
         i = 2;
     }
     while let Some(w) = words.get(i) {
-        let Some(flags) = w
+        let flags = w
             .strip_prefix('-')
-            .filter(|f| !f.is_empty() && !f.starts_with('-'))
-        else {
-            return None;
-        };
+            .filter(|f| !f.is_empty() && !f.starts_with('-'))?;
         if flags.contains('c') {
             return (i + 1 < words.len()).then_some(i + 1);
         }
