@@ -2775,9 +2775,9 @@ fn env_warning(name: &str, value: &str, span: SourceSpan) -> Option<Diagnostic> 
 /// `SIGNAME` or as the number.
 fn stop_signal(s: &str) -> Option<String> {
     const NAMES: &[&str] = &[
-        "ABRT", "ALRM", "BUS", "CHLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT", "KILL",
-        "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM", "TRAP",
-        "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
+        "ABRT", "ALRM", "BUS", "CHLD", "CLD", "CONT", "FPE", "HUP", "ILL", "INT", "IO", "IOT",
+        "KILL", "PIPE", "POLL", "PROF", "PWR", "QUIT", "SEGV", "STKFLT", "STOP", "SYS", "TERM",
+        "TRAP", "TSTP", "TTIN", "TTOU", "URG", "USR1", "USR2", "VTALRM", "WINCH", "XCPU", "XFSZ",
     ];
     let s = s.trim();
     if let Ok(n) = s.parse::<u32>() {
@@ -2785,15 +2785,19 @@ fn stop_signal(s: &str) -> Option<String> {
     }
     let upper = s.to_ascii_uppercase();
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-    let realtime = |base: &str| {
+    // Docker's names for the real-time signals: RTMIN, RTMIN+1 … RTMIN+15,
+    // RTMAX-14 … RTMAX-1, RTMAX; it refuses to run an image with another.
+    let realtime = |base: &str, sign: char, most: u32| {
         name.strip_prefix(base).is_some_and(|rest| {
             rest.is_empty()
                 || rest
-                    .strip_prefix(['+', '-'])
-                    .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n <= 30))
+                    .strip_prefix(sign)
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                    .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| (1..=most).contains(&n)))
         })
     };
-    (NAMES.contains(&name) || realtime("RTMIN") || realtime("RTMAX")).then(|| format!("SIG{name}"))
+    (NAMES.contains(&name) || realtime("RTMIN", '+', 15) || realtime("RTMAX", '-', 14))
+        .then(|| format!("SIG{name}"))
 }
 
 /// A Go duration as Docker reads one (`1m30s`, `500ms`, `2h`), in

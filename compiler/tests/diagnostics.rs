@@ -1756,6 +1756,10 @@ fn healthcheck_and_stopsignal_reach_the_config_as_docker_reads_them() {
         ("sigterm", "SIGTERM"),
         ("QUIT", "SIGQUIT"),
         ("SIGRTMIN+3", "SIGRTMIN+3"),
+        ("rtmin+15", "SIGRTMIN+15"),
+        ("SIGRTMAX-14", "SIGRTMAX-14"),
+        ("RTMAX", "SIGRTMAX"),
+        ("CLD", "SIGCLD"),
         ("9", "9"),
     ] {
         assert_eq!(
