@@ -97,6 +97,36 @@ esac
     )
 }
 
+/// After `conda env create`: the environment's python must be the
+/// recipe's major.minor (the file may name none, or another): the image's
+/// python is the environment's.
+fn conda_python_check(python: &str, file: &str) -> String {
+    let want = python
+        .split('.')
+        .take(2)
+        .map(|part| {
+            part.chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join(".");
+    let missing = quote(&format!(
+        "kiln: error: the conda environment of {file} has no python: add `- python={want}` to its dependencies"
+    ));
+    let other = quote(&format!(
+        "but the recipe asks for python {want}: write `- python={want}` in {file}, or change the recipe's python line"
+    ));
+    format!(
+        "kiln_have=$({VENV}/bin/python -c 'import sys; print(\"%d.%d.%d\" % sys.version_info[:3])' 2>/dev/null) || {{ echo {missing} >&2; exit 1; }}
+case \"$kiln_have.\" in
+  {want}.*) ;;
+  *) echo \"kiln: error: the conda environment's python is $kiln_have,\" {other} >&2; exit 1 ;;
+esac
+"
+    )
+}
+
 /// Whether an image's tag names a distro release whose python kiln's data
 /// knows (`ubuntu:22.04`, `nvidia/cuda:…-ubuntu22.04`, `debian:bookworm`).
 fn distro_python_known(image: &crate::image_ref::ImageRef) -> bool {
@@ -819,8 +849,9 @@ pub fn lower(plan: &Plan, source: &SourceFile, opts: &Options) -> Lowered {
         Some(file) => {
             let ctx = cx.context(vec![file.value.clone()], "kiln-conda", &file.value);
             let script = format!(
-                "conda env create --quiet -p {VENV} -f {CONTEXT_MOUNT}/{}\n",
-                file.value
+                "conda env create --quiet -p {VENV} -f {}\n{}",
+                quote(&format!("{CONTEXT_MOUNT}/{}", file.value)),
+                conda_python_check(&plan.python, &file.value)
             );
             let exec = cx
                 .script(

@@ -1095,6 +1095,10 @@ fn the_conda_file_is_read_and_its_python_checked() {
             "channels:\n  - python=3.10\ndependencies:\n  - numpy\n",
             true,
         ),
+        // The `[version=…]` form, its quoted commas included.
+        ("dependencies:\n  - python[version='>=3.8,<3.10']\n", false),
+        ("dependencies:\n  - python[version='>=3.11,<3.12']\n", true),
+        ("dependencies:\n  - python[version='>=3.8,<3.11']\n", false),
     ] {
         opts.context_files
             .insert("env/environment.yml".into(), Some(file.into()));
@@ -1103,6 +1107,14 @@ fn the_conda_file_is_read_and_its_python_checked() {
         if !ok {
             assert!(errors[0].contains("kiln::python_mismatch"), "{errors:?}");
         }
+    }
+    // No python named, or a bare `python`: conda picks its newest.
+    for file in ["dependencies:\n  - numpy\n", "dependencies:\n  - python\n"] {
+        opts.context_files
+            .insert("env/environment.yml".into(), Some(file.into()));
+        let compiled = c.compile(&opts).expect("compiles");
+        let codes: Vec<&str> = compiled.warnings.items.iter().map(|d| d.code).collect();
+        assert_eq!(codes, ["kiln::python_mismatch"], "{file:?}");
     }
 }
 

@@ -2207,6 +2207,15 @@ mod tests {
                 "3.11.*",
             ),
             ("dependencies:\n  - python[version='>=3.12']\n", ">=3.12"),
+            (
+                "dependencies:\n  - python[version='>=3.8,<3.10']\n",
+                ">=3.8,<3.10",
+            ),
+            (
+                "dependencies:\n  - \"python[build=*_cpython, version='>=3.10,<3.11']\"\n",
+                ">=3.10,<3.11",
+            ),
+            ("dependencies:\n  - python\n", ""),
             ("dependencies: [numpy, python=3.9]\n", "=3.9"),
         ] {
             assert_eq!(
@@ -2315,6 +2324,15 @@ fn check_conda_file(
         ),
         Some(Some(text)) => {
             let Some((line, spec)) = conda_python(text) else {
+                let minor = python.split('.').take(2).collect::<Vec<_>>().join(".");
+                diags.push(
+                    Diagnostic::warning(
+                        "kiln::python_mismatch",
+                        c.span,
+                        format!("`{}` names no python: conda picks the newest it can, and the build fails unless that is the recipe's {python}", c.value),
+                    )
+                    .with_help(format!("add `- python={minor}` to its dependencies")),
+                );
                 return;
             };
             let minor = python.split('.').take(2).collect::<Vec<_>>().join(".");
@@ -2340,12 +2358,12 @@ fn check_conda_file(
                         "make the line admit python {minor} (`- python={minor}`), or change the recipe's python line",
                     )),
                 );
-            } else if !spec.is_empty() && conda_spec_admits(&spec, &newer) {
+            } else if conda_spec_admits(&spec, &newer) {
                 diags.push(
                     Diagnostic::warning(
                         "kiln::python_mismatch",
                         c.span,
-                        format!("{asks}, which admits pythons newer than the recipe's {python}: conda picks the newest it can, and the environment's python is the image's"),
+                        format!("{asks}, which admits pythons newer than the recipe's {python}: conda picks the newest it can, and the build fails unless that is the recipe's"),
                     )
                     .with_help(format!("write `- python={minor}` in `{}`", c.value)),
                 );
@@ -2369,12 +2387,7 @@ fn conda_python(text: &str) -> Option<(usize, String)> {
         }
         let rest = rest.trim();
         if let Some(bracket) = rest.strip_prefix('[') {
-            let inner = bracket.split(']').next().unwrap_or("");
-            let version = inner
-                .split(',')
-                .find_map(|kv| kv.trim().strip_prefix("version"))
-                .and_then(|v| v.trim_start().strip_prefix('='))?;
-            return Some(version.trim().trim_matches(['"', '\'']).to_string());
+            return Some(bracket_version(bracket).unwrap_or_default());
         }
         // `python 3.10.*` (a space before the version, conda's own form).
         Some(rest.split_whitespace().collect::<Vec<_>>().join(""))
@@ -2406,6 +2419,36 @@ fn conda_python(text: &str) -> Option<(usize, String)> {
         }
     }
     None
+}
+
+/// The `version=` of a match spec's `[key=value, …]` (the text after the
+/// `[`); values may be quoted, and a quoted one holds commas
+/// (`[version='>=3.8,<3.10', build=*_cpython]`).
+fn bracket_version(text: &str) -> Option<String> {
+    let mut rest = text;
+    loop {
+        rest = rest.trim_start_matches([' ', ',']);
+        if rest.is_empty() || rest.starts_with(']') {
+            return None;
+        }
+        let eq = rest.find('=')?;
+        let key = rest[..eq].trim();
+        let after = rest[eq + 1..].trim_start();
+        let (value, next) = match after.chars().next() {
+            Some(q @ ('\'' | '"')) => {
+                let close = after[1..].find(q)? + 1;
+                (&after[1..close], &after[close + 1..])
+            }
+            _ => {
+                let end = after.find([',', ']']).unwrap_or(after.len());
+                (after[..end].trim(), &after[end..])
+            }
+        };
+        if key == "version" {
+            return Some(value.trim().to_string());
+        }
+        rest = next;
+    }
 }
 
 /// Whether a conda match spec's version part (`=3.10`, `>=3.10,<3.11`,
