@@ -1983,3 +1983,25 @@ fn a_variable_in_exec_form_warns_unless_a_shell_script_reads_it() {
         vec!["e.kdl:3:12 kiln::exec_form"]
     );
 }
+
+/// `pip freeze` pins of companions (`torchvision==0.20.1+cu124`): the
+/// release must pair with the framework's; the label names a build, which
+/// kiln picks per variant (a label that is not the variant's warns).
+#[test]
+fn a_companions_local_label_names_a_build_not_a_release() {
+    let text = "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.5.1\"\npip \"torchvision==0.20.1+cu124\" \"torchaudio==2.5.1+cpu\"\n";
+    assert_eq!(
+        framework_packages(text),
+        ["torch==2.5.1", "torchvision==0.20.1", "torchaudio==2.5.1"]
+    );
+    assert_eq!(
+        warning_codes("l.kdl", text),
+        ["l.kdl:4:1 kiln::framework_in_pip"]
+    );
+    let wrong = "kiln 1\npython \"3.11\"\nframework \"pytorch\" \"2.5.1\"\npip \"torchvision==0.19.1+cu124\"\n";
+    let errors = error_lines(wrong, &Options::default());
+    assert!(
+        errors[0].contains("torchvision 0.19.1+cu124 does not go with pytorch 2.5.1"),
+        "{errors:?}"
+    );
+}

@@ -781,9 +781,12 @@ pub fn plan(
             }
             // A companion pinned to another framework release's version is
             // the wrong-build mistake again, one package over.
+            // A local label (`+cu124`, `+cpu`, as `pip freeze` writes
+            // them) names a build, which the framework step chooses per
+            // variant: the release is what must pair.
             if let Some((name, version)) = model::exact_pin(spec)
                 && let Some(want) = fw.companion_version(&name)
-                && want != version
+                && !model::same_version(version.split('+').next().unwrap_or(&version), want)
             {
                 diags.push(
                     Diagnostic::error(
@@ -821,7 +824,43 @@ pub fn plan(
                     .with_help(format!("write \"{name}=={want}\", or change the framework release")),
                 );
             }
-            !fw.adopt_companion(spec)
+            // Adopted without its label: the framework step installs the
+            // variant's build from the variant's index.
+            let unlabelled = match model::exact_pin(spec) {
+                Some((name, version))
+                    if fw.companion_version(&name).is_some()
+                        && !spec.contains(['[', ';', '@']) =>
+                {
+                    let (release, label) = version.split_once('+').unwrap_or((&version, ""));
+                    // The variant's build is the tail of its index
+                    // (`…/whl/cu124`, `…/whl/cpu`).
+                    let build = fw
+                        .index_url
+                        .as_deref()
+                        .and_then(|u| u.trim_end_matches('/').rsplit('/').next());
+                    if !label.is_empty()
+                        && let Some(build) = build
+                        && !label.eq_ignore_ascii_case(build)
+                    {
+                        diags.push(
+                            Diagnostic::warning(
+                                "kiln::framework_in_pip",
+                                *span,
+                                format!(
+                                    "{}`{spec}` names the {label} build; this variant installs {name} {release} built as {build}, with {} {}",
+                                    in_lock(spec),
+                                    fw.name,
+                                    fw.version
+                                ),
+                            )
+                            .with_help(format!("write `{name}=={release}`: kiln picks each variant's build")),
+                        );
+                    }
+                    format!("{name}=={release}")
+                }
+                _ => spec.clone(),
+            };
+            !fw.adopt_companion(&unlabelled)
         });
     }
 
