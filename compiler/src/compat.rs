@@ -816,6 +816,59 @@ mod tests {
     }
 
     #[test]
+    fn jaxlib_cuda_builds_are_checked_by_their_distribution_version() {
+        // jaxlib.version.__version__ never carries the `+cuda12` label of a
+        // find-links jaxlib; the installed distribution's version does.
+        let d = data();
+        for v in ["0.4.20", "0.4.25"] {
+            let r = d.release(Framework::Jax, v).expect("known");
+            for b in &r.cuda {
+                let verify = b.install.verify.as_deref().unwrap_or_default();
+                let major = b.cuda.split('.').next().unwrap_or_default();
+                assert!(
+                    verify.contains("md.version('jaxlib')")
+                        && verify.contains(&format!("'+cuda{major}' in v")),
+                    "jax {v} CUDA {}: {verify}",
+                    b.cuda
+                );
+                assert!(!verify.contains("jaxlib.version"), "{verify}");
+            }
+        }
+        // From 0.4.26 the CUDA build is the plugin and its PJRT package.
+        let r = d.release(Framework::Jax, "0.4.35").expect("known");
+        let verify = r.cuda[0].install.verify.as_deref().unwrap_or_default();
+        assert!(
+            verify.contains("md.version('jax-cuda12-plugin')")
+                && verify.contains("md.version('jax-cuda12-pjrt')"),
+            "{verify}"
+        );
+    }
+
+    #[test]
+    fn jax_cuda_minors_follow_the_extras_lower_bounds() {
+        let d = data();
+        let cudas = |v: &str| -> Vec<String> {
+            d.release(Framework::Jax, v)
+                .expect("known")
+                .cuda
+                .iter()
+                .map(|b| b.cuda.clone())
+                .collect()
+        };
+        // cuda12_pip: nvidia-cuda-runtime-cu12>=12.2.140 up to 0.4.23,
+        // >=12.3.101 for 0.4.24/0.4.25 (CUDA 12.2 dropped in jaxlib 0.4.24).
+        assert_eq!(cudas("0.4.23"), ["11.8", "12.2", "12.3"]);
+        assert_eq!(cudas("0.4.24"), ["11.8", "12.3"]);
+        assert_eq!(cudas("0.4.25"), ["11.8", "12.3"]);
+        // From 0.4.26: any CUDA 12.1 or newer.
+        for v in ["0.4.26", "0.4.31", "0.4.38", "0.5.0", "0.7.1", "0.12.0"] {
+            let c = cudas(v);
+            assert_eq!(c.first().map(String::as_str), Some("12.1"), "jax {v}");
+            assert!(c.iter().any(|x| x == "12.2"), "jax {v}");
+        }
+    }
+
+    #[test]
     fn images_and_distros() {
         let d = data();
         assert_eq!(
