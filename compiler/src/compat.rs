@@ -845,6 +845,40 @@ mod tests {
     }
 
     #[test]
+    fn arm64_cuda_wheels_where_upstream_ships_them() {
+        let d = data();
+        let platforms = |fw: Framework, v: &str, cuda: &str| -> Vec<String> {
+            d.release(fw, v)
+                .expect("known")
+                .cuda
+                .iter()
+                .find(|b| b.cuda == cuda)
+                .expect("build")
+                .platforms
+                .clone()
+        };
+        let both = ["linux/amd64", "linux/arm64"];
+        // PyTorch's cu128 index has aarch64 wheels from 2.7 (GH200/GB200).
+        for v in ["2.7.0", "2.7.1", "2.8.0", "2.9.1", "2.10.0"] {
+            assert_eq!(platforms(Framework::PyTorch, v, "12.8"), both, "torch {v}");
+        }
+        // Its other CUDA builds before 2.12 stay x86_64 only.
+        assert_eq!(
+            platforms(Framework::PyTorch, "2.7.1", "12.6"),
+            ["linux/amd64"]
+        );
+        assert_eq!(
+            platforms(Framework::PyTorch, "2.9.1", "13.0"),
+            ["linux/amd64"]
+        );
+        // JAX: the pip CUDA install covers aarch64 from 0.4.30.
+        for v in ["0.4.30", "0.4.33", "0.4.35", "0.4.38"] {
+            assert_eq!(platforms(Framework::Jax, v, "12.4"), both, "jax {v}");
+        }
+        assert_eq!(platforms(Framework::Jax, "0.4.29", "12.4"), ["linux/amd64"]);
+    }
+
+    #[test]
     fn jax_cuda_minors_follow_the_extras_lower_bounds() {
         let d = data();
         let cudas = |v: &str| -> Vec<String> {

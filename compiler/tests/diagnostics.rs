@@ -619,7 +619,10 @@ fn jax_rows_follow_what_pypi_ships() {
     );
     let gpu = "kiln 1\npython \"3.11\"\nframework \"jax\" \"0.6.2\"\ncuda \"12.8\"\n";
     assert!(plan(gpu, "linux/arm64").is_ok());
-    let old_gpu = "kiln 1\npython \"3.11\"\nframework \"jax\" \"0.4.38\"\ncuda \"12.6\"\n";
+    // The pip CUDA install covers aarch64 from 0.4.30 (installation guide).
+    let arm_gpu = "kiln 1\npython \"3.11\"\nframework \"jax\" \"0.4.38\"\ncuda \"12.6\"\n";
+    assert!(plan(arm_gpu, "linux/arm64").is_ok());
+    let old_gpu = "kiln 1\npython \"3.11\"\nframework \"jax\" \"0.4.29\"\ncuda \"12.4\"\n";
     assert!(plan(old_gpu, "linux/arm64").is_err());
 }
 
