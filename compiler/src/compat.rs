@@ -114,6 +114,9 @@ pub struct CudaImages {
     /// How tags name the cuDNN flavour: `cudnn`, `cudnn8`, `cudnn9`.
     pub cudnn_tag: String,
     pub distros: Vec<String>,
+    /// Distros with the cuDNN flavour (`-cudnn-runtime-`); not every distro
+    /// of a CUDA release has one (12.5.1 on ubuntu24.04 has none).
+    pub cudnn_distros: Vec<String>,
     pub source: String,
 }
 
@@ -186,16 +189,26 @@ impl CompatData {
                     alias: prop(node, "alias"),
                     source: source_of(node).map_err(err)?,
                 }),
-                "cuda" => data.cuda.push(CudaImages {
-                    cuda: arg(node, 0).ok_or_else(|| err("cuda needs a version".into()))?,
-                    full: prop(node, "full").ok_or_else(|| err("cuda needs full=".into()))?,
-                    cudnn_tag: prop(node, "cudnn")
-                        .ok_or_else(|| err("cuda needs cudnn=".into()))?,
-                    distros: words(
+                "cuda" => {
+                    let distros = words(
                         &prop(node, "distros").ok_or_else(|| err("cuda needs distros=".into()))?,
-                    ),
-                    source: source_of(node).map_err(err)?,
-                }),
+                    );
+                    let cudnn_distros = prop(node, "cudnn-distros")
+                        .map(|d| words(&d))
+                        .unwrap_or_else(|| distros.clone());
+                    if let Some(d) = cudnn_distros.iter().find(|d| !distros.contains(d)) {
+                        return Err(err(format!("cudnn-distros names `{d}`, not in distros=")));
+                    }
+                    data.cuda.push(CudaImages {
+                        cuda: arg(node, 0).ok_or_else(|| err("cuda needs a version".into()))?,
+                        full: prop(node, "full").ok_or_else(|| err("cuda needs full=".into()))?,
+                        cudnn_tag: prop(node, "cudnn")
+                            .ok_or_else(|| err("cuda needs cudnn=".into()))?,
+                        distros,
+                        cudnn_distros,
+                        source: source_of(node).map_err(err)?,
+                    })
+                }
                 "framework" => {
                     let name = arg(node, 0).unwrap_or_default();
                     let fw = Framework::from_name(&name)
@@ -268,6 +281,24 @@ impl CompatData {
             .unwrap_or_default()
     }
 
+    /// Distros with an nvidia/cuda cuDNN image for `cuda`.
+    pub fn cuda_cudnn_distros(&self, cuda: &str) -> Vec<String> {
+        self.cuda
+            .iter()
+            .find(|c| c.cuda == cuda)
+            .map(|c| c.cudnn_distros.clone())
+            .unwrap_or_default()
+    }
+
+    /// CUDA versions with an nvidia/cuda cuDNN image on `distro`.
+    pub fn cudas_with_cudnn_on(&self, distro: &str) -> Vec<String> {
+        self.cuda
+            .iter()
+            .filter(|c| c.cudnn_distros.iter().any(|d| d == distro))
+            .map(|c| c.cuda.clone())
+            .collect()
+    }
+
     /// CUDA versions with nvidia/cuda images.
     pub fn cuda_versions(&self) -> Vec<String> {
         self.cuda.iter().map(|c| c.cuda.clone()).collect()
@@ -290,7 +321,8 @@ impl CompatData {
         cudnn: bool,
     ) -> Option<String> {
         let c = self.cuda.iter().find(|c| c.cuda == cuda)?;
-        if !c.distros.iter().any(|d| d == distro) {
+        let published = if cudnn { &c.cudnn_distros } else { &c.distros };
+        if !published.iter().any(|d| d == distro) {
             return None;
         }
         let kind = match flavor {
@@ -918,6 +950,21 @@ mod tests {
         assert_eq!(
             d.cuda_image("12.4", "ubuntu24.04", CudaFlavor::Runtime, true),
             None
+        );
+        // 12.5.1 has ubuntu24.04 images, but none with cuDNN.
+        assert_eq!(
+            d.cuda_image("12.5", "ubuntu24.04", CudaFlavor::Runtime, true),
+            None
+        );
+        assert_eq!(
+            d.cuda_image("12.5", "ubuntu24.04", CudaFlavor::Runtime, false)
+                .as_deref(),
+            Some("nvidia/cuda:12.5.1-runtime-ubuntu24.04")
+        );
+        assert_eq!(
+            d.cuda_image("12.6", "ubuntu24.04", CudaFlavor::Runtime, true)
+                .as_deref(),
+            Some("nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04")
         );
         assert_eq!(d.distro_python("ubuntu22.04"), Some("3.10"));
         assert_eq!(d.distro_python("bookworm"), Some("3.11"));

@@ -186,14 +186,54 @@ pub(super) fn choose(
         }
         let cudnn = true;
         let Some(tag) = data.cuda_image(&g.cuda, &chosen, CudaFlavor::Runtime, cudnn) else {
-            diags.push(Diagnostic::error(
-                "kiln::unknown_cuda",
-                g.span,
-                format!(
-                    "no cuDNN runtime image is known for CUDA {} on {chosen}",
-                    g.cuda
-                ),
+            // nvidia/cuda does not publish a cuDNN flavour for every distro
+            // of a CUDA release (12.5.1 has none on ubuntu24.04): name the
+            // distros that have one, with their python, and the CUDA
+            // releases that have one on this distro.
+            let with_cudnn: Vec<String> = data
+                .cuda_cudnn_distros(&g.cuda)
+                .iter()
+                .map(|d| format!("{d} (python {})", data.distro_python(d).unwrap_or("?")))
+                .collect();
+            let other_cudas: Vec<String> = data
+                .cudas_with_cudnn_on(&chosen)
+                .into_iter()
+                .filter(|c| c.split('.').next() == g.cuda.split('.').next())
+                .collect();
+            let mut help = Vec::new();
+            if !with_cudnn.is_empty() {
+                help.push(format!(
+                    "CUDA {} cuDNN images exist for {}: change `python` (or `distro=`) to one of them",
+                    g.cuda,
+                    with_cudnn.join(", ")
+                ));
+            }
+            // A framework release is built for its own CUDA: another CUDA
+            // would only trade this error for that one.
+            if !other_cudas.is_empty() && s.framework.is_none() {
+                help.push(format!(
+                    "or use a CUDA with a cuDNN image on {chosen}: {}",
+                    other_cudas.join(", ")
+                ));
+            }
+            help.push(format!(
+                "or drop `from=\"base\"` to use CUDA wheels on python:{python}-slim"
             ));
+            diags.push(
+                Diagnostic::error(
+                    "kiln::unknown_cuda",
+                    g.span,
+                    format!(
+                        "nvidia/cuda publishes no cuDNN runtime image for CUDA {} on {chosen} (only {}-runtime-{chosen}, without cuDNN)",
+                        g.cuda,
+                        data.cuda
+                            .iter()
+                            .find(|c| c.cuda == g.cuda)
+                            .map_or(g.cuda.as_str(), |c| c.full.as_str())
+                    ),
+                )
+                .with_help(help.join("; ")),
+            );
             return None;
         };
         let reference = ImageRef::parse(&tag).ok()?;
