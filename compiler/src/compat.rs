@@ -70,6 +70,10 @@ pub struct CudaBuild {
     pub cudnn: String,
     /// Platforms with wheels for this build; any when empty.
     pub platforms: Vec<String>,
+    /// Pythons this build installs on, when fewer than the release's (an
+    /// extra that pins a package without wheels for some): the release's
+    /// when empty.
+    pub pythons: Vec<String>,
     pub install: Install,
     /// The wheels do not bring CUDA: it must come from the base image.
     pub needs_cuda_base: bool,
@@ -594,6 +598,7 @@ fn parse_framework(text: &str, node: &KdlNode) -> Result<Vec<Release>, DataError
                             cuda: c,
                             cudnn,
                             platforms,
+                            pythons: prop(b, "python").map(|p| words(&p)).unwrap_or_default(),
                             needs_cuda_base: b
                                 .get("needs-cuda-base")
                                 .and_then(|v| v.as_bool())
@@ -932,6 +937,28 @@ mod tests {
             assert_eq!(c.first().map(String::as_str), Some("12.1"), "jax {v}");
             assert!(c.iter().any(|x| x == "12.2"), "jax {v}");
         }
+    }
+
+    #[test]
+    fn tensorflow_gpu_installs_that_pip_can_resolve() {
+        let d = data();
+        // tensorflow[and-cuda]==2.15.0 pins tensorrt-libs==8.6.1, absent
+        // from PyPI; 2.15.0.post1 drops it.
+        let r = d.release(Framework::TensorFlow, "2.15.0").expect("known");
+        assert_eq!(
+            r.cuda[0].install.packages,
+            ["tensorflow[and-cuda]==2.15.0.post1"]
+        );
+        assert_eq!(
+            r.cpu_for("linux/amd64").map(|i| i.packages[0].as_str()),
+            Some("tensorflow-cpu==2.15.0")
+        );
+        let r = d.release(Framework::TensorFlow, "2.15.1").expect("known");
+        assert_eq!(r.cuda[0].install.packages, ["tensorflow[and-cuda]==2.15.1"]);
+        // 2.14's extra pins tensorrt==8.5.3.1: no python 3.11 wheels.
+        let r = d.release(Framework::TensorFlow, "2.14.1").expect("known");
+        assert_eq!(r.cuda[0].pythons, ["3.9", "3.10"]);
+        assert!(r.pythons.iter().any(|p| p == "3.11"), "CPU keeps 3.11");
     }
 
     #[test]

@@ -115,9 +115,26 @@ impl FrameworkPlan {
         if spec.contains('@') {
             return false;
         }
-        if let Some((_, v)) = model::exact_pin(spec) {
+        // Extras do not change the release: `tensorflow[and-cuda]==2.15.0`.
+        let plain = match spec.split_once('[') {
+            Some((before, after)) => match after.split_once(']') {
+                Some((_, rest)) => format!("{before}{rest}"),
+                None => spec.to_string(),
+            },
+            None => spec.to_string(),
+        };
+        if let Some((_, v)) = model::exact_pin(&plain) {
             let release = v.split('+').next().unwrap_or(&v);
-            return model::same_version(release, &self.version);
+            // The release, or the post release this variant's framework
+            // step installs for it (2.15.0.post1 for 2.15.0's `and-cuda`);
+            // another post release is another release (PEP 440).
+            let installed = self
+                .packages
+                .first()
+                .and_then(|p| p.split_once("=="))
+                .map(|(_, v)| v.trim().to_string());
+            return model::same_version(release, &self.version)
+                || installed.is_some_and(|i| model::same_version(release, &i));
         }
         model::excludes_release(spec, &self.version).is_none()
     }
@@ -518,6 +535,56 @@ pub(super) fn resolve(
                 );
                 return None;
             }
+            if !build.pythons.is_empty() && !build.pythons.iter().any(|p| p == python) {
+                // Newer releases built for a CUDA of the same major whose
+                // GPU build installs on this python.
+                let others: Vec<String> = data
+                    .releases(fw)
+                    .iter()
+                    .filter(|r| compat::version_cmp(&r.version, &version).is_gt())
+                    .filter(|r| r.pythons.iter().any(|p| p == python))
+                    .filter(|r| {
+                        r.cuda.iter().any(|b| {
+                            major(&b.cuda) == major(&g.cuda)
+                                && (b.pythons.is_empty() || b.pythons.iter().any(|p| p == python))
+                        })
+                    })
+                    .map(|r| r.version.clone())
+                    .collect();
+                let mut help = format!(
+                    "write `python \"{}\"`",
+                    build.pythons.last().map_or("", String::as_str)
+                );
+                if let Some(first) = data.releases(fw).iter().find(|r| {
+                    compat::version_cmp(&r.version, &version).is_gt()
+                        && r.pythons.iter().any(|p| p == python)
+                        && r.cuda
+                            .iter()
+                            .any(|b| b.pythons.is_empty() || b.pythons.iter().any(|p| p == python))
+                }) && others.is_empty()
+                {
+                    help.push_str(&format!(
+                        ", or {label} {} (its GPU build installs on python {python})",
+                        first.version
+                    ));
+                } else if !others.is_empty() {
+                    help.push_str(&format!(", or {label} {}", compact(&others)));
+                }
+                diags.push(
+                    Diagnostic::error(
+                        "kiln::incompatible",
+                        g.span,
+                        format!(
+                            "{label} {version}'s CUDA {} build (`{}`) does not install on python {python}: it has wheels for python {} only",
+                            g.cuda,
+                            build.install.packages.join(" "),
+                            build.pythons.join(", ")
+                        ),
+                    )
+                    .with_help(help),
+                );
+                return None;
+            }
             if !build.platforms.is_empty() && !build.platforms.iter().any(|p| p == &platform_name) {
                 diags.push(
                     Diagnostic::error(
@@ -598,6 +665,18 @@ pub(super) fn resolve(
     notes.push(format!(
         "framework: {why}; installed in its own step before other requirements"
     ));
+    // A build the data pins to a post release of the release (TensorFlow
+    // 2.15.0's `and-cuda` extra is installable only as 2.15.0.post1).
+    if let Some(pinned) = packages
+        .first()
+        .and_then(|p| p.split_once("==").map(|(_, v)| v.to_string()))
+        && pinned != version
+        && pinned.starts_with(&format!("{version}.post"))
+    {
+        notes.push(format!(
+            "framework: {pinned} is {label} {version} republished with fixed requirements; this build of {version} installs only as {pinned} (the compatibility data cites why)"
+        ));
+    }
     let verify = verify.map(|v| v.replace("{version}", &version));
     if let Some(v) = &verify {
         notes.push(format!("verify: `{v}` checks the installed build"));
