@@ -276,20 +276,21 @@ impl CompatData {
         self.releases(fw).iter().rfind(same_major)
     }
 
+    /// The nvidia/cuda images of a CUDA major.minor.
+    pub fn cuda_images(&self, cuda: &str) -> Option<&CudaImages> {
+        self.cuda.iter().find(|c| c.cuda == cuda)
+    }
+
     /// Distros with an nvidia/cuda image for `cuda`.
     pub fn cuda_distros(&self, cuda: &str) -> Vec<String> {
-        self.cuda
-            .iter()
-            .find(|c| c.cuda == cuda)
+        self.cuda_images(cuda)
             .map(|c| c.distros.clone())
             .unwrap_or_default()
     }
 
     /// Distros with an nvidia/cuda cuDNN image for `cuda`.
     pub fn cuda_cudnn_distros(&self, cuda: &str) -> Vec<String> {
-        self.cuda
-            .iter()
-            .find(|c| c.cuda == cuda)
+        self.cuda_images(cuda)
             .map(|c| c.cudnn_distros.clone())
             .unwrap_or_default()
     }
@@ -324,7 +325,7 @@ impl CompatData {
         flavor: CudaFlavor,
         cudnn: bool,
     ) -> Option<String> {
-        let c = self.cuda.iter().find(|c| c.cuda == cuda)?;
+        let c = self.cuda_images(cuda)?;
         let published = if cudnn { &c.cudnn_distros } else { &c.distros };
         if !published.iter().any(|d| d == distro) {
             return None;
@@ -345,7 +346,7 @@ impl CompatData {
     /// tags (CUDA 12.4 and newer) carry cuDNN 9 (the supported-tags page
     /// cited in the data).
     pub fn cuda_image_cudnn(&self, cuda: &str) -> Option<String> {
-        let c = self.cuda.iter().find(|c| c.cuda == cuda)?;
+        let c = self.cuda_images(cuda)?;
         Some(cudnn_of_tag_part(&c.cudnn_tag).unwrap_or_else(|| "9".to_string()))
     }
 

@@ -226,9 +226,7 @@ pub(super) fn choose(
                     format!(
                         "nvidia/cuda publishes no cuDNN runtime image for CUDA {} on {chosen} (only {}-runtime-{chosen}, without cuDNN)",
                         g.cuda,
-                        data.cuda
-                            .iter()
-                            .find(|c| c.cuda == g.cuda)
+                        data.cuda_images(&g.cuda)
                             .map_or(g.cuda.as_str(), |c| c.full.as_str())
                     ),
                 )
